@@ -1,0 +1,423 @@
+"""The mitmproxy hooks: recognise registry requests, answer from the store, tee misses into it.
+
+Decisions live in routes/policy/mediatypes, bytes in store/ingest/blobserver; this file wires them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import partial
+from urllib.parse import urljoin, urlsplit
+
+from mitmproxy import ctx, http
+
+from . import options, policy, responses, routes, tokens, upstream
+from .blobserver import PATH_PREFIX, BlobServer
+from .ingest import Tee
+from .mediatypes import Accept, choose
+from .routes import Kind, Route
+from .store import BlobInfo, DigestMismatch, Store, sha256_digest
+
+log = logging.getLogger("hubcache")
+
+META = "hubcache"
+MAX_MANIFEST = 4 * 1024 * 1024  # Docker Hub's own limit
+MAX_REDIRECTS = 10_000  # CDN URLs remembered from 307s
+ACCESS_FLUSH_SECONDS = 5
+
+
+@dataclass
+class _State:
+    """What hubcache decided about one flow."""
+
+    route: Route
+    outcome: str = "passthrough"
+    started: float = field(default_factory=time.monotonic)
+    digest: str = ""  # a blob to tee into the store when upstream answers 200
+    repository: str = ""
+    local_stream: bool = False  # answered by the blob server
+    tee: Tee | None = None
+    note: str = ""
+    logged: bool = False
+
+
+class HubCache:
+    def __init__(self) -> None:
+        self.store: Store | None = None
+        self.blobserver: BlobServer | None = None
+        self.writer = ThreadPoolExecutor(1, thread_name_prefix="hubcache-writer")
+        self.tokens: tokens.UpstreamTokens | None = None
+        self.redirects: OrderedDict[tuple[str, str], tuple[str, str]] = OrderedDict()
+        self._hosts: dict[str, frozenset[str]] = {}
+        self._flusher: asyncio.Task | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def load(self, loader) -> None:
+        options.load(loader)
+
+    def configure(self, updated: set[str]) -> None:
+        max_size = options.check(ctx.options)
+        if "hubcache_store" in updated or self.store is None:
+            self._close_store()
+            self.store = Store(ctx.options.hubcache_store, max_size=max_size)
+            self.blobserver = BlobServer(self.store)
+            log.info("hubcache: store %s (%d MiB in use)", ctx.options.hubcache_store, self.store.size() >> 20)
+        self.store.max_size = max_size
+        self._hosts = {
+            "registry_hosts": frozenset(h.lower() for h in ctx.options.hubcache_registry_hosts),
+            "auth_hosts": frozenset(h.lower() for h in ctx.options.hubcache_auth_hosts),
+            "cdn_hosts": frozenset(h.lower() for h in ctx.options.hubcache_cdn_hosts),
+        }
+        self.tokens = tokens.UpstreamTokens(
+            self._get, ctx.options.hubcache_auth_realm, ctx.options.hubcache_auth_service
+        )
+
+    def running(self) -> None:
+        # What hubcache needs from mitmproxy: intercept only registry hosts, open no upstream
+        # connection for a hit, keep memory bounded (HTTP/1.1 back-pressure, streamed passthrough).
+        wanted: dict[str, object] = {}
+        if not ctx.options.allow_hosts and not ctx.options.ignore_hosts:
+            hosts = [*self._hosts["registry_hosts"], *self._hosts["auth_hosts"], *self._hosts["cdn_hosts"]]
+            wanted["allow_hosts"] = [options.allow_hosts_pattern(sorted(hosts), options.CDN_SUFFIXES)]
+        if ctx.options.connection_strategy != "lazy":
+            wanted["connection_strategy"] = "lazy"
+        if ctx.options.http2:
+            wanted["http2"] = False
+        if not ctx.options.stream_large_bodies:
+            wanted["stream_large_bodies"] = "1m"
+        if wanted:
+            ctx.options.update(**wanted)
+        self._flusher = asyncio.get_running_loop().create_task(self._flush_access_forever())
+
+    def done(self) -> None:
+        if self._flusher:
+            self._flusher.cancel()
+        self.writer.shutdown(wait=True)
+        self._close_store()
+
+    def _close_store(self) -> None:
+        if self.blobserver:
+            self.blobserver.stop()
+            self.blobserver = None
+        if self.store:
+            self.store.close()
+            self.store = None
+
+    async def _flush_access_forever(self) -> None:
+        while True:
+            await asyncio.sleep(ACCESS_FLUSH_SECONDS)
+            if self.store:
+                await self._in_writer(self.store.flush_access)
+
+    async def _in_writer(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self.writer, partial(fn, *args))
+
+    # -- upstream requests of hubcache's own -------------------------------------------------
+
+    def _tls(self) -> upstream.TLSSettings:
+        o = ctx.options
+        return upstream.TLSSettings(o.ssl_insecure, o.ssl_verify_upstream_trusted_ca, o.ssl_verify_upstream_trusted_confdir)
+
+    async def _get(self, url: str, headers: list[tuple[str, str]]) -> upstream.UpstreamResponse:
+        return await upstream.request("GET", url, headers, self._tls(), ctx.options.hubcache_upstream_timeout)
+
+    async def _upstream_auth(self, flow: http.HTTPFlow, repository: str) -> str:
+        """The Authorization for an upstream request on behalf of this client: its own, or ours."""
+        auth = flow.request.headers.get("authorization", "")
+        if auth and not tokens.is_local(auth):
+            return auth
+        assert self.tokens
+        return f"Bearer {await self.tokens.token_for(repository)}"
+
+    # -- hooks --------------------------------------------------------------------------------
+
+    async def request(self, flow: http.HTTPFlow) -> None:
+        if flow.response or flow.error or not flow.live or self.store is None:
+            return
+        req = flow.request
+        route = routes.classify(req.host, req.method, req.path, **self._hosts)
+        if route is None:
+            return
+        st = _State(route)
+        flow.metadata[META] = st
+        handler = {
+            Kind.ROOT: self._root,
+            Kind.TOKEN: self._token,
+            Kind.MANIFEST: self._manifest,
+            Kind.BLOB: self._blob,
+            Kind.CDN: self._cdn,
+            Kind.INVALID: self._invalid,
+            Kind.OTHER: self._other,
+        }[route.kind]
+        await handler(flow, st)
+        if flow.response:  # answered here
+            self._log(flow, st)
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        st: _State | None = flow.metadata.get(META)
+        if st is None or flow.response is None:
+            return
+        resp = flow.response
+        if st.local_stream:
+            resp.stream = True
+        elif st.digest and flow.request.method == "GET" and resp.status_code == 200 and "range" not in flow.request.headers:
+            assert self.store
+            length = resp.headers.get("content-length")
+            expected = int(length) if length and length.isdigit() else None
+            st.tee = Tee(self.store.begin_blob(st.digest, expected, st.repository), self.writer)
+            resp.stream = st.tee
+        elif st.route.kind is Kind.MANIFEST and flow.request.method == "GET" and resp.status_code == 200:
+            length = resp.headers.get("content-length", "")
+            if length.isdigit() and int(length) > MAX_MANIFEST:
+                self._refuse_streamed(flow, st, f"upstream manifest of {length} bytes is over the {MAX_MANIFEST} byte limit")
+            # else: buffered, verified and stored in the response hook
+        elif st.route.kind is not Kind.MANIFEST:
+            resp.stream = True
+
+    async def response(self, flow: http.HTTPFlow) -> None:
+        st: _State | None = flow.metadata.get(META)
+        if st is None or flow.response is None:
+            return
+        if st.tee is not None:
+            if not st.tee.verified:
+                st.outcome = "rejected"
+                st.note = st.tee.failure
+                flow.kill()
+            elif not st.tee.stored:
+                st.note = "not stored"
+        elif st.route.kind is Kind.MANIFEST and st.outcome == "miss":
+            await self._manifest_arrived(flow, st)
+        elif st.route.kind is Kind.BLOB and flow.response.status_code in (301, 302, 303, 307, 308):
+            self._note_redirect(flow, st)
+        self._log(flow, st)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        st: _State | None = flow.metadata.get(META)
+        if st is None:
+            return
+        if st.tee is not None:
+            st.tee.abort()
+        if st.outcome != "rejected":
+            st.note = flow.error.msg if flow.error else "error"
+        self._log(flow, st)
+
+    # -- handlers -----------------------------------------------------------------------------
+
+    async def _root(self, flow: http.HTTPFlow, st: _State) -> None:
+        authorized = bool(flow.request.headers.get("authorization"))
+        flow.response = responses.v2_root(authorized, ctx.options.hubcache_auth_realm, ctx.options.hubcache_auth_service)
+        st.outcome = "hit"
+
+    async def _token(self, flow: http.HTTPFlow, st: _State) -> None:
+        if flow.request.headers.get("authorization"):
+            return  # a client's own credentials go to the token server untouched
+        flow.response = responses.token(tokens.issue_local_token())
+        st.outcome = "hit"
+
+    async def _invalid(self, flow: http.HTTPFlow, st: _State) -> None:
+        flow.response = responses.oci_error(400, st.route.error_code, st.route.error_message)
+        st.outcome = "rejected"
+
+    async def _other(self, flow: http.HTTPFlow, st: _State) -> None:
+        auth = flow.request.headers.get("authorization", "")
+        if not tokens.is_local(auth):
+            return
+        if st.route.repository:
+            await self._send_upstream(flow, st)
+        else:
+            del flow.request.headers["authorization"]  # our local token means nothing upstream
+
+    async def _manifest(self, flow: http.HTTPFlow, st: _State) -> None:
+        assert self.store
+        route = st.route
+        head = flow.request.method == "HEAD"
+        if route.by_digest:
+            m = self.store.get_manifest(route.reference)
+            if m is not None:
+                flow.response = responses.manifest(m, head)
+                st.outcome = "hit"
+                return
+            st.outcome = "miss"
+            await self._send_upstream(flow, st)
+            return
+        records = self.store.tag_records(route.repository, route.reference)
+        accept = Accept.parse(flow.request.headers.get_all("accept"))
+        chosen = choose(records, accept)
+        record = records[chosen] if chosen else None
+        m = self.store.get_manifest(record.digest) if record else None
+        decision = policy.decide(record, m is not None, time.time(), ctx.options.hubcache_tag_ttl)
+        if decision is policy.Decision.HIT:
+            flow.response = responses.manifest(m, head)
+            st.outcome = "hit"
+            return
+        if decision is policy.Decision.REVALIDATE:
+            if await self._revalidate(flow, st, record, m):
+                return
+        st.outcome = "miss"
+        await self._send_upstream(flow, st)
+
+    async def _revalidate(self, flow: http.HTTPFlow, st: _State, record: policy.TagRecord, m) -> bool:
+        """HEAD upstream (not counted by Docker Hub). True when the flow was answered here."""
+        assert self.store
+        route = st.route
+        try:
+            auth = await self._upstream_auth(flow, route.repository)
+            headers = [("Accept", v) for v in flow.request.headers.get_all("accept")] + [("Authorization", auth)]
+            resp = await upstream.request(
+                "HEAD", _url(flow), headers, self._tls(), ctx.options.hubcache_upstream_timeout
+            )
+        except upstream.UpstreamError as e:
+            flow.response = responses.manifest(m, flow.request.method == "HEAD", warning=f"stale: {e}")
+            st.outcome, st.note = "stale", str(e)
+            return True
+        if resp.status == 429 or resp.status >= 500:
+            flow.response = responses.manifest(m, flow.request.method == "HEAD", warning=f"stale: upstream answered {resp.status}")
+            st.outcome, st.note = "stale", f"upstream {resp.status}"
+            return True
+        if resp.status != 200:
+            return False
+        digest = resp.header("docker-content-digest")
+        media_type = resp.header("content-type").split(";")[0].strip()
+        size = resp.header("content-length")
+        if not routes.is_digest(digest) or not media_type or not size.isdigit():
+            return False
+        await self._in_writer(self.store.put_tag, route.repository, route.reference, media_type, digest, int(size), time.time())
+        if digest == record.digest and media_type == record.media_type:
+            flow.response = responses.manifest(m, flow.request.method == "HEAD")
+            st.outcome = "revalidated"
+            return True
+        if flow.request.method == "HEAD":  # the client only wants to know the new digest
+            flow.response = responses.manifest_head(media_type, digest, int(size))
+            st.outcome, st.note = "miss", "tag changed"
+            return True
+        return False
+
+    async def _blob(self, flow: http.HTTPFlow, st: _State) -> None:
+        assert self.store
+        info = self.store.blob_info(st.route.reference)
+        if info is not None:
+            self._serve_blob(flow, st, info)
+            return
+        st.outcome = "miss"
+        st.digest, st.repository = st.route.reference, st.route.repository
+        await self._send_upstream(flow, st)
+
+    async def _cdn(self, flow: http.HTTPFlow, st: _State) -> None:
+        assert self.store
+        known = self.redirects.get((flow.request.host.lower(), flow.request.path))
+        if known is None:
+            return  # not a blob we sent the client to: passed through, not stored
+        digest, repository = known
+        info = self.store.blob_info(digest)
+        if info is not None:
+            self._serve_blob(flow, st, info)
+            return
+        st.outcome = "miss"
+        st.digest, st.repository = digest, repository
+
+    def _serve_blob(self, flow: http.HTTPFlow, st: _State, info: BlobInfo) -> None:
+        st.outcome = "hit"
+        if flow.request.method == "HEAD":
+            flow.response = responses.blob_head(info)
+            return
+        assert self.blobserver
+        # Point the flow at the loopback blob server; mitmproxy streams its answer to the client.
+        req = flow.request
+        req.scheme = "http"
+        req.data.host = "127.0.0.1"
+        req.data.port = self.blobserver.port
+        req.path = PATH_PREFIX + info.digest
+        st.local_stream = True
+
+    async def _send_upstream(self, flow: http.HTTPFlow, st: _State) -> None:
+        """Let the flow go upstream with credentials that upstream accepts."""
+        try:
+            flow.request.headers["authorization"] = await self._upstream_auth(flow, st.route.repository)
+        except upstream.UpstreamError as e:
+            st.outcome, st.note = "error", str(e)
+            flow.response = responses.oci_error(
+                503, "UNAVAILABLE", f"hubcache could not get an upstream token for {st.route.repository}: {e}"
+            )
+
+    # -- after upstream answered ------------------------------------------------------------
+
+    async def _manifest_arrived(self, flow: http.HTTPFlow, st: _State) -> None:
+        assert self.store and flow.response
+        resp, route = flow.response, st.route
+        if resp.status_code != 200:
+            return
+        media_type = resp.headers.get("content-type", "").split(";")[0].strip()
+        claimed = resp.headers.get("docker-content-digest", "")
+        if flow.request.method == "HEAD":
+            size = resp.headers.get("content-length", "")
+            if not route.by_digest and routes.is_digest(claimed) and media_type and size.isdigit():
+                await self._in_writer(self.store.put_tag, route.repository, route.reference, media_type, claimed, int(size), time.time())
+            return
+        body = resp.get_content(strict=False) or b""
+        digest = sha256_digest(body)
+        expected = route.reference if route.by_digest else (claimed or digest)
+        if len(body) > MAX_MANIFEST or digest != expected or (claimed and claimed != digest):
+            st.outcome = "rejected"
+            st.note = f"upstream manifest hashes to {digest}, expected {expected}" if len(body) <= MAX_MANIFEST else "manifest too large"
+            flow.response = responses.oci_error(502, "MANIFEST_INVALID", f"hubcache refused the upstream manifest: {st.note}")
+            return
+        try:
+            await self._in_writer(self.store.put_manifest, digest, media_type, body, route.repository)
+            if not route.by_digest:
+                await self._in_writer(self.store.put_tag, route.repository, route.reference, media_type, digest, len(body), time.time())
+            await self._in_writer(self.store.evict_if_needed)
+        except (DigestMismatch, OSError) as e:
+            st.note = f"not stored: {e}"
+
+    def _note_redirect(self, flow: http.HTTPFlow, st: _State) -> None:
+        location = flow.response.headers.get("location", "") if flow.response else ""
+        if not location:
+            return
+        target = urlsplit(urljoin(flow.request.pretty_url, location))
+        if (target.hostname or "").lower() in self._hosts["registry_hosts"]:
+            return
+        path = target.path + (f"?{target.query}" if target.query else "")
+        self.redirects[((target.hostname or "").lower(), path)] = (st.route.reference, st.route.repository)
+        while len(self.redirects) > MAX_REDIRECTS:
+            self.redirects.popitem(last=False)
+
+    def _refuse_streamed(self, flow: http.HTTPFlow, st: _State, why: str) -> None:
+        """Answer an OCI error instead of an upstream body that is already on its way: the body
+        is drained and dropped, the error body goes out at its end."""
+        err = responses.oci_error(502, "MANIFEST_INVALID", f"hubcache refused the upstream manifest: {why}")
+        body = err.content or b""
+        err.headers["content-length"] = str(len(body))
+        err.stream = lambda chunk: b"" if chunk else body
+        flow.response = err
+        st.outcome, st.note = "rejected", why
+
+    # -- logging ------------------------------------------------------------------------------
+
+    def _log(self, flow: http.HTTPFlow, st: _State) -> None:
+        if st.logged:
+            return
+        st.logged = True
+        route = st.route
+        status = flow.response.status_code if flow.response and not flow.error else "-"
+        what = route.kind.value
+        if route.repository:
+            what += f" {route.repository}"
+        if route.reference:
+            what += f" {route.reference}"
+        ms = (time.monotonic() - st.started) * 1000
+        line = f"{st.outcome:<11} {flow.request.method:<4} {what} {status} {ms:.0f}ms"
+        if st.note:
+            line += f" ({st.note})"
+        (log.warning if st.outcome in ("rejected", "error", "stale") else log.info)("hubcache: %s", line)
+
+
+def _url(flow: http.HTTPFlow) -> str:
+    req = flow.request
+    port = "" if req.port == 443 else f":{req.port}"
+    return f"https://{req.host}{port}{req.path}"

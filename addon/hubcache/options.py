@@ -1,0 +1,60 @@
+"""hubcache's mitmproxy options and the pure parsing of their values."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+
+from mitmproxy import exceptions
+
+REGISTRY_HOSTS = ("registry-1.docker.io", "index.docker.io", "docker.io")
+AUTH_HOSTS = ("auth.docker.io",)
+CDN_HOSTS = ("production.cloudflare.docker.com", "production.cloudfront.docker.com")
+CDN_SUFFIXES = (".r2.cloudflarestorage.com",)
+DEFAULT_HOME = os.path.join(os.path.expanduser("~"), ".hubcache")
+
+_SIZE_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?", re.IGNORECASE)
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_size(value: str) -> int:
+    """'50g', '512MiB', '0' (no cap) -> bytes."""
+    m = _SIZE_RE.fullmatch(value.strip())
+    if not m:
+        raise ValueError(f"not a size: {value!r} (examples: 0, 500m, 50g)")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+def allow_hosts_pattern(hosts: Sequence[str], suffixes: Sequence[str] = ()) -> str:
+    """One regex for mitmproxy's allow_hosts, matched against 'host:port'."""
+    names = [re.escape(h) for h in hosts] + [r"[a-z0-9.-]+" + re.escape(s) for s in suffixes]
+    return rf"^(?:{'|'.join(names)}):\d+$"
+
+
+def load(loader) -> None:
+    add = loader.add_option
+    add("hubcache_store", str, os.path.join(DEFAULT_HOME, "store"), "Directory of hubcache's LMDB store.")
+    add("hubcache_max_size", str, "0", "Size cap of the store (e.g. 50g); least recently used content is evicted. 0: no cap.")
+    add("hubcache_tag_ttl", int, 300, "Seconds a tag's manifest is served without asking upstream; after that it is revalidated with a HEAD.")
+    add("hubcache_registry_hosts", Sequence[str], list(REGISTRY_HOSTS), "Registry host names served by hubcache (all one registry).")
+    add("hubcache_auth_hosts", Sequence[str], list(AUTH_HOSTS), "Token endpoint hosts.")
+    add("hubcache_cdn_hosts", Sequence[str], list(CDN_HOSTS), "Blob CDN hosts that registry redirects point at.")
+    add("hubcache_auth_realm", str, "https://auth.docker.io/token", "Token realm hubcache fetches its own upstream tokens from.")
+    add("hubcache_auth_service", str, "registry.docker.io", "Token service name of the registry.")
+    add("hubcache_upstream_timeout", int, 30, "Seconds hubcache waits for its own upstream requests (tokens, revalidation).")
+
+
+def check(opts) -> int:
+    """Validate hubcache's options; return the size cap in bytes."""
+    try:
+        max_size = parse_size(opts.hubcache_max_size)
+    except ValueError as e:
+        raise exceptions.OptionsError(f"hubcache_max_size: {e}") from e
+    if opts.hubcache_tag_ttl < 0:
+        raise exceptions.OptionsError(f"hubcache_tag_ttl must be >= 0, not {opts.hubcache_tag_ttl}")
+    if opts.hubcache_upstream_timeout <= 0:
+        raise exceptions.OptionsError(f"hubcache_upstream_timeout must be > 0, not {opts.hubcache_upstream_timeout}")
+    if not opts.hubcache_auth_realm.startswith("https://"):
+        raise exceptions.OptionsError(f"hubcache_auth_realm must be an https URL, not {opts.hubcache_auth_realm!r}")
+    return max_size

@@ -1,0 +1,65 @@
+"""Registry responses hubcache answers itself: OCI error bodies, /v2/, tokens, manifests, blob HEADs."""
+
+from __future__ import annotations
+
+import json
+
+from mitmproxy import http
+
+from .store import BlobInfo, Manifest
+
+API_VERSION = ("Docker-Distribution-Api-Version", "registry/2.0")
+
+
+def oci_error(status: int, code: str, message: str, detail: object = None) -> http.Response:
+    error: dict[str, object] = {"code": code, "message": message}
+    if detail is not None:
+        error["detail"] = detail
+    body = json.dumps({"errors": [error]}).encode()
+    return http.Response.make(status, body, {"Content-Type": "application/json", API_VERSION[0]: API_VERSION[1]})
+
+
+def v2_root(authorized: bool, realm: str, service: str) -> http.Response:
+    if authorized:
+        return http.Response.make(200, b"{}", {"Content-Type": "application/json", API_VERSION[0]: API_VERSION[1]})
+    resp = oci_error(401, "UNAUTHORIZED", "authentication required")
+    resp.headers["Www-Authenticate"] = f'Bearer realm="{realm}",service="{service}"'
+    return resp
+
+
+def token(body: dict) -> http.Response:
+    return http.Response.make(200, json.dumps(body).encode(), {"Content-Type": "application/json"})
+
+
+def manifest(m: Manifest, head: bool, warning: str = "") -> http.Response:
+    headers = {
+        "Content-Type": m.media_type,
+        "Docker-Content-Digest": m.digest,
+        "Etag": f'"{m.digest}"',
+        API_VERSION[0]: API_VERSION[1],
+    }
+    if warning:
+        headers["Warning"] = f'110 hubcache "{warning}"'
+    resp = http.Response.make(200, b"" if head else m.body, headers)
+    resp.headers["Content-Length"] = str(len(m.body))
+    return resp
+
+
+def manifest_head(media_type: str, digest: str, size: int) -> http.Response:
+    resp = http.Response.make(
+        200,
+        b"",
+        {"Content-Type": media_type, "Docker-Content-Digest": digest, "Etag": f'"{digest}"', API_VERSION[0]: API_VERSION[1]},
+    )
+    resp.headers["Content-Length"] = str(size)
+    return resp
+
+
+def blob_head(info: BlobInfo) -> http.Response:
+    resp = http.Response.make(
+        200,
+        b"",
+        {"Content-Type": "application/octet-stream", "Docker-Content-Digest": info.digest, "Etag": f'"{info.digest}"', API_VERSION[0]: API_VERSION[1]},
+    )
+    resp.headers["Content-Length"] = str(info.size)
+    return resp

@@ -1,0 +1,110 @@
+"""Recognise registry requests: which registry object a (host, method, path) asks for.
+
+Pure: no mitmproxy import. Names, tags and digests follow the OCI distribution grammar; anything
+that does not parse is reported as an error kind so the addon can answer in the OCI error format.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass
+from urllib.parse import unquote
+
+# OCI distribution spec, "Pulling manifests": repository names and tags.
+_COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
+NAME_RE = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
+TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
+DIGEST_RE = re.compile(r"sha256:[a-f0-9]{64}")
+_ANY_DIGEST_RE = re.compile(r"[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]+")
+MAX_NAME_LENGTH = 255
+
+
+class Kind(enum.Enum):
+    ROOT = "root"  # GET /v2/
+    MANIFEST = "manifest"
+    BLOB = "blob"
+    TOKEN = "token"
+    CDN = "cdn"  # a request on a blob CDN host
+    OTHER = "other"  # a registry request hubcache does not cache (tags/list, uploads...)
+    INVALID = "invalid"  # a registry path with a bad name, tag or digest
+
+
+@dataclass(frozen=True)
+class Route:
+    kind: Kind
+    repository: str = ""
+    reference: str = ""  # tag or digest
+    error_code: str = ""  # OCI error code for Kind.INVALID
+    error_message: str = ""
+
+    @property
+    def by_digest(self) -> bool:
+        return self.reference.startswith("sha256:")
+
+
+def is_digest(value: str) -> bool:
+    return DIGEST_RE.fullmatch(value) is not None
+
+
+def _invalid(code: str, message: str) -> Route:
+    return Route(Kind.INVALID, error_code=code, error_message=message)
+
+
+def _check_name(name: str) -> Route | None:
+    if len(name) > MAX_NAME_LENGTH or not NAME_RE.fullmatch(name):
+        return _invalid("NAME_INVALID", f"invalid repository name: {name[:300]!r}")
+    return None
+
+
+def _check_digest(ref: str) -> Route | None:
+    if DIGEST_RE.fullmatch(ref):
+        return None
+    if _ANY_DIGEST_RE.fullmatch(ref):
+        return _invalid("DIGEST_INVALID", f"unsupported digest algorithm or form: {ref[:100]!r}")
+    return _invalid("DIGEST_INVALID", f"invalid digest: {ref[:100]!r}")
+
+
+def classify_registry(method: str, raw_path: str) -> Route:
+    """Classify a request on a registry host (registry-1.docker.io and its aliases)."""
+    path = raw_path.split("?", 1)[0]
+    # Percent-encoding has no place in a registry path; decoding it could smuggle '/' or '..'.
+    if "%" in path or "\\" in path:
+        if unquote(path) != path:
+            return _invalid("NAME_INVALID", "percent-encoded characters are not allowed in registry paths")
+    if path in ("/v2", "/v2/"):
+        return Route(Kind.ROOT)
+    if not path.startswith("/v2/"):
+        return Route(Kind.OTHER)
+    rest = path[4:]
+    for marker, kind in (("/manifests/", Kind.MANIFEST), ("/blobs/", Kind.BLOB)):
+        name, sep, ref = rest.rpartition(marker)
+        if not sep:
+            continue
+        if kind is Kind.BLOB and ref.startswith("uploads"):
+            return Route(Kind.OTHER)  # pushes are not cached
+        if bad := _check_name(name):
+            return bad
+        if kind is Kind.BLOB or ":" in ref:
+            if bad := _check_digest(ref):
+                return bad
+        elif not TAG_RE.fullmatch(ref):
+            return _invalid("TAG_INVALID", f"invalid tag: {ref[:150]!r}")
+        if method not in ("GET", "HEAD"):
+            return Route(Kind.OTHER, repository=name, reference=ref)
+        return Route(kind, repository=name, reference=ref)
+    return Route(Kind.OTHER)
+
+
+def classify(host: str, method: str, path: str, *, registry_hosts, auth_hosts, cdn_hosts) -> Route | None:
+    """Classify a request by host; None when the host is not one hubcache serves."""
+    host = host.lower().rstrip(".")
+    if host in registry_hosts:
+        return classify_registry(method, path)
+    if host in auth_hosts:
+        if method == "GET" and path.split("?", 1)[0] in ("/token", "/token/"):
+            return Route(Kind.TOKEN)
+        return Route(Kind.OTHER)
+    if host in cdn_hosts:
+        return Route(Kind.CDN)
+    return None

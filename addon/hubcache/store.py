@@ -1,0 +1,493 @@
+"""The LMDB store: manifests and blobs by digest, tag records, LRU eviction under a size cap.
+
+Nothing becomes visible until its sha256 and size match its digest: a blob's chunks are written
+under a fresh id registered in `pending`, and only the commit (one transaction) publishes it.
+Whatever is left in `pending` when the store opens was interrupted, and is deleted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import struct
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import lmdb
+
+from .policy import TagRecord
+
+log = logging.getLogger("hubcache.store")
+
+CHUNK_SIZE = 256 * 1024  # large enough for few keys, small enough to keep LMDB's free list healthy
+BATCH_BYTES = 8 * 1024 * 1024  # chunks written per transaction
+EVICT_TO = 0.9  # after eviction, content is at most this share of the cap
+T = TypeVar("T")
+
+
+class StoreError(Exception):
+    pass
+
+
+class DigestMismatch(StoreError):
+    pass
+
+
+@dataclass(frozen=True)
+class Manifest:
+    digest: str
+    media_type: str
+    body: bytes
+
+
+@dataclass(frozen=True)
+class BlobInfo:
+    digest: str
+    size: int
+    blob_id: bytes
+    chunk_size: int
+
+
+def sha256_digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def _chunk_key(blob_id: bytes, index: int) -> bytes:
+    return blob_id + struct.pack(">I", index)
+
+
+def _lru_key(atime: int, digest: bytes) -> bytes:
+    return struct.pack(">Q", atime) + digest
+
+
+class _Gate:
+    """Many transactions at once, or one map resize alone (LMDB needs no open transaction then)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._active = 0
+        self._resizing = False
+
+    @contextlib.contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._cond:
+            while self._resizing:
+                self._cond.wait()
+            self._active += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._active -= 1
+                if not self._active:
+                    self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._cond:
+            while self._resizing:
+                self._cond.wait()
+            self._resizing = True
+            while self._active:
+                self._cond.wait()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._resizing = False
+                self._cond.notify_all()
+
+
+class Store:
+    def __init__(self, path: str | os.PathLike, *, max_size: int = 0, map_size: int = 256 << 20) -> None:
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.max_size = max_size
+        self._env = lmdb.open(
+            str(self.path), map_size=map_size, max_dbs=16, max_readers=1024, metasync=False
+        )
+        self._gate = _Gate()
+        open_db = self._env.open_db
+        self._manifests = open_db(b"manifests")
+        self._blobs = open_db(b"blobs")
+        self._chunks = open_db(b"chunks")
+        self._pending = open_db(b"pending")
+        self._tags = open_db(b"tags")
+        self._repos = open_db(b"repos", dupsort=True)
+        self._atime = open_db(b"atime")
+        self._lru = open_db(b"lru")
+        self._meta = open_db(b"meta")
+        self._pinned: Counter[str] = Counter()
+        self._pin_lock = threading.Lock()
+        self._touched: dict[str, int] = {}
+        self._touch_lock = threading.Lock()
+        self.recover()
+
+    def close(self) -> None:
+        self.flush_access()
+        self._env.close()
+
+    # -- transactions -------------------------------------------------------------------------
+
+    def _write(self, fn: Callable[[lmdb.Transaction], T]) -> T:
+        while True:
+            size = self._env.info()["map_size"]
+            try:
+                with self._gate.shared(), self._env.begin(write=True) as txn:
+                    return fn(txn)
+            except lmdb.MapFullError:
+                self._grow(size)
+
+    def _read(self, fn: Callable[[lmdb.Transaction], T]) -> T:
+        with self._gate.shared(), self._env.begin() as txn:
+            return fn(txn)
+
+    def _grow(self, seen: int) -> None:
+        with self._gate.exclusive():
+            if self._env.info()["map_size"] == seen:  # another thread may have grown it already
+                self._env.set_mapsize(seen * 2)
+                log.info("store map grown to %d MiB", seen * 2 >> 20)
+
+    def map_size(self) -> int:
+        return self._env.info()["map_size"]
+
+    # -- manifests ----------------------------------------------------------------------------
+
+    def get_manifest(self, digest: str) -> Manifest | None:
+        raw = self._read(lambda txn: txn.get(digest.encode(), db=self._manifests))
+        if raw is None:
+            return None
+        header, _, body = raw.partition(b"\n")
+        self.touch(digest)
+        return Manifest(digest, json.loads(header)["media_type"], body)
+
+    def has_manifest(self, digest: str) -> bool:
+        return self._read(lambda txn: txn.get(digest.encode(), db=self._manifests)) is not None
+
+    def put_manifest(self, digest: str, media_type: str, body: bytes, repository: str) -> None:
+        if sha256_digest(body) != digest:
+            raise DigestMismatch(f"manifest body does not match {digest}")
+        value = json.dumps({"media_type": media_type, "stored": time.time()}).encode() + b"\n" + body
+        key = digest.encode()
+
+        def op(txn: lmdb.Transaction) -> None:
+            txn.put(key, repository.encode(), db=self._repos)
+            if txn.get(key, db=self._manifests) is not None:
+                return
+            txn.put(key, value, db=self._manifests)
+            self._add_size(txn, len(body))
+            self._set_atime(txn, key, _now_ms())
+
+        self._write(op)
+
+    # -- tags ---------------------------------------------------------------------------------
+
+    def tag_records(self, repository: str, tag: str) -> dict[str, TagRecord]:
+        raw = self._read(lambda txn: txn.get(f"{repository}:{tag}".encode(), db=self._tags))
+        if raw is None:
+            return {}
+        return {
+            media_type: TagRecord(repository, tag, media_type, r["digest"], r["size"], r["fetched"], r["confirmed"])
+            for media_type, r in json.loads(raw).items()
+        }
+
+    def put_tag(self, repository: str, tag: str, media_type: str, digest: str, size: int, now: float) -> bool:
+        """Record that upstream says tag -> digest now. Returns True when the digest changed."""
+        key = f"{repository}:{tag}".encode()
+
+        def op(txn: lmdb.Transaction) -> bool:
+            raw = txn.get(key, db=self._tags)
+            records = json.loads(raw) if raw else {}
+            old = records.get(media_type)
+            changed = old is None or old["digest"] != digest
+            fetched = now if changed else old["fetched"]
+            records[media_type] = {"digest": digest, "size": size, "fetched": fetched, "confirmed": now}
+            txn.put(key, json.dumps(records).encode(), db=self._tags)
+            return changed
+
+        return self._write(op)
+
+    # -- blobs --------------------------------------------------------------------------------
+
+    def blob_info(self, digest: str) -> BlobInfo | None:
+        raw = self._read(lambda txn: txn.get(digest.encode(), db=self._blobs))
+        if raw is None:
+            return None
+        r = json.loads(raw)
+        return BlobInfo(digest, r["size"], bytes.fromhex(r["id"]), r["chunk_size"])
+
+    def begin_blob(self, digest: str, expected_size: int | None, repository: str) -> "BlobWriter":
+        return BlobWriter(self, digest, expected_size, repository)
+
+    def read_blob(self, info: BlobInfo, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+        """Bytes [start, end) of a committed blob, chunk by chunk; pinned against eviction meanwhile."""
+        end = info.size if end is None else min(end, info.size)
+        self._pin(info.digest)
+        try:
+            self.touch(info.digest)
+            pos = start
+            while pos < end:
+                index, offset = divmod(pos, info.chunk_size)
+                key = _chunk_key(info.blob_id, index)
+                chunk = self._read(lambda txn: txn.get(key, db=self._chunks))
+                if chunk is None:
+                    raise StoreError(f"chunk {index} of {info.digest} is missing")
+                piece = chunk[offset : offset + (end - pos)]
+                pos += len(piece)
+                yield piece
+        finally:
+            self._unpin(info.digest)
+
+    def note_repository(self, digest: str, repository: str) -> None:
+        self._write(lambda txn: txn.put(digest.encode(), repository.encode(), db=self._repos))
+
+    def repositories(self, digest: str) -> list[str]:
+        def op(txn: lmdb.Transaction) -> list[str]:
+            cur = txn.cursor(db=self._repos)
+            if not cur.set_key(digest.encode()):
+                return []
+            return [v.decode() for v in cur.iternext_dup()]
+
+        return self._read(op)
+
+    # -- recovery, size, eviction -------------------------------------------------------------
+
+    def recover(self) -> int:
+        """Delete every interrupted blob write. Returns how many there were."""
+        ids = self._read(lambda txn: [k for k, _ in txn.cursor(db=self._pending)])
+        for blob_id in ids:
+            self._write(lambda txn, b=blob_id: self._drop_chunks(txn, b))
+        if ids:
+            log.info("store: removed %d interrupted blob writes", len(ids))
+        return len(ids)
+
+    def _drop_chunks(self, txn: lmdb.Transaction, blob_id: bytes) -> None:
+        cur = txn.cursor(db=self._chunks)
+        if cur.set_range(blob_id):
+            while cur.key()[:8] == blob_id:
+                if not cur.delete():
+                    break
+        txn.delete(blob_id, db=self._pending)
+
+    def size(self) -> int:
+        raw = self._read(lambda txn: txn.get(b"size", db=self._meta))
+        return int(raw) if raw else 0
+
+    def _add_size(self, txn: lmdb.Transaction, delta: int) -> None:
+        raw = txn.get(b"size", db=self._meta)
+        txn.put(b"size", str((int(raw) if raw else 0) + delta).encode(), db=self._meta)
+
+    def counts(self) -> dict[str, int]:
+        def op(txn: lmdb.Transaction) -> dict[str, int]:
+            return {
+                name: txn.stat(db)["entries"]
+                for name, db in (("manifests", self._manifests), ("blobs", self._blobs), ("tags", self._tags))
+            }
+
+        return self._read(op)
+
+    def touch(self, digest: str) -> None:
+        with self._touch_lock:
+            self._touched[digest] = _now_ms()
+
+    def flush_access(self) -> None:
+        with self._touch_lock:
+            touched, self._touched = self._touched, {}
+        if not touched:
+            return
+
+        def op(txn: lmdb.Transaction) -> None:
+            for digest, atime in touched.items():
+                key = digest.encode()
+                if txn.get(key, db=self._atime) is not None:
+                    self._set_atime(txn, key, atime)
+
+        self._write(op)
+
+    def _set_atime(self, txn: lmdb.Transaction, key: bytes, atime: int) -> None:
+        old = txn.get(key, db=self._atime)
+        if old is not None:
+            txn.delete(old + key, db=self._lru)
+        packed = struct.pack(">Q", atime)
+        txn.put(key, packed, db=self._atime)
+        txn.put(packed + key, b"", db=self._lru)
+
+    def _pin(self, digest: str) -> None:
+        with self._pin_lock:
+            self._pinned[digest] += 1
+
+    def _unpin(self, digest: str) -> None:
+        with self._pin_lock:
+            self._pinned[digest] -= 1
+            if self._pinned[digest] <= 0:
+                del self._pinned[digest]
+
+    def evict_if_needed(self) -> None:
+        if not self.max_size or self.size() <= self.max_size:
+            return
+        self.flush_access()
+        target = int(self.max_size * EVICT_TO)
+        while self.size() > target:
+            victim = self._read(self._oldest_unpinned)
+            if victim is None:
+                log.warning("store over its cap but everything left is in use")
+                return
+            self.delete(victim)
+
+    def _oldest_unpinned(self, txn: lmdb.Transaction) -> str | None:
+        with self._pin_lock:
+            pinned = set(self._pinned)
+        for key, _ in txn.cursor(db=self._lru):
+            digest = key[8:].decode()
+            if digest not in pinned:
+                return digest
+        return None
+
+    def delete(self, digest: str) -> None:
+        """Remove a manifest or blob and its bookkeeping."""
+        key = digest.encode()
+
+        def op(txn: lmdb.Transaction) -> None:
+            raw = txn.get(key, db=self._manifests)
+            if raw is not None:
+                txn.delete(key, db=self._manifests)
+                self._add_size(txn, -(len(raw) - raw.index(b"\n") - 1))
+            raw = txn.get(key, db=self._blobs)
+            if raw is not None:
+                r = json.loads(raw)
+                txn.delete(key, db=self._blobs)
+                self._drop_chunks(txn, bytes.fromhex(r["id"]))
+                self._add_size(txn, -r["size"])
+            old = txn.get(key, db=self._atime)
+            if old is not None:
+                txn.delete(old + key, db=self._lru)
+                txn.delete(key, db=self._atime)
+            txn.delete(key, db=self._repos)
+
+        self._write(op)
+        log.info("store: evicted %s", digest)
+
+
+class BlobWriter:
+    """Writes one blob under a fresh id; commit() publishes it only if sha256 and size match.
+
+    Not thread-safe: one writer thread drives it (never the event loop: LMDB commits fsync).
+    """
+
+    def __init__(self, store: Store, digest: str, expected_size: int | None, repository: str) -> None:
+        self.store = store
+        self.digest = digest
+        self.expected_size = expected_size
+        self.repository = repository
+        self.blob_id = os.urandom(8)
+        self.size = 0
+        self._hash = hashlib.sha256()
+        self._buf = bytearray()
+        self._batch: list[tuple[bytes, bytes]] = []
+        self._batch_bytes = 0
+        self._index = 0
+        self._registered = False
+        self._done = False
+        self._failed: Exception | None = None  # storing failed; hashing goes on so the client is still checked
+
+    def write(self, data: bytes) -> None:
+        self._hash.update(data)
+        self.size += len(data)
+        if self._failed:
+            return
+        self._buf += data
+        while len(self._buf) >= CHUNK_SIZE:
+            self._queue(bytes(self._buf[:CHUNK_SIZE]))
+            del self._buf[:CHUNK_SIZE]
+        if self._batch_bytes >= BATCH_BYTES:
+            try:
+                self._flush()
+            except lmdb.Error as e:
+                log.warning("store: writing %s failed: %s", self.digest, e)
+                self._failed = e
+                self._buf.clear()
+                self._discard()
+
+    def _queue(self, chunk: bytes) -> None:
+        self._batch.append((_chunk_key(self.blob_id, self._index), chunk))
+        self._batch_bytes += len(chunk)
+        self._index += 1
+
+    def _flush(self) -> None:
+        batch, self._batch, self._batch_bytes = self._batch, [], 0
+        store = self.store
+        pending = json.dumps({"digest": self.digest, "started": time.time()}).encode()
+
+        def op(txn: lmdb.Transaction) -> None:
+            if not self._registered:
+                txn.put(self.blob_id, pending, db=store._pending)
+            for key, chunk in batch:
+                txn.put(key, chunk, db=store._chunks)
+
+        store._write(op)
+        self._registered = True
+
+    def commit(self) -> None:
+        """Verify and publish. Raises DigestMismatch (and drops everything) when the bytes are wrong."""
+        actual = "sha256:" + self._hash.hexdigest()
+        if actual != self.digest or (self.expected_size is not None and self.size != self.expected_size):
+            self.abort()
+            raise DigestMismatch(
+                f"upstream sent {self.size} bytes hashing to {actual}, expected {self.digest}"
+                + (f" ({self.expected_size} bytes)" if self.expected_size is not None else "")
+            )
+        if self._failed:
+            self._discard()
+            raise StoreError(f"{self.digest} was not stored: {self._failed}")
+        if self._buf:
+            self._queue(bytes(self._buf))
+            self._buf.clear()
+        store = self.store
+        key = self.digest.encode()
+        record = json.dumps({"id": self.blob_id.hex(), "size": self.size, "chunk_size": CHUNK_SIZE}).encode()
+        batch, self._batch = self._batch, []
+
+        def op(txn: lmdb.Transaction) -> None:
+            txn.put(key, self.repository.encode(), db=store._repos)
+            if txn.get(key, db=store._blobs) is not None:  # a concurrent fetch won the race
+                store._drop_chunks(txn, self.blob_id)
+                return
+            for k, chunk in batch:
+                txn.put(k, chunk, db=store._chunks)
+            txn.put(key, record, db=store._blobs)
+            txn.delete(self.blob_id, db=store._pending)
+            store._add_size(txn, self.size)
+            store._set_atime(txn, key, _now_ms())
+
+        try:
+            store._write(op)
+        except lmdb.Error as e:
+            self._discard()
+            raise StoreError(f"{self.digest} was not stored: {e}") from e
+        self._done = True
+
+    def abort(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        self._buf.clear()
+        self._discard()
+
+    def _discard(self) -> None:
+        self._batch.clear()
+        self._batch_bytes = 0
+        if self._registered:
+            self.store._write(lambda txn: self.store._drop_chunks(txn, self.blob_id))
+            self._registered = False
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)

@@ -1,0 +1,118 @@
+"""hubcache's own upstream requests: token fetches and HEAD revalidation.
+
+They use the same TLS settings as mitmproxy's upstream connections (`ssl_insecure`,
+`ssl_verify_upstream_trusted_ca`, `ssl_verify_upstream_trusted_confdir`; certifi's bundle when
+neither is set, as mitmproxy does) and the same name resolution (asyncio's open_connection, i.e.
+the system resolver, like mitmproxy's server connections). Bodies are small and bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import ssl
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import certifi
+import h11
+
+MAX_BODY = 4 * 1024 * 1024
+USER_AGENT = "hubcache"
+
+
+class UpstreamError(Exception):
+    """The upstream could not be reached or answered something unusable."""
+
+
+@dataclass(frozen=True)
+class TLSSettings:
+    insecure: bool = False
+    ca_file: str | None = None
+    ca_path: str | None = None
+
+
+@dataclass(frozen=True)
+class UpstreamResponse:
+    status: int
+    headers: dict[str, str]  # lower-case names; repeated headers joined with ", "
+    body: bytes
+
+    def header(self, name: str, default: str = "") -> str:
+        return self.headers.get(name.lower(), default)
+
+
+@functools.lru_cache(maxsize=8)
+def ssl_context(tls: TLSSettings) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=None if (tls.ca_file or tls.ca_path) else certifi.where())
+    if tls.ca_file or tls.ca_path:
+        ctx.load_verify_locations(cafile=tls.ca_file, capath=tls.ca_path)
+    if tls.insecure:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    ctx.set_alpn_protocols(["http/1.1"])
+    return ctx
+
+
+async def request(
+    method: str,
+    url: str,
+    headers: list[tuple[str, str]],
+    tls: TLSSettings,
+    timeout: float,
+) -> UpstreamResponse:
+    try:
+        return await asyncio.wait_for(_request(method, url, headers, tls), timeout)
+    except TimeoutError as e:
+        raise UpstreamError(f"{method} {_redact(url)}: no answer within {timeout:g} s") from e
+    except (OSError, ssl.SSLError, h11.ProtocolError) as e:
+        raise UpstreamError(f"{method} {_redact(url)}: {e}") from e
+
+
+def _redact(url: str) -> str:
+    """Host and path only: queries may carry account names."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}{parts.path}"
+
+
+async def _request(method: str, url: str, headers: list[tuple[str, str]], tls: TLSSettings) -> UpstreamResponse:
+    parts = urlsplit(url)
+    if parts.scheme != "https" or not parts.hostname:
+        raise UpstreamError(f"refusing a non-HTTPS upstream URL: {_redact(url)}")
+    host = parts.hostname
+    port = parts.port or 443
+    target = parts.path or "/"
+    if parts.query:
+        target += "?" + parts.query
+    reader, writer = await asyncio.open_connection(host, port, ssl=ssl_context(tls), server_hostname=host)
+    try:
+        conn = h11.Connection(h11.CLIENT)
+        host_header = host if port == 443 else f"{host}:{port}"
+        all_headers = [("Host", host_header), ("User-Agent", USER_AGENT), ("Connection", "close"), *headers]
+        writer.write(conn.send(h11.Request(method=method, target=target, headers=all_headers)))
+        writer.write(conn.send(h11.EndOfMessage()))
+        await writer.drain()
+        status = 0
+        resp_headers: dict[str, str] = {}
+        body = bytearray()
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                data = await reader.read(65536)
+                conn.receive_data(data)
+                continue
+            if isinstance(event, h11.Response):
+                status = event.status_code
+                for name, value in event.headers:
+                    key = name.decode("latin-1").lower()
+                    val = value.decode("latin-1")
+                    resp_headers[key] = f"{resp_headers[key]}, {val}" if key in resp_headers else val
+            elif isinstance(event, h11.Data):
+                body += event.data
+                if len(body) > MAX_BODY:
+                    raise UpstreamError(f"{method} {_redact(url)}: body over {MAX_BODY} bytes")
+            elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
+                break
+        return UpstreamResponse(status, resp_headers, bytes(body))
+    finally:
+        writer.close()

@@ -1,0 +1,5 @@
+"""Entry point for plain mitmdump: `mitmdump -s addon/hubcache_addon.py`."""
+
+from hubcache.addon import HubCache
+
+addons = [HubCache()]
