@@ -1,0 +1,57 @@
+import hashlib
+import http.client
+import os
+
+import pytest
+
+from hubcache.blobserver import PATH_PREFIX, BlobServer, parse_range
+from hubcache.store import Store
+
+
+@pytest.mark.parametrize(
+    "header,expected",
+    [
+        (None, None),
+        ("bytes=0-9", (0, 10)),
+        ("bytes=10-", (10, 100)),
+        ("bytes=-10", (90, 100)),
+        ("bytes=90-1000", (90, 100)),
+        ("bytes=100-", "invalid"),
+        ("bytes=5-2", "invalid"),
+        ("bytes=-0", "invalid"),
+        ("bytes=-", "invalid"),
+        ("bytes=0-1,5-6", None),
+        ("items=0-1", None),
+        ("bytes=99999999999999999999999-", "invalid"),
+    ],
+)
+def test_parse_range(header, expected):
+    assert parse_range(header, 100) == expected
+
+
+def test_serves_blob_and_ranges(tmp_path):
+    s = Store(tmp_path / "s")
+    data = os.urandom(700_000)
+    d = "sha256:" + hashlib.sha256(data).hexdigest()
+    w = s.begin_blob(d, len(data), "r")
+    w.write(data)
+    w.commit()
+    srv = BlobServer(s)
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", srv.port)
+        conn.request("GET", PATH_PREFIX + d)
+        r = conn.getresponse()
+        assert (r.status, r.getheader("Docker-Content-Digest"), r.read()) == (200, d, data)
+        conn.request("GET", PATH_PREFIX + d, headers={"Range": "bytes=300000-"})
+        r = conn.getresponse()
+        assert (r.status, r.read()) == (206, data[300000:])
+        conn.request("GET", PATH_PREFIX + "sha256:" + "0" * 64)
+        r = conn.getresponse()
+        assert r.status == 404 and b"BLOB_UNKNOWN" in r.read()
+        conn.request("GET", PATH_PREFIX + "../../etc/passwd")
+        r = conn.getresponse()
+        assert r.status == 404
+        r.read()
+    finally:
+        srv.stop()
+        s.close()

@@ -1,0 +1,20 @@
+from hubcache.policy import Decision, TagRecord, decide
+
+R = TagRecord("library/x", "1", "t", "sha256:" + "a" * 64, 10, fetched=100.0, confirmed=1000.0)
+
+
+def test_fresh_is_a_hit():
+    assert decide(R, True, now=1000.0 + 299, ttl=300) is Decision.HIT
+
+
+def test_stale_is_revalidated():
+    assert decide(R, True, now=1000.0 + 300, ttl=300) is Decision.REVALIDATE
+
+
+def test_nothing_cached_is_fetched():
+    assert decide(None, False, now=0, ttl=300) is Decision.FETCH
+    assert decide(R, False, now=1000.0, ttl=300) is Decision.FETCH
+
+
+def test_ttl_zero_always_revalidates():
+    assert decide(R, True, now=1000.0, ttl=0) is Decision.REVALIDATE

@@ -1,0 +1,75 @@
+import pytest
+from hypothesis import given, strategies as st
+
+from hubcache.routes import Kind, classify, classify_registry
+
+D = "sha256:" + "a" * 64
+HOSTS = dict(
+    registry_hosts={"registry-1.docker.io", "docker.io"},
+    auth_hosts={"auth.docker.io"},
+    cdn_hosts={"production.cloudflare.docker.com"},
+)
+
+
+@pytest.mark.parametrize(
+    "path,kind,repo,ref",
+    [
+        ("/v2/", Kind.ROOT, "", ""),
+        ("/v2", Kind.ROOT, "", ""),
+        ("/v2/library/postgres/manifests/12.2", Kind.MANIFEST, "library/postgres", "12.2"),
+        (f"/v2/library/postgres/manifests/{D}", Kind.MANIFEST, "library/postgres", D),
+        (f"/v2/a/b/c/blobs/{D}", Kind.BLOB, "a/b/c", D),
+        ("/v2/library/postgres/tags/list", Kind.OTHER, "", ""),
+        ("/v2/library/postgres/blobs/uploads/", Kind.OTHER, "", ""),
+        ("/v2/_catalog", Kind.OTHER, "", ""),
+        ("/something", Kind.OTHER, "", ""),
+    ],
+)
+def test_classify_registry(path, kind, repo, ref):
+    route = classify_registry("GET", path)
+    assert (route.kind, route.repository, route.reference) == (kind, repo, ref)
+
+
+@pytest.mark.parametrize(
+    "path,code",
+    [
+        ("/v2/Library/postgres/manifests/1", "NAME_INVALID"),
+        ("/v2/library/../etc/manifests/1", "NAME_INVALID"),
+        ("/v2/library/%2e%2e/manifests/1", "NAME_INVALID"),
+        ("/v2/library/postgres/manifests/-bad", "TAG_INVALID"),
+        ("/v2/library/postgres/manifests/" + "t" * 129, "TAG_INVALID"),
+        ("/v2/library/postgres/blobs/sha256:abc", "DIGEST_INVALID"),
+        ("/v2/library/postgres/blobs/sha512:" + "a" * 128, "DIGEST_INVALID"),
+        ("/v2/library/postgres/blobs/latest", "DIGEST_INVALID"),
+        (f"/v2/library/postgres/manifests/sha256:{'A' * 64}", "DIGEST_INVALID"),
+    ],
+)
+def test_bad_paths_are_oci_errors(path, code):
+    route = classify_registry("GET", path)
+    assert route.kind is Kind.INVALID and route.error_code == code
+
+
+def test_query_string_is_ignored():
+    assert classify_registry("GET", "/v2/x/manifests/1?foo=bar").reference == "1"
+
+
+def test_writes_are_not_cached():
+    assert classify_registry("PUT", "/v2/x/manifests/1").kind is Kind.OTHER
+
+
+def test_classify_by_host():
+    assert classify("auth.docker.io", "GET", "/token?scope=x", **HOSTS).kind is Kind.TOKEN
+    assert classify("auth.docker.io", "POST", "/token", **HOSTS).kind is Kind.OTHER
+    assert classify("production.cloudflare.docker.com", "GET", "/x", **HOSTS).kind is Kind.CDN
+    assert classify("DOCKER.IO.", "GET", "/v2/", **HOSTS).kind is Kind.ROOT
+    assert classify("example.com", "GET", "/v2/", **HOSTS) is None
+
+
+@given(st.text(max_size=300))
+def test_any_path_classifies_without_crashing(path):
+    route = classify_registry("GET", "/v2/" + path)
+    if route.kind in (Kind.MANIFEST, Kind.BLOB):
+        # whatever is accepted is a plain name: no traversal, no encoding, no NUL
+        assert ".." not in route.repository.split("/")
+        assert "%" not in route.repository and "\x00" not in route.repository
+        assert route.reference and "/" not in route.reference

@@ -1,0 +1,142 @@
+import hashlib
+import os
+
+import lmdb
+import pytest
+
+from hubcache.store import CHUNK_SIZE, DigestMismatch, Store, sha256_digest
+
+
+def digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = Store(tmp_path / "store")
+    yield s
+    s.close()
+
+
+def write_blob(store, data: bytes, piece=65536, repo="library/x"):
+    w = store.begin_blob(digest(data), len(data), repo)
+    for i in range(0, len(data), piece):
+        w.write(data[i : i + piece])
+    w.commit()
+    return store.blob_info(digest(data))
+
+
+def read_all(store, info, start=0, end=None):
+    return b"".join(store.read_blob(info, start, end))
+
+
+def test_blob_roundtrip_across_chunks(store):
+    data = os.urandom(3 * CHUNK_SIZE + 12345)
+    info = write_blob(store, data)
+    assert info.size == len(data)
+    assert read_all(store, info) == data
+    assert read_all(store, info, 100, CHUNK_SIZE + 7) == data[100 : CHUNK_SIZE + 7]
+    assert store.size() == len(data)
+    assert store.repositories(info.digest) == ["library/x"]
+
+
+def test_empty_blob(store):
+    info = write_blob(store, b"")
+    assert info.size == 0 and read_all(store, info) == b""
+
+
+def test_wrong_bytes_are_never_visible(store):
+    good = os.urandom(20 * CHUNK_SIZE)  # large enough for intermediate batches
+    w = store.begin_blob(digest(good), len(good), "r")
+    bad = bytearray(good)
+    bad[-1] ^= 1
+    w.write(bytes(bad))
+    with pytest.raises(DigestMismatch):
+        w.commit()
+    assert store.blob_info(digest(good)) is None
+    assert store.size() == 0
+    assert store._read(lambda txn: txn.stat(store._chunks)["entries"]) == 0
+
+
+def test_short_body_is_refused(store):
+    data = os.urandom(1000)
+    w = store.begin_blob(digest(data), len(data) + 1, "r")
+    w.write(data)
+    with pytest.raises(DigestMismatch):
+        w.commit()
+    assert store.blob_info(digest(data)) is None
+
+
+def test_interrupted_write_is_cleaned_at_next_open(tmp_path):
+    s = Store(tmp_path / "s")
+    data = os.urandom(40 * CHUNK_SIZE)  # several batches reach the disk
+    w = s.begin_blob(digest(data), len(data), "r")
+    w.write(data)  # no commit: the process "dies" here
+    assert s._read(lambda txn: txn.stat(s._chunks)["entries"]) > 0
+    s.close()
+    s = Store(tmp_path / "s")
+    assert s.blob_info(digest(data)) is None
+    assert s._read(lambda txn: txn.stat(s._chunks)["entries"]) == 0
+    assert s._read(lambda txn: txn.stat(s._pending)["entries"]) == 0
+    s.close()
+
+
+def test_manifest_must_match_its_digest(store):
+    body = b'{"schemaVersion":2}'
+    with pytest.raises(DigestMismatch):
+        store.put_manifest("sha256:" + "0" * 64, "t", body, "r")
+    store.put_manifest(sha256_digest(body), "application/x", body, "r")
+    m = store.get_manifest(sha256_digest(body))
+    assert (m.media_type, m.body) == ("application/x", body)
+
+
+def test_tag_records_per_media_type(store):
+    assert store.put_tag("r", "1", "a", "sha256:" + "1" * 64, 10, now=100.0) is True
+    assert store.put_tag("r", "1", "a", "sha256:" + "1" * 64, 10, now=200.0) is False
+    assert store.put_tag("r", "1", "b", "sha256:" + "2" * 64, 20, now=300.0) is True
+    recs = store.tag_records("r", "1")
+    assert set(recs) == {"a", "b"}
+    assert (recs["a"].fetched, recs["a"].confirmed) == (100.0, 200.0)
+    assert store.put_tag("r", "1", "a", "sha256:" + "3" * 64, 10, now=400.0) is True
+    assert store.tag_records("r", "1")["a"].fetched == 400.0
+
+
+def test_lru_eviction_keeps_recently_used(tmp_path):
+    s = Store(tmp_path / "s", max_size=5 * CHUNK_SIZE)
+    blobs = [os.urandom(2 * CHUNK_SIZE) for _ in range(3)]
+    infos = [write_blob(s, blobs[0]), write_blob(s, blobs[1])]
+    import time
+
+    time.sleep(0.01)
+    read_all(s, infos[0])  # blob 0 is now more recently used than blob 1
+    s.flush_access()
+    time.sleep(0.01)
+    write_blob(s, blobs[2])
+    s.evict_if_needed()
+    assert s.blob_info(digest(blobs[1])) is None
+    assert s.blob_info(digest(blobs[0])) is not None
+    assert s.blob_info(digest(blobs[2])) is not None
+    assert s.size() <= 5 * CHUNK_SIZE
+    s.close()
+
+
+def test_pinned_blob_is_not_evicted(tmp_path):
+    s = Store(tmp_path / "s", max_size=3 * CHUNK_SIZE)
+    a, b = os.urandom(2 * CHUNK_SIZE), os.urandom(2 * CHUNK_SIZE)
+    ia = write_blob(s, a)
+    reader = s.read_blob(ia)
+    first = next(reader)  # a is being served
+    write_blob(s, b)
+    s.evict_if_needed()
+    assert first + b"".join(reader) == a
+    assert s.blob_info(digest(b)) is None  # the only evictable one
+    s.close()
+
+
+def test_map_grows_instead_of_failing(tmp_path):
+    s = Store(tmp_path / "s", map_size=1 << 20)
+    data = os.urandom(8 << 20)
+    info = write_blob(s, data)
+    assert read_all(s, info) == data
+    assert s.map_size() > 1 << 20
+    s.close()
