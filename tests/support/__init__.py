@@ -1,0 +1,1 @@
+"""Test support: a Docker-Hub-shaped upstream (hubenv) and client helpers (clients)."""

@@ -1,0 +1,100 @@
+"""The blob CDN (production.cloudflare.docker.com) for the fake upstream.
+
+distribution's `redirect` storage middleware answers blob GETs with
+307 Location: BASEURL + storage path, e.g.
+  https://production.cloudflare.docker.com/docker/registry/v2/blobs/sha256/ab/abcd.../data
+This server maps such a path onto the registry's filesystem storage root and
+streams the file (GET and HEAD, one optional byte range). Like the real CDN it
+needs no Authorization.
+
+Run: python cdnserver.py --root STORAGE_ROOT --listen 127.0.0.3:443 ... (see httpsd.common_args)
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import httpsd
+
+CHUNK = 4 << 20  # large reads: TLS rules out sendfile, and big writes keep throughput up
+PREFIX = "/docker/registry/v2/"
+RANGE = re.compile(r"bytes=(\d*)-(\d*)$")
+
+
+class CDNHandler(httpsd.LoggedHandler):
+    root: Path
+
+    def do_HEAD(self):
+        self.do_GET()
+
+    def do_GET(self):
+        path = unquote(urlsplit(self.path).path)
+        if not path.startswith(PREFIX) or "/../" in path or path.endswith("/.."):
+            return self.send_bytes(404, b"not found\n", "text/plain")
+        try:
+            f = open(self.root / path.lstrip("/"), "rb")
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            return self.send_bytes(404, b"not found\n", "text/plain")
+        with f:
+            size = os.fstat(f.fileno()).st_size
+            start, end = 0, size  # end is exclusive
+            status = 200
+            rng = self.headers.get("Range")
+            if rng:
+                m = RANGE.match(rng.strip())
+                if not m or (not m[1] and not m[2]):
+                    start = size + 1  # unparsable: answered 416 below
+                elif not m[1]:  # suffix: last N bytes
+                    start = max(0, size - int(m[2]))
+                else:
+                    start = int(m[1])
+                    end = min(size, int(m[2]) + 1) if m[2] else size
+                if start >= end:
+                    return self.send_bytes(
+                        416, b"", "text/plain", {"Content-Range": f"bytes */{size}"}
+                    )
+                status = 206
+            self.send_response(status)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Length", str(end - start))
+            self.send_header("Accept-Ranges", "bytes")
+            if status == 206:
+                self.send_header("Content-Range", f"bytes {start}-{end - 1}/{size}")
+            self.end_headers()
+            sent = 0
+            if self.command == "GET":
+                sent = self._stream(f, start, end)
+            self.record(status, sent, complete=sent == end - start or self.command == "HEAD")
+
+    def _stream(self, f, start: int, end: int) -> int:
+        """Copy [start, end) to the client; returns bytes sent (less if it hung up)."""
+        f.seek(start)
+        sent = 0
+        try:
+            while sent < end - start:
+                chunk = f.read(min(CHUNK, end - start - sent))
+                if not chunk:
+                    break  # file shrank under us (a test tampering with it)
+                self.wfile.write(chunk)
+                sent += len(chunk)
+        except (ConnectionError, TimeoutError, OSError):
+            self.close_connection = True
+        if sent < end - start:
+            self.close_connection = True  # the client cannot trust this connection any more
+        return sent
+
+
+def main(argv=None) -> None:
+    p = httpsd.common_args(__doc__.splitlines()[0])
+    p.add_argument("--root", required=True, help="the registry's filesystem rootdirectory")
+    args = p.parse_args(argv)
+    CDNHandler.root = Path(args.root)
+    httpsd.serve(args, CDNHandler)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""Registry clients for end-to-end tests (skopeo for now).
+
+Pulls go to skopeo's `dir:` layout: `manifest.json` holds the manifest bytes as
+served, and each blob is a file named by its hex digest, exactly as downloaded
+(no decompression, no re-encoding), so tests compare bytes and digests with
+plain file reads.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY")
+
+
+def make_cert_dir(path: Path, *pem_files: Path) -> Path:
+    """Write a containers-style cert dir: every `*.crt` in it is a trusted CA."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    for i, pem in enumerate(pem_files):
+        shutil.copyfile(pem, path / f"ca-{i}.crt")
+    return path
+
+
+def client_env(proxy: str | None, env: dict | None = None) -> dict:
+    """os.environ without any proxy variable, then HTTPS_PROXY if given, then `env`.
+
+    Go clients bypass a proxy for 127.0.0.1/localhost whatever NO_PROXY says:
+    always address the upstream by its host names.
+    """
+    out = {k: v for k, v in os.environ.items() if k.upper() not in PROXY_VARS}
+    if proxy:
+        out["HTTPS_PROXY"] = out["https_proxy"] = proxy
+    out.update(env or {})
+    return out
+
+
+def _policy_file(dest_dir: Path) -> Path:
+    # Our own signature policy: the machine's /etc/containers/policy.json may be absent or strict.
+    policy = dest_dir.parent / f".{dest_dir.name}.policy.json"
+    policy.write_text('{"default": [{"type": "insecureAcceptAnything"}]}\n')
+    return policy
+
+
+def skopeo_copy(
+    src_ref: str,
+    dest_dir: Path,
+    *,
+    proxy: str | None,
+    cert_dir: Path,
+    env: dict | None = None,
+    creds: str | None = None,
+    all_platforms: bool = False,
+    extra_args: list[str] | tuple[str, ...] = (),
+    timeout: float = 600,
+) -> subprocess.CompletedProcess:
+    """`skopeo copy docker://SRC dir:DEST`, through `proxy` (e.g. "http://hubcache.test:8080").
+
+    src_ref: "docker.io/library/alpine:3.19" (a "docker://" prefix is optional).
+    creds: "user:password" or None for an anonymous pull. Never raises on a
+    failed copy: check `.returncode` and `.stderr`.
+    """
+    dest_dir = Path(dest_dir)
+    dest_dir.parent.mkdir(parents=True, exist_ok=True)
+    ref = src_ref if src_ref.startswith("docker://") else "docker://" + src_ref
+    cmd = ["skopeo", "--policy", str(_policy_file(dest_dir)), "copy", "--quiet",
+           "--src-cert-dir", str(cert_dir)]
+    cmd += ["--src-creds", creds] if creds else ["--src-no-creds"]
+    if all_platforms:
+        cmd.append("--all")
+    cmd += [*extra_args, ref, f"dir:{dest_dir}"]
+    return subprocess.run(
+        cmd, env=client_env(proxy, env), capture_output=True, text=True, timeout=timeout
+    )
+
+
+def dir_blob(dest_dir: Path, digest: str) -> Path:
+    """Path of a blob inside a `dir:` layout written by skopeo_copy."""
+    return Path(dest_dir) / digest.split(":", 1)[1]

@@ -1,0 +1,337 @@
+"""A Docker-Hub-shaped upstream on this machine, for end-to-end tests.
+
+    up = Upstream(workdir)
+    up.start()          # this process moves into a netns + private mount ns
+    info = up.push_image("library/alpine", "3.19", layers=[(1 << 20, 1)])
+    ... run clients (they inherit the namespaces) ...
+    up.requests()       # what the upstream saw
+    up.stop()
+
+Inside the namespaces:
+  registry-1.docker.io, index.docker.io, docker.io -> 127.0.0.1  the real CNCF registry
+  auth.docker.io                                   -> 127.0.0.2  tokenserver.py
+  production.cloudflare.docker.com                 -> 127.0.0.3  cdnserver.py
+  hubcache.test                                    -> 127.0.0.4  (free, for the proxy)
+All on :443 with certs from one test CA (`up.ca_cert`).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import certs, images
+from .images import ImageInfo, IndexInfo
+from .netns import Namespaces
+
+__all__ = ["Upstream", "ImageInfo", "IndexInfo", "Req", "missing_prerequisites"]
+
+REGISTRY_HOST = "registry-1.docker.io"
+AUTH_HOST = "auth.docker.io"
+CDN_HOST = "production.cloudflare.docker.com"
+PROXY_HOST = "hubcache.test"
+HOSTS = {
+    "127.0.0.1": [REGISTRY_HOST, "index.docker.io", "docker.io"],
+    "127.0.0.2": [AUTH_HOST],
+    "127.0.0.3": [CDN_HOST],
+    "127.0.0.4": [PROXY_HOST],
+}
+SERVICE = "registry.docker.io"
+ISSUER = "hubcache-test-auth"
+HERE = Path(__file__).resolve().parent
+
+
+@dataclass(frozen=True)
+class Req:
+    """One request the upstream answered. Only the first four fields take part in ==."""
+
+    host: str
+    method: str
+    path: str  # with the query string for the token server
+    status: int
+    t: float = field(default=0.0, compare=False)  # completion time (time.time())
+    bytes: int = field(default=0, compare=False)  # body bytes sent
+    extra: dict = field(default_factory=dict, compare=False, hash=False)  # e.g. token "account"
+
+
+def missing_prerequisites() -> str | None:
+    """Why this machine cannot run the upstream, or None."""
+    if os.geteuid() != 0:
+        return "needs root (network and mount namespaces, port 443)"
+    for tool in ("docker-registry", "skopeo", "ip", "mount", "nsenter"):
+        if shutil.which(tool) is None:
+            return f"`{tool}` is not installed"
+    return None
+
+
+def _die_with_parent() -> None:
+    # If the test process is killed, take the servers with it (PR_SET_PDEATHSIG).
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
+
+
+def _wait_listening(ip: str, port: int, proc: subprocess.Popen, what: str, timeout: float = 15) -> None:
+    """A bare TCP connect: sends no request, so the request logs stay clean."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode} while starting")
+        try:
+            socket.create_connection((ip, port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{what} not listening on {ip}:{port} after {timeout}s") from None
+            time.sleep(0.05)
+
+
+class Upstream:
+    def __init__(self, workdir: Path, accounts: dict[str, str] | None = None,
+                 private: dict[str, list[str]] | None = None):
+        self.workdir = Path(workdir).resolve()
+        self.accounts = dict(accounts or {"pusher": "pushpass"})
+        self.private = {k: list(v) for k, v in (private or {}).items()}
+        self.push_account = next(iter(self.accounts.items()))  # (user, password) used by push_*
+        self.storage = self.workdir / "registry-data"
+        self.logs = self.workdir / "logs"
+        self.ns = Namespaces(f"hubcache-{os.getpid()}", self.workdir / "hosts")
+        self._procs: list[tuple[str, subprocess.Popen]] = []
+        self.pki: certs.TestPKI | None = None
+        self.started = False
+
+    # ----------------------------------------------------------------- life cycle
+
+    @property
+    def ca_cert(self) -> Path:
+        return self.workdir / "pki" / "ca.pem"
+
+    @property
+    def cert_dir(self) -> Path:
+        """A skopeo/containers cert dir trusting the test CA."""
+        return self.workdir / "certs.d"
+
+    def start(self) -> "Upstream":
+        if self.started:
+            return self
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        self.started = True
+        return self
+
+    def _start(self) -> None:
+        for d in (self.workdir, self.storage, self.logs):
+            d.mkdir(parents=True, exist_ok=True)
+        names = [n for ns in HOSTS.values() for n in ns]
+        self.pki = certs.make_pki(self.workdir / "pki", names, ["127.0.0.1", "127.0.0.2", "127.0.0.3"])
+        self.cert_dir.mkdir(exist_ok=True)
+        shutil.copy(self.pki.ca_cert, self.cert_dir / "ca.crt")
+        (self.workdir / "policy.json").write_text(
+            '{"default": [{"type": "insecureAcceptAnything"}]}\n')
+        (self.workdir / "auth.json").write_text('{"auths": {}}\n')
+        hosts = "127.0.0.1 localhost\n::1 localhost\n" + "".join(
+            f"{ip} {' '.join(ns)}\n" for ip, ns in HOSTS.items())
+        self.ns.hosts_file.write_text(hosts)
+
+        self.ns.enter()
+        self._start_registry()
+        self._start_script("tokenserver", "127.0.0.2", AUTH_HOST, ["--config", str(self._token_config())])
+        self._start_script("cdnserver", "127.0.0.3", CDN_HOST, ["--root", str(self.storage)])
+
+    def _registry_config(self) -> Path:
+        pki = self.pki
+        cfg = {
+            "version": "0.1",
+            "log": {"level": "info", "formatter": "json", "fields": {"service": "registry"}},
+            "storage": {
+                "filesystem": {"rootdirectory": str(self.storage)},
+                "delete": {"enabled": True},
+                "maintenance": {"uploadpurging": {"enabled": False}},
+            },
+            "middleware": {"storage": [{"name": "redirect", "options": {"baseurl": f"https://{CDN_HOST}"}}]},
+            "http": {
+                "addr": "127.0.0.1:443",
+                "tls": {"certificate": str(pki.server_cert), "key": str(pki.server_key)},
+                "headers": {"X-Content-Type-Options": ["nosniff"]},
+            },
+            "auth": {"token": {
+                "realm": f"https://{AUTH_HOST}/token",
+                "service": SERVICE,
+                "issuer": ISSUER,
+                "rootcertbundle": str(pki.ca_cert),
+            }},
+        }
+        path = self.workdir / "registry.yml"
+        path.write_text(json.dumps(cfg, indent=2))  # JSON is YAML
+        return path
+
+    def _token_config(self) -> Path:
+        path = self.workdir / "token.json"
+        path.write_text(json.dumps({
+            "issuer": ISSUER, "service": SERVICE,
+            "jwt_key": str(self.pki.jwt_key), "jwt_cert": str(self.pki.jwt_cert),
+            "accounts": self.accounts, "private": self.private,
+        }, indent=2))
+        return path
+
+    def _spawn(self, what: str, cmd: list[str], **kw) -> subprocess.Popen:
+        proc = subprocess.Popen(cmd, preexec_fn=_die_with_parent, **kw)
+        self._procs.append((what, proc))
+        return proc
+
+    def _start_registry(self) -> None:
+        # Access log (stdout, every request) -> stamplog.py -> registry.jsonl;
+        # the JSON app log (stderr) -> registry.log, for debugging.
+        stamper = self._spawn(
+            "stamplog",
+            [sys.executable, str(HERE / "stamplog.py"), str(self.logs / "registry.jsonl"), REGISTRY_HOST],
+            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+        )
+        with open(self.logs / "registry.log", "ab") as err:
+            reg = self._spawn(
+                "registry", ["docker-registry", "serve", str(self._registry_config())],
+                stdout=stamper.stdin, stderr=err, stdin=subprocess.DEVNULL,
+                env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},  # no REGISTRY_* leaks in
+            )
+        stamper.stdin.close()  # the registry holds the write end now
+        _wait_listening("127.0.0.1", 443, reg, "docker-registry")
+
+    def _start_script(self, name: str, ip: str, host: str, extra: list[str]) -> None:
+        with open(self.logs / f"{name}.err", "ab") as err:
+            proc = self._spawn(
+                name,
+                [sys.executable, str(HERE / f"{name}.py"), "--listen", f"{ip}:443",
+                 "--cert", str(self.pki.server_cert), "--key", str(self.pki.server_key),
+                 "--log", str(self.logs / f"{name}.jsonl"), "--host", host, *extra],
+                stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL,
+            )
+        _wait_listening(ip, 443, proc, name)
+
+    def stop(self) -> None:
+        """Stop every process started here (by PID), leave and delete the namespaces."""
+        for what, proc in reversed(self._procs):
+            if proc.poll() is None:
+                proc.terminate()
+        for what, proc in reversed(self._procs):
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self._procs.clear()
+        self.ns.leave()
+        self.started = False
+
+    def __enter__(self) -> "Upstream":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # --------------------------------------------------------------- request log
+
+    def requests(self) -> list[Req]:
+        """Every request answered so far on the three hosts, ordered by completion time.
+
+        Lines reach the logs when a response is finished, a few ms at most after
+        the client has it; call this once the client is done.
+        """
+        reqs = []
+        for name in ("registry", "tokenserver", "cdnserver"):
+            path = self.logs / f"{name}.jsonl"
+            if not path.exists():
+                continue
+            for line in path.read_text().splitlines():
+                try:
+                    r = json.loads(line)
+                except ValueError:
+                    continue  # a line still being written
+                extra = {k: v for k, v in r.items()
+                         if k not in ("host", "method", "path", "status", "t", "bytes")}
+                reqs.append(Req(r["host"], r["method"], r["path"], r["status"],
+                                r["t"], r.get("bytes", 0), extra))
+        reqs.sort(key=lambda r: r.t)
+        return reqs
+
+    def mark(self) -> int:
+        return len(self.requests())
+
+    def requests_since(self, mark: int) -> list[Req]:
+        return self.requests()[mark:]
+
+    # ------------------------------------------------------------------- content
+
+    def blob_file(self, digest: str) -> Path:
+        algo, hexd = digest.split(":", 1)
+        return self.storage / "docker/registry/v2/blobs" / algo / hexd[:2] / hexd / "data"
+
+    def _skopeo_push(self, src: Path, name: str, tag: str, all_: bool = False) -> None:
+        user, password = self.push_account
+        cmd = ["skopeo", "--policy", str(self.workdir / "policy.json"), "copy", "--quiet",
+               "--preserve-digests", "--dest-cert-dir", str(self.cert_dir),
+               "--dest-creds", f"{user}:{password}"]
+        if all_:
+            cmd.append("--all")
+        cmd += [f"dir:{src}", f"docker://docker.io/{name}:{tag}"]
+        env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+        env["REGISTRY_AUTH_FILE"] = str(self.workdir / "auth.json")
+        res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        if res.returncode != 0:
+            raise RuntimeError(f"skopeo push of {name}:{tag} failed: {res.stderr.strip()}")
+
+    def _stored_manifest_digest(self, name: str, tag: str) -> str:
+        link = (self.storage / "docker/registry/v2/repositories" / name
+                / "_manifests/tags" / tag / "current/link")
+        return link.read_text().strip()
+
+    def push_image(self, name: str, tag: str, layers: list[tuple[int, int]], fmt: str = "oci",
+                   platform: str = "amd64") -> ImageInfo:
+        """Build an image from (size_bytes, seed) layers and push it as docker.io/NAME:TAG."""
+        src = self.workdir / "build" / f"{name.replace('/', '_')}_{tag}"
+        shutil.rmtree(src, ignore_errors=True)
+        try:
+            info = images.build_image(src, layers, fmt, platform)
+            self._skopeo_push(src, name, tag)
+        finally:
+            shutil.rmtree(src, ignore_errors=True)  # the registry has the bytes now
+        stored = self._stored_manifest_digest(name, tag)
+        if stored != info.manifest_digest:
+            raise RuntimeError(f"registry stored {stored}, built {info.manifest_digest}")
+        info.name, info.tag = name, tag
+        return info
+
+    def push_index(self, name: str, tag: str, platforms: dict, fmt: str = "oci") -> IndexInfo:
+        """Push a multi-platform index as docker.io/NAME:TAG.
+
+        platforms: {"amd64": ImageInfo | [(size, seed), ...] | {"layers": [...]}, "arm64": ...}
+        An ImageInfo is reused as is (its blobs come from the registry's storage);
+        a spec is built with that platform in its config.
+        """
+        src = self.workdir / "build" / f"{name.replace('/', '_')}_{tag}"
+        shutil.rmtree(src, ignore_errors=True)
+        try:
+            children = {}
+            for key, spec in platforms.items():
+                if isinstance(spec, ImageInfo):
+                    children[key] = spec
+                else:
+                    layers = spec["layers"] if isinstance(spec, dict) else spec
+                    children[key] = images.build_image(src, layers, fmt, key, write_manifest=False)
+            digest, data, media_type = images.build_index(src, children, fmt, self.blob_file)
+            self._skopeo_push(src, name, tag, all_=True)
+        finally:
+            shutil.rmtree(src, ignore_errors=True)
+        stored = self._stored_manifest_digest(name, tag)
+        if stored != digest:
+            raise RuntimeError(f"registry stored {stored}, built {digest}")
+        return IndexInfo(digest, data, media_type, children, name, tag)

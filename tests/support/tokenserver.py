@@ -1,0 +1,170 @@
+"""Docker Hub's token service (auth.docker.io/token) for the fake upstream.
+
+GET /token?service=registry.docker.io&scope=repository:NAME:pull[,push]
+  [Authorization: Basic base64(user:password)]
+-> {"token", "access_token", "expires_in": 300, "issued_at"}
+
+The token is an RS256 JWT whose header carries the signing cert in `x5c`, so
+distribution checks it against its `rootcertbundle` (our test CA).
+
+Run: python tokenserver.py --config CONFIG.json --listen 127.0.0.2:443 ... (see httpsd.common_args)
+CONFIG.json: {"issuer", "service", "jwt_key", "jwt_cert",
+              "accounts": {user: password},
+              "private": {repo: [users allowed to pull]}}   # optional
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime
+import json
+import secrets
+import sys
+import time
+from urllib.parse import parse_qs, urlsplit
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding
+
+import httpsd
+
+TOKEN_TTL = 300  # what Docker Hub hands out
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+class Policy:
+    """Who may do what. Extend here (private repos, quotas, ...)."""
+
+    def __init__(self, accounts: dict[str, str], private: dict[str, list[str]]):
+        self.accounts = accounts
+        self.private = {repo: set(users) for repo, users in private.items()}
+
+    def authenticate(self, authorization: str | None) -> str | None:
+        """Account name, "anonymous" without credentials, None if they are wrong."""
+        if not authorization:
+            return "anonymous"
+        scheme, _, blob = authorization.partition(" ")
+        if scheme.lower() != "basic":
+            return None
+        try:
+            user, _, password = base64.b64decode(blob, validate=True).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+        if user in self.accounts and secrets.compare_digest(self.accounts[user], password):
+            return user
+        return None
+
+    def grant(self, account: str, rtype: str, name: str, wanted: list[str]) -> list[str]:
+        """The subset of `wanted` actions that `account` gets on a resource."""
+        if rtype != "repository":
+            return []
+        if name in self.private and account not in self.private[name]:
+            return []  # Hub answers as if the repository did not exist
+        allowed = {"pull"}
+        if account != "anonymous":
+            allowed.add("push")
+        return [a for a in wanted if a in allowed]
+
+
+def parse_scopes(values: list[str]) -> list[tuple[str, str, list[str]]]:
+    """`repository:library/alpine:pull,push` -> ("repository", "library/alpine", ["pull", "push"]).
+
+    Clients send several `scope` parameters, or several scopes in one separated by spaces.
+    """
+    out = []
+    for value in values:
+        for scope in value.split():
+            rtype, _, rest = scope.partition(":")
+            name, _, actions = rest.rpartition(":")
+            if rtype and name:
+                out.append((rtype, name, [a for a in actions.split(",") if a]))
+    return out
+
+
+class Signer:
+    def __init__(self, key_pem: bytes, cert_pem: bytes):
+        self.key = serialization.load_pem_private_key(key_pem, password=None)
+        cert = x509.load_pem_x509_certificate(cert_pem)
+        self.x5c = [base64.b64encode(cert.public_bytes(serialization.Encoding.DER)).decode()]
+
+    def jwt(self, claims: dict) -> str:
+        header = {"alg": "RS256", "typ": "JWT", "x5c": self.x5c}
+        signing_input = ".".join(
+            b64url(json.dumps(part, separators=(",", ":")).encode()) for part in (header, claims)
+        )
+        sig = self.key.sign(signing_input.encode(), padding.PKCS1v15(), hashes.SHA256())
+        return signing_input + "." + b64url(sig)
+
+
+class TokenHandler(httpsd.LoggedHandler):
+    cfg: dict
+    policy: Policy
+    signer: Signer
+
+    def do_GET(self):
+        url = urlsplit(self.path)
+        if url.path != "/token":
+            return self.send_json(404, {"details": "not found"})
+        account = self.policy.authenticate(self.headers.get("Authorization"))
+        if account is None:
+            return self.send_json(401, {"details": "incorrect username or password"}, account="-")
+        query = parse_qs(url.query)
+        access = []
+        for rtype, name, wanted in parse_scopes(query.get("scope", [])):
+            actions = self.policy.grant(account, rtype, name, wanted)
+            access.append({"type": rtype, "name": name, "actions": actions})
+        now = int(time.time())
+        claims = {
+            "iss": self.cfg["issuer"],
+            "sub": account,
+            "aud": query.get("service", [self.cfg["service"]])[0],
+            "exp": now + TOKEN_TTL,
+            "nbf": now - 1,
+            "iat": now,
+            "jti": secrets.token_hex(16),
+            "access": access,
+        }
+        token = self.signer.jwt(claims)
+        issued = datetime.datetime.fromtimestamp(now, datetime.timezone.utc)
+        self.send_json(
+            200,
+            {
+                "token": token,
+                "access_token": token,
+                "expires_in": TOKEN_TTL,
+                "issued_at": issued.isoformat().replace("+00:00", "Z"),
+            },
+            account=account,
+            access=access,
+        )
+
+    def send_json(self, status: int, body: dict, **logged):
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+        self.record(status, len(data), **logged)
+
+
+def main(argv=None) -> None:
+    p = httpsd.common_args(__doc__.splitlines()[0])
+    p.add_argument("--config", required=True)
+    args = p.parse_args(argv)
+    with open(args.config) as f:
+        cfg = json.load(f)
+    TokenHandler.cfg = cfg
+    TokenHandler.policy = Policy(cfg["accounts"], cfg.get("private", {}))
+    with open(cfg["jwt_key"], "rb") as k, open(cfg["jwt_cert"], "rb") as c:
+        TokenHandler.signer = Signer(k.read(), c.read())
+    httpsd.serve(args, TokenHandler)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
