@@ -14,14 +14,14 @@ from dataclasses import dataclass, field
 from functools import partial
 from urllib.parse import urljoin, urlsplit
 
-from mitmproxy import ctx, http
+from mitmproxy import ctx, exceptions, http
 
 from . import options, policy, responses, routes, tokens, upstream
 from .blobserver import PATH_PREFIX, BlobServer
 from .ingest import Tee
 from .mediatypes import Accept, choose
 from .routes import Kind, Route
-from .store import BlobInfo, DigestMismatch, Store, sha256_digest
+from .store import BlobInfo, DigestMismatch, Store, StoreError, sha256_digest
 
 log = logging.getLogger("hubcache")
 
@@ -65,7 +65,10 @@ class HubCache:
         max_size = options.check(ctx.options)
         if "hubcache_store" in updated or self.store is None:
             self._close_store()
-            self.store = Store(ctx.options.hubcache_store, max_size=max_size)
+            try:
+                self.store = Store(ctx.options.hubcache_store, max_size=max_size)
+            except (StoreError, OSError) as e:
+                raise exceptions.OptionsError(f"hubcache_store: {e}") from e
             self.blobserver = BlobServer(self.store)
             log.info("hubcache: store %s (%d MiB in use)", ctx.options.hubcache_store, self.store.size() >> 20)
         self.store.max_size = max_size

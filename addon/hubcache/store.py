@@ -8,6 +8,7 @@ Whatever is left in `pending` when the store opens was interrupted, and is delet
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -38,6 +39,10 @@ class StoreError(Exception):
 
 
 class DigestMismatch(StoreError):
+    pass
+
+
+class StoreInUse(StoreError):
     pass
 
 
@@ -111,6 +116,19 @@ class Store:
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         self.max_size = max_size
+        # One hubcache per store: opening drops interrupted writes, which would be another
+        # process's writes in progress.
+        self._lock = open(self.path / "hubcache.lock", "a+")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.seek(0)
+            holder = self._lock.read().strip() or "another process"
+            self._lock.close()
+            raise StoreInUse(f"store {self.path} is in use by {holder}") from None
+        self._lock.truncate(0)
+        self._lock.write(f"pid {os.getpid()}\n")
+        self._lock.flush()
         self._env = lmdb.open(
             str(self.path), map_size=map_size, max_dbs=16, max_readers=1024, metasync=False
         )
@@ -134,6 +152,7 @@ class Store:
     def close(self) -> None:
         self.flush_access()
         self._env.close()
+        self._lock.close()
 
     # -- transactions -------------------------------------------------------------------------
 

@@ -140,3 +140,13 @@ def test_map_grows_instead_of_failing(tmp_path):
     assert read_all(s, info) == data
     assert s.map_size() > 1 << 20
     s.close()
+
+
+def test_one_process_per_store(tmp_path):
+    from hubcache.store import StoreInUse
+
+    s = Store(tmp_path / "s")
+    with pytest.raises(StoreInUse, match="in use by pid"):
+        Store(tmp_path / "s")
+    s.close()
+    Store(tmp_path / "s").close()

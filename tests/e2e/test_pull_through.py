@@ -1,0 +1,188 @@
+"""skopeo pulls through a running `hubcache run` from the real distribution registry set up like
+Docker Hub (token auth at auth.docker.io, blob 307s to the CDN host). Requests are counted at the
+upstream (registry, token server and CDN logs), never in the proxy."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+from pathlib import Path
+
+import pytest
+
+from support.clients import make_cert_dir, skopeo_copy
+from support.proxy import Proxy
+
+pytestmark = pytest.mark.e2e
+MiB = 1 << 20
+_seeds = itertools.count(1000)
+
+
+def layers(*sizes: int) -> list[tuple[int, int]]:
+    return [(size, next(_seeds)) for size in sizes]
+
+
+@pytest.fixture(scope="session")
+def confdir(tmp_path_factory) -> Path:
+    """hubcache's confdir with its CA made up front, so clients can trust it before a proxy runs."""
+    from mitmproxy.certs import CertStore
+
+    d = tmp_path_factory.mktemp("confdir")
+    CertStore.from_store(d, "mitmproxy", 2048)
+    return d
+
+
+@pytest.fixture
+def start_hubcache(upstream, confdir, tmp_path):
+    started: list[Proxy] = []
+
+    def start(*sets: str, name: str = "hubcache") -> Proxy:
+        p = Proxy(tmp_path / name, upstream.ca_cert, confdir=confdir, sets=list(sets)).start()
+        started.append(p)
+        return p
+
+    yield start
+    for p in started:
+        p.stop()
+
+
+@pytest.fixture
+def certs(upstream, confdir, tmp_path) -> Path:
+    """A skopeo cert dir trusting both the upstream CA (direct pulls) and hubcache's CA."""
+    return make_cert_dir(tmp_path / "certs", upstream.ca_cert, confdir / "mitmproxy-ca-cert.pem")
+
+
+def pull(ref: str, dest: Path, proxy: Proxy | None, certs: Path) -> Path:
+    res = skopeo_copy(ref, dest, proxy=proxy.url if proxy else None, cert_dir=certs)
+    assert res.returncode == 0, f"pull of {ref} failed: {res.stderr}"
+    return dest
+
+
+def files(d: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(d.iterdir()) if p.name != "version"}
+
+
+def hosts_count(reqs, host: str, method: str | None = None, contains: str = "") -> int:
+    return sum(1 for r in reqs if r.host == host and (method is None or r.method == method) and contains in r.path)
+
+
+REG, AUTH, CDN = "registry-1.docker.io", "auth.docker.io", "production.cloudflare.docker.com"
+
+
+def test_cold_pull_is_identical_and_fetches_each_object_once(upstream, start_hubcache, certs, tmp_path):
+    img = upstream.push_image("library/coldpull", "1", layers(1 * MiB, 3 * MiB, 300_000))
+    hub = start_hubcache()
+    direct = pull("docker.io/library/coldpull:1", tmp_path / "direct", None, certs)
+    mark = upstream.mark()
+    through = pull("docker.io/library/coldpull:1", tmp_path / "through", hub, certs)
+    assert files(through) == files(direct)
+    reqs = upstream.requests_since(mark)
+    blobs = [img.config_digest, *img.layer_digests]
+    assert hosts_count(reqs, REG, "GET", "/manifests/") == 1
+    assert hosts_count(reqs, REG, "HEAD") == 0
+    for d in blobs:
+        assert hosts_count(reqs, REG, "GET", f"/blobs/{d}") == 1
+        assert hosts_count(reqs, CDN, "GET", d.split(":")[1]) == 1
+    assert hosts_count(reqs, REG, "GET") == 1 + len(blobs)  # no /v2/ ping: hubcache answers it
+    assert hosts_count(reqs, AUTH) == 1  # hubcache's own token for the repository
+
+
+def test_warm_pull_makes_no_upstream_request(upstream, start_hubcache, certs, tmp_path):
+    upstream.push_image("library/warmpull", "2.0", layers(2 * MiB, 64 * 1024))
+    hub = start_hubcache()
+    cold = pull("docker.io/library/warmpull:2.0", tmp_path / "cold", hub, certs)
+    mark = upstream.mark()
+    warm = pull("docker.io/library/warmpull:2.0", tmp_path / "warm", hub, certs)
+    assert upstream.requests_since(mark) == []
+    assert files(warm) == files(cold)
+    assert "hit" in hub.log()
+
+
+def test_warm_pull_survives_a_proxy_restart(upstream, start_hubcache, certs, tmp_path):
+    upstream.push_image("library/restart", "1", layers(1 * MiB))
+    hub = start_hubcache()
+    cold = pull("docker.io/library/restart:1", tmp_path / "cold", hub, certs)
+    hub.stop()
+    hub.start()
+    mark = upstream.mark()
+    warm = pull("docker.io/library/restart:1", tmp_path / "warm", hub, certs)
+    assert upstream.requests_since(mark) == []
+    assert files(warm) == files(cold)
+
+
+def test_pull_by_digest_after_the_tag_moved_gets_the_old_content(upstream, start_hubcache, certs, tmp_path):
+    v1 = upstream.push_image("library/moving", "stable", layers(1 * MiB))
+    hub = start_hubcache()
+    first = pull("docker.io/library/moving:stable", tmp_path / "v1", hub, certs)
+    upstream.push_image("library/moving", "stable", layers(1 * MiB))
+    mark = upstream.mark()
+    by_digest = pull(f"docker.io/library/moving@{v1.manifest_digest}", tmp_path / "v1-digest", hub, certs)
+    assert upstream.requests_since(mark) == []
+    assert files(by_digest) == files(first)
+    # within the freshness window the tag is still served as it was, without asking upstream
+    again = pull("docker.io/library/moving:stable", tmp_path / "v1-again", hub, certs)
+    assert upstream.requests_since(mark) == []
+    assert files(again) == files(first)
+
+
+def test_stale_tag_is_revalidated_with_head_and_refetched_only_when_changed(upstream, start_hubcache, certs, tmp_path):
+    upstream.push_image("library/revalidate", "1", layers(1 * MiB))
+    hub = start_hubcache("hubcache_tag_ttl=0")
+    first = pull("docker.io/library/revalidate:1", tmp_path / "a", hub, certs)
+
+    mark = upstream.mark()
+    same = pull("docker.io/library/revalidate:1", tmp_path / "b", hub, certs)
+    reqs = upstream.requests_since(mark)
+    assert files(same) == files(first)
+    assert hosts_count(reqs, REG, "HEAD", "/manifests/1") == 1
+    assert hosts_count(reqs, REG, "GET") == 0 and hosts_count(reqs, CDN) == 0
+    assert "revalidated" in hub.log()
+
+    v2 = upstream.push_image("library/revalidate", "1", layers(1 * MiB))
+    direct = pull("docker.io/library/revalidate:1", tmp_path / "direct", None, certs)
+    mark = upstream.mark()
+    changed = pull("docker.io/library/revalidate:1", tmp_path / "c", hub, certs)
+    reqs = upstream.requests_since(mark)
+    assert files(changed) == files(direct)
+    assert hosts_count(reqs, REG, "HEAD", "/manifests/1") == 1
+    assert hosts_count(reqs, REG, "GET", "/manifests/1") == 1
+    assert hosts_count(reqs, REG, "GET", f"/blobs/{v2.layer_digests[0]}") == 1
+
+
+def test_tampered_upstream_blob_is_refused_and_not_stored(upstream, start_hubcache, certs, tmp_path):
+    img = upstream.push_image("library/tamper", "1", layers(2 * MiB))
+    layer = img.layer_digests[0]
+    path = upstream.blob_file(layer)
+    good = path.read_bytes()
+    bad = bytearray(good)
+    bad[len(bad) // 2] ^= 0xFF
+    hub = start_hubcache()
+    path.write_bytes(bytes(bad))
+    try:
+        res = skopeo_copy("docker.io/library/tamper:1", tmp_path / "bad", proxy=hub.url, cert_dir=certs)
+    finally:
+        path.write_bytes(good)
+    assert res.returncode != 0
+    assert "rejected" in hub.log()
+    mark = upstream.mark()
+    ok = pull("docker.io/library/tamper:1", tmp_path / "good", hub, certs)
+    assert hashlib.sha256((ok / layer.split(":")[1]).read_bytes()).hexdigest() == layer.split(":")[1]
+    # the refused bytes were not kept: the layer had to come from the CDN again
+    assert hosts_count(upstream.requests_since(mark), CDN, "GET", layer.split(":")[1]) == 1
+
+
+def test_one_gib_layer_cold_and_warm(upstream, start_hubcache, certs, tmp_path):
+    img = upstream.push_image("library/big", "1", layers(1 << 30))
+    layer = img.layer_digests[0].split(":")[1]
+    hub = start_hubcache()
+    for run in ("cold", "warm"):
+        mark = upstream.mark()
+        dest = pull("docker.io/library/big:1", tmp_path / run, hub, certs)
+        h = hashlib.sha256()
+        with open(dest / layer, "rb") as f:
+            while chunk := f.read(8 * MiB):
+                h.update(chunk)
+        assert h.hexdigest() == layer
+        (dest / layer).unlink()
+        if run == "warm":
+            assert upstream.requests_since(mark) == []

@@ -1,0 +1,117 @@
+"""Start `hubcache run` (or plain mitmdump) as a subprocess, in whatever namespaces this process is in."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _die_with_parent() -> None:
+    import ctypes
+
+    ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+class Proxy:
+    """A proxy process. `kind` is "hubcache" (the real CLI) or "mitmdump" (plain, for comparison)."""
+
+    def __init__(self, workdir: Path, upstream_ca: Path, *, confdir: Path, sets: list[str] = (), kind: str = "hubcache",
+                 store: Path | None = None) -> None:
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.upstream_ca = upstream_ca
+        self.confdir = Path(confdir)
+        self.store = store or self.workdir / "store"
+        self.sets = list(sets)
+        self.kind = kind
+        self.port = 0
+        self.proc: subprocess.Popen | None = None
+        self.logfile = self.workdir / f"{kind}.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ca_cert(self) -> Path:
+        return self.confdir / "mitmproxy-ca-cert.pem"
+
+    def command(self) -> list[str]:
+        common = [f"ssl_verify_upstream_trusted_ca={self.upstream_ca}", *self.sets]
+        if self.kind == "hubcache":
+            cmd = [str(BIN / "hubcache"), "run", "--listen-host", "127.0.0.1", "--listen-port", str(self.port),
+                   "--store", str(self.store), "--confdir", str(self.confdir)]
+            for s in common:
+                cmd += ["--set", s]
+            return cmd
+        cmd = [str(BIN / "mitmdump"), "--listen-host", "127.0.0.1", "--listen-port", str(self.port),
+               "--set", f"confdir={self.confdir}", "--set", "http2=false", "--set", "stream_large_bodies=1m",
+               "--set", "flow_detail=0"]
+        for s in common:
+            cmd += ["--set", s]
+        return cmd
+
+    def start(self, timeout: float = 20) -> "Proxy":
+        self.port = free_port()
+        log = open(self.logfile, "ab")
+        env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+        self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=env,
+                                     preexec_fn=_die_with_parent)
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.kind} exited with {self.proc.returncode}: {self.log()[-2000:]}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                if self.ca_cert.exists():
+                    return self
+            except OSError:
+                pass
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"{self.kind} did not listen within {timeout} s: {self.log()[-2000:]}")
+
+    def stop(self) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        rc = self.proc.returncode
+        self.proc = None
+        return rc
+
+    def peak_rss_mb(self) -> float:
+        """VmHWM of the running proxy, in MiB."""
+        assert self.proc
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        return 0.0
+
+    def log(self) -> str:
+        return self.logfile.read_text(errors="replace") if self.logfile.exists() else ""
+
+    def __enter__(self) -> "Proxy":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
