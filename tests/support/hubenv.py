@@ -163,6 +163,7 @@ class Upstream:
                 "addr": "127.0.0.1:443",
                 "tls": {"certificate": str(pki.server_cert), "key": str(pki.server_key)},
                 "headers": {"X-Content-Type-Options": ["nosniff"]},
+                "secret": os.urandom(16).hex(),  # signs upload state; one instance, so any value
             },
             "auth": {"token": {
                 "realm": f"https://{AUTH_HOST}/token",
@@ -240,14 +241,30 @@ class Upstream:
 
     # --------------------------------------------------------------- request log
 
-    def requests(self) -> list[Req]:
+    LOGS = ("registry", "tokenserver", "cdnserver")
+
+    def _settle(self, quiet: float, limit: float = 3.0) -> None:
+        # A line is written when a response is finished, which can be a few ms
+        # after the client already has it: wait until the logs stop growing.
+        paths = [self.logs / f"{n}.jsonl" for n in self.LOGS]
+        sizes = None
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline:
+            now = [p.stat().st_size if p.exists() else 0 for p in paths]
+            if now == sizes:
+                return
+            sizes = now
+            time.sleep(quiet)
+
+    def requests(self, settle: float = 0.05) -> list[Req]:
         """Every request answered so far on the three hosts, ordered by completion time.
 
-        Lines reach the logs when a response is finished, a few ms at most after
-        the client has it; call this once the client is done.
+        Waits until no log has grown for `settle` seconds (0: read at once).
         """
+        if settle:
+            self._settle(settle)
         reqs = []
-        for name in ("registry", "tokenserver", "cdnserver"):
+        for name in self.LOGS:
             path = self.logs / f"{name}.jsonl"
             if not path.exists():
                 continue
@@ -264,10 +281,11 @@ class Upstream:
         return reqs
 
     def mark(self) -> int:
+        """Position in requests(), to pass to requests_since() later."""
         return len(self.requests())
 
-    def requests_since(self, mark: int) -> list[Req]:
-        return self.requests()[mark:]
+    def requests_since(self, mark: int, settle: float = 0.05) -> list[Req]:
+        return self.requests(settle)[mark:]
 
     # ------------------------------------------------------------------- content
 

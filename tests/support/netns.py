@@ -71,7 +71,9 @@ class Namespaces:
                 self._in_mnt = False
                 os.chdir(self._cwd)  # setns reset the cwd to /
             except OSError:
-                pass  # threads exist now: stay, and delete via nsenter below
+                # Threads exist now, so this process must stay in its mount
+                # namespace: at least give it the real /etc/hosts back.
+                subprocess.run(["umount", "/etc/hosts"], capture_output=True)
         if self._orig_net is not None:
             os.setns(self._orig_net, os.CLONE_NEWNET)
         if self._created:
