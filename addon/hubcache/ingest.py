@@ -16,7 +16,8 @@ from .store import BlobWriter, DigestMismatch, StoreError
 
 log = logging.getLogger("hubcache")
 
-MAX_BACKLOG = 32 * 1024 * 1024  # bytes handed to the writer but not yet written
+MAX_BACKLOG = 16 * 1024 * 1024  # bytes handed to the writer but not yet written
+BLOCK = 1024 * 1024  # bytes per hand-over: fewer, larger jobs keep GIL hand-offs rare
 
 
 class Tee:
@@ -24,6 +25,8 @@ class Tee:
         self._writer = writer
         self._executor = executor
         self._held = b""
+        self._block: list[bytes] = []
+        self._block_bytes = 0
         self._backlog: deque[tuple[Future, int]] = deque()
         self._backlog_bytes = 0
         self._finished = False
@@ -36,11 +39,19 @@ class Tee:
             return data
         if not data:
             return self._finish()
-        self._submit(data)
+        self._block.append(data)
+        self._block_bytes += len(data)
+        if self._block_bytes >= BLOCK:
+            self._submit()
         out, self._held = self._held, data
         return out
 
-    def _submit(self, data: bytes) -> None:
+    def _submit(self) -> None:
+        if not self._block:
+            return
+        data = b"".join(self._block)
+        self._block.clear()
+        self._block_bytes = 0
         self._backlog.append((self._executor.submit(self._writer.write, data), len(data)))
         self._backlog_bytes += len(data)
         while self._backlog_bytes > MAX_BACKLOG:  # the disk is slower than the network: slow down
@@ -54,6 +65,7 @@ class Tee:
     def _finish(self) -> bytes:
         self._finished = True
         try:
+            self._submit()
             while self._backlog:
                 self._pop_oldest()
             self._executor.submit(self._writer.commit).result()

@@ -24,6 +24,7 @@ from typing import TypeVar
 
 import lmdb
 
+from . import pages
 from .policy import TagRecord
 
 log = logging.getLogger("hubcache.store")
@@ -31,6 +32,7 @@ log = logging.getLogger("hubcache.store")
 CHUNK_SIZE = 256 * 1024  # large enough for few keys, small enough to keep LMDB's free list healthy
 BATCH_BYTES = 8 * 1024 * 1024  # chunks written per transaction
 EVICT_TO = 0.9  # after eviction, content is at most this share of the cap
+RELEASE_EVERY = 16 * 1024 * 1024  # bytes read or written between giving mapped pages back
 T = TypeVar("T")
 
 
@@ -147,6 +149,7 @@ class Store:
         self._pin_lock = threading.Lock()
         self._touched: dict[str, int] = {}
         self._touch_lock = threading.Lock()
+        self._mapping: tuple[int, list[tuple[int, int]]] = (0, [])  # (map size, address ranges)
         self.recover()
 
     def close(self) -> None:
@@ -177,6 +180,14 @@ class Store:
 
     def map_size(self) -> int:
         return self._env.info()["map_size"]
+
+    def release_pages(self) -> None:
+        """Unmap data.mdb pages this process touched (see pages.py); RSS stays flat."""
+        with self._gate.shared():  # no resize (which moves the map) meanwhile
+            size = self._env.info()["map_size"]
+            if self._mapping[0] != size:
+                self._mapping = (size, pages.mappings_of(str((self.path / "data.mdb").resolve())))
+            pages.release(self._mapping[1])
 
     # -- manifests ----------------------------------------------------------------------------
 
@@ -253,6 +264,7 @@ class Store:
         try:
             self.touch(info.digest)
             pos = start
+            since_release = 0
             while pos < end:
                 index, offset = divmod(pos, info.chunk_size)
                 key = _chunk_key(info.blob_id, index)
@@ -261,6 +273,10 @@ class Store:
                     raise StoreError(f"chunk {index} of {info.digest} is missing")
                 piece = chunk[offset : offset + (end - pos)]
                 pos += len(piece)
+                since_release += len(piece)
+                if since_release >= RELEASE_EVERY:
+                    self.release_pages()
+                    since_release = 0
                 yield piece
         finally:
             self._unpin(info.digest)
@@ -410,7 +426,7 @@ class BlobWriter:
         self.size = 0
         self._hash = hashlib.sha256()
         self._buf = bytearray()
-        self._batch: list[tuple[bytes, bytes]] = []
+        self._batch: list[tuple[bytes, bytes | memoryview]] = []
         self._batch_bytes = 0
         self._index = 0
         self._registered = False
@@ -422,10 +438,19 @@ class BlobWriter:
         self.size += len(data)
         if self._failed:
             return
-        self._buf += data
-        while len(self._buf) >= CHUNK_SIZE:
-            self._queue(bytes(self._buf[:CHUNK_SIZE]))
-            del self._buf[:CHUNK_SIZE]
+        view = memoryview(data)
+        if self._buf:  # complete the partial chunk left by the previous write
+            need = CHUNK_SIZE - len(self._buf)
+            self._buf += view[:need]
+            view = view[need:]
+            if len(self._buf) < CHUNK_SIZE:
+                return
+            self._queue(bytes(self._buf))
+            self._buf.clear()
+        while len(view) >= CHUNK_SIZE:  # whole chunks go to LMDB without a copy
+            self._queue(view[:CHUNK_SIZE])
+            view = view[CHUNK_SIZE:]
+        self._buf += view
         if self._batch_bytes >= BATCH_BYTES:
             try:
                 self._flush()
@@ -435,7 +460,7 @@ class BlobWriter:
                 self._buf.clear()
                 self._discard()
 
-    def _queue(self, chunk: bytes) -> None:
+    def _queue(self, chunk: bytes | memoryview) -> None:
         self._batch.append((_chunk_key(self.blob_id, self._index), chunk))
         self._batch_bytes += len(chunk)
         self._index += 1
@@ -453,6 +478,7 @@ class BlobWriter:
 
         store._write(op)
         self._registered = True
+        store.release_pages()
 
     def commit(self) -> None:
         """Verify and publish. Raises DigestMismatch (and drops everything) when the bytes are wrong."""

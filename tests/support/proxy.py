@@ -107,6 +107,16 @@ class Proxy:
                 return int(line.split()[1]) / 1024
         return 0.0
 
+    def rss_mb(self) -> dict[str, float]:
+        """Current VmRSS, RssAnon (heap) and RssFile (mapped files) of the proxy, in MiB."""
+        assert self.proc
+        out = {}
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            key = line.split(":", 1)[0]
+            if key in ("VmRSS", "RssAnon", "RssFile"):
+                out[key] = int(line.split()[1]) / 1024
+        return out
+
     def log(self) -> str:
         return self.logfile.read_text(errors="replace") if self.logfile.exists() else ""
 
