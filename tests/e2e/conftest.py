@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from support.clients import make_cert_dir
 from support.hubenv import Upstream, missing_prerequisites
+from support.proxy import Proxy
 
 
 @pytest.fixture(scope="session")
@@ -20,3 +24,33 @@ def upstream(tmp_path_factory):
         yield up
     finally:
         up.stop()
+
+
+@pytest.fixture(scope="session")
+def confdir(tmp_path_factory) -> Path:
+    """hubcache's confdir with its CA made up front, so clients can trust it before a proxy runs."""
+    from mitmproxy.certs import CertStore
+
+    d = tmp_path_factory.mktemp("confdir")
+    CertStore.from_store(d, "mitmproxy", 2048)
+    return d
+
+
+@pytest.fixture
+def start_hubcache(upstream, confdir, tmp_path):
+    started: list[Proxy] = []
+
+    def start(*sets: str, name: str = "hubcache") -> Proxy:
+        p = Proxy(tmp_path / name, upstream.ca_cert, confdir=confdir, sets=list(sets)).start()
+        started.append(p)
+        return p
+
+    yield start
+    for p in started:
+        p.stop()
+
+
+@pytest.fixture
+def certs(upstream, confdir, tmp_path) -> Path:
+    """A skopeo cert dir trusting both the upstream CA (direct pulls) and hubcache's CA."""
+    return make_cert_dir(tmp_path / "certs", upstream.ca_cert, confdir / "mitmproxy-ca-cert.pem")

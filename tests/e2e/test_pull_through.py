@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from support.clients import make_cert_dir, skopeo_copy
+from support.clients import skopeo_copy
 from support.proxy import Proxy
 
 pytestmark = pytest.mark.e2e
@@ -20,36 +20,6 @@ _seeds = itertools.count(1000)
 
 def layers(*sizes: int) -> list[tuple[int, int]]:
     return [(size, next(_seeds)) for size in sizes]
-
-
-@pytest.fixture(scope="session")
-def confdir(tmp_path_factory) -> Path:
-    """hubcache's confdir with its CA made up front, so clients can trust it before a proxy runs."""
-    from mitmproxy.certs import CertStore
-
-    d = tmp_path_factory.mktemp("confdir")
-    CertStore.from_store(d, "mitmproxy", 2048)
-    return d
-
-
-@pytest.fixture
-def start_hubcache(upstream, confdir, tmp_path):
-    started: list[Proxy] = []
-
-    def start(*sets: str, name: str = "hubcache") -> Proxy:
-        p = Proxy(tmp_path / name, upstream.ca_cert, confdir=confdir, sets=list(sets)).start()
-        started.append(p)
-        return p
-
-    yield start
-    for p in started:
-        p.stop()
-
-
-@pytest.fixture
-def certs(upstream, confdir, tmp_path) -> Path:
-    """A skopeo cert dir trusting both the upstream CA (direct pulls) and hubcache's CA."""
-    return make_cert_dir(tmp_path / "certs", upstream.ca_cert, confdir / "mitmproxy-ca-cert.pem")
 
 
 def pull(ref: str, dest: Path, proxy: Proxy | None, certs: Path) -> Path:
