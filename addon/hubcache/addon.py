@@ -77,9 +77,9 @@ class HubCache:
             "auth_hosts": frozenset(h.lower() for h in ctx.options.hubcache_auth_hosts),
             "cdn_hosts": frozenset(h.lower() for h in ctx.options.hubcache_cdn_hosts),
         }
-        self.tokens = tokens.UpstreamTokens(
-            self._get, ctx.options.hubcache_auth_realm, ctx.options.hubcache_auth_service
-        )
+        realm, service = ctx.options.hubcache_auth_realm, ctx.options.hubcache_auth_service
+        if self.tokens is None or (self.tokens.realm, self.tokens.service) != (realm, service):
+            self.tokens = tokens.UpstreamTokens(self._get, realm, service)
 
     def running(self) -> None:
         # What hubcache needs from mitmproxy: intercept only registry hosts, open no upstream
@@ -144,6 +144,8 @@ class HubCache:
         if flow.response or flow.error or not flow.live or self.store is None:
             return
         req = flow.request
+        if req.scheme != "https":  # never answer for, or send a token over, plain HTTP
+            return
         route = routes.classify(req.host, req.method, req.path, **self._hosts)
         if route is None:
             return
@@ -357,6 +359,9 @@ class HubCache:
             return
         media_type = resp.headers.get("content-type", "").split(";")[0].strip()
         claimed = resp.headers.get("docker-content-digest", "")
+        if not media_type:
+            st.note = "no Content-Type: not stored"
+            return
         if flow.request.method == "HEAD":
             size = resp.headers.get("content-length", "")
             if not route.by_digest and routes.is_digest(claimed) and media_type and size.isdigit():
@@ -408,11 +413,7 @@ class HubCache:
         st.logged = True
         route = st.route
         status = flow.response.status_code if flow.response and not flow.error else "-"
-        what = route.kind.value
-        if route.repository:
-            what += f" {route.repository}"
-        if route.reference:
-            what += f" {route.reference}"
+        what = " ".join(x for x in (route.kind.value, route.repository or st.repository, route.reference or st.digest) if x)
         ms = (time.monotonic() - st.started) * 1000
         line = f"{st.outcome:<11} {flow.request.method:<4} {what} {status} {ms:.0f}ms"
         if st.note:

@@ -1,0 +1,61 @@
+"""The hooks on their own, with mitmproxy's test helpers: what is answered locally, and how."""
+
+import asyncio
+import json
+
+import pytest
+from mitmproxy.test import taddons, tflow, tutils
+
+from hubcache.addon import HubCache
+
+
+@pytest.fixture
+def hub(tmp_path):
+    addon = HubCache()
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, hubcache_store=str(tmp_path / "store"))
+        yield addon
+    addon.done()
+
+
+def flow(path: str, host: str = "registry-1.docker.io", method: str = "GET", scheme: str = "https", headers=()):
+    f = tflow.tflow(req=tutils.treq(method=method.encode(), scheme=scheme.encode(), host=host, port=443,
+                                    path=path.encode(), headers=[(k.encode(), v.encode()) for k, v in headers]))
+    return f
+
+
+def run(hub, f):
+    asyncio.run(hub.request(f))
+    return f.response
+
+
+def test_v2_ping_is_answered_with_docker_hubs_challenge(hub):
+    r = run(hub, flow("/v2/"))
+    assert r.status_code == 401
+    assert r.headers["www-authenticate"] == 'Bearer realm="https://auth.docker.io/token",service="registry.docker.io"'
+    assert run(hub, flow("/v2/", headers=[("Authorization", "Bearer x")])).status_code == 200
+
+
+def test_anonymous_token_request_gets_a_local_token(hub):
+    r = run(hub, flow("/token?service=registry.docker.io&scope=repository:library/x:pull", host="auth.docker.io"))
+    assert r.status_code == 200 and json.loads(r.content)["token"].startswith("hubcache.")
+
+
+def test_token_request_with_credentials_goes_upstream_untouched(hub):
+    f = flow("/token?scope=x", host="auth.docker.io", headers=[("Authorization", "Basic dTpw")])
+    assert run(hub, f) is None and f.request.headers["authorization"] == "Basic dTpw"
+
+
+def test_bad_name_is_an_oci_error(hub):
+    r = run(hub, flow("/v2/UPPER/manifests/latest"))
+    assert r.status_code == 400
+    assert json.loads(r.content)["errors"][0]["code"] == "NAME_INVALID"
+
+
+def test_plain_http_is_left_alone(hub):
+    assert run(hub, flow("/v2/", scheme="http")) is None
+
+
+def test_other_hosts_are_left_alone(hub):
+    f = flow("/v2/", host="gitlab.example.com")
+    assert run(hub, f) is None and "hubcache" not in f.metadata
