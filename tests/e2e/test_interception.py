@@ -3,16 +3,13 @@ multi-platform images, and the addon loaded into plain mitmdump."""
 
 from __future__ import annotations
 
-import http.client
-import json
 import socket
 import ssl
-import sys
 from pathlib import Path
 
 import pytest
 
-from support.clients import skopeo_copy
+from support.clients import proxied_request, skopeo_copy
 from support.hubenv import CDN_HOST, REGISTRY_HOST
 from support.proxy import Proxy
 
@@ -43,18 +40,7 @@ def test_other_hosts_are_tunnelled_untouched(upstream, start_hubcache):
 
 
 def get_manifest(proxy: Proxy, path: str, accept: list[str]) -> tuple[int, dict, bytes]:
-    ctx = ssl.create_default_context(cafile=str(proxy.ca_cert))
-    conn = http.client.HTTPSConnection("127.0.0.1", proxy.port, context=ctx, timeout=30)
-    conn.set_tunnel(REGISTRY_HOST, 443)
-    headers = [("Accept", a) for a in accept]
-    conn.putrequest("GET", path)
-    for k, v in headers:
-        conn.putheader(k, v)
-    conn.endheaders()
-    r = conn.getresponse()
-    out = r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
-    conn.close()
-    return out
+    return proxied_request(proxy.port, proxy.ca_cert, "GET", REGISTRY_HOST, path, [("Accept", a) for a in accept])
 
 
 def test_a_cached_media_type_the_client_did_not_accept_is_not_served(upstream, start_hubcache):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from support.clients import skopeo_copy
+from support.clients import proxied_request, skopeo_copy
 from support.proxy import Proxy
 
 pytestmark = pytest.mark.e2e
@@ -156,3 +156,57 @@ def test_one_gib_layer_cold_and_warm(upstream, start_hubcache, certs, tmp_path):
         (dest / layer).unlink()
         if run == "warm":
             assert upstream.requests_since(mark) == []
+
+
+def test_truncated_upstream_blob_is_an_error_and_not_stored(upstream, start_hubcache, certs, tmp_path):
+    img = upstream.push_image("library/truncated", "1", layers(3 * MiB))
+    layer = img.layer_digests[0]
+    hub = start_hubcache()
+    with upstream.cdn_truncates(layer, after=1 * MiB):
+        res = skopeo_copy("docker.io/library/truncated:1", tmp_path / "bad", proxy=hub.url, cert_dir=certs)
+    assert res.returncode != 0
+    mark = upstream.mark()
+    ok = pull("docker.io/library/truncated:1", tmp_path / "good", hub, certs)
+    assert hashlib.sha256((ok / layer.split(":")[1]).read_bytes()).hexdigest() == layer.split(":")[1]
+    assert hosts_count(upstream.requests_since(mark), CDN, "GET", layer.split(":")[1]) == 1
+
+
+def test_hits_by_digest_carry_registry_headers_for_get_and_head(upstream, start_hubcache, certs, tmp_path):
+    img = upstream.push_image("library/headers", "1", layers(700_000))
+    hub = start_hubcache()
+    pull("docker.io/library/headers:1", tmp_path / "cold", hub, certs)
+    mark = upstream.mark()
+    layer, size = img.layer_digests[0], img.layer_sizes[0]
+    for method in ("HEAD", "GET"):
+        status, h, body = proxied_request(hub.port, hub.ca_cert, method, REG, f"/v2/library/headers/blobs/{layer}")
+        assert (status, h["docker-content-digest"], int(h["content-length"])) == (200, layer, size)
+        assert body == (b"" if method == "HEAD" else (tmp_path / "cold" / layer.split(":")[1]).read_bytes())
+        status, h, body = proxied_request(hub.port, hub.ca_cert, method, REG, f"/v2/library/headers/manifests/{img.manifest_digest}")
+        assert (status, h["content-type"], h["docker-content-digest"]) == (200, img.media_type, img.manifest_digest)
+        assert int(h["content-length"]) == len(img.manifest_bytes)
+        assert body == (b"" if method == "HEAD" else img.manifest_bytes)
+    status, h, body = proxied_request(hub.port, hub.ca_cert, "GET", REG, f"/v2/library/headers/blobs/{layer}",
+                                      [("Range", "bytes=100-199")])
+    assert (status, body) == (206, (tmp_path / "cold" / layer.split(":")[1]).read_bytes()[100:200])
+    assert upstream.requests_since(mark) == []
+
+
+def test_size_cap_evicts_least_recently_used(upstream, start_hubcache, certs, tmp_path):
+    a = upstream.push_image("library/capa", "1", layers(2 * MiB))
+    b = upstream.push_image("library/capb", "1", layers(2 * MiB))
+    hub = start_hubcache("hubcache_max_size=3m")
+    pull("docker.io/library/capa:1", tmp_path / "a", hub, certs)
+    pull("docker.io/library/capb:1", tmp_path / "b", hub, certs)
+    mark = upstream.mark()
+    pull("docker.io/library/capb:1", tmp_path / "b2", hub, certs)  # the newer image is still whole
+    assert upstream.requests_since(mark) == []
+    hub.stop()
+    from hubcache.store import Store
+
+    store = Store(hub.store)
+    try:
+        assert store.size() <= 3 * MiB
+        assert store.blob_info(a.layer_digests[0]) is None
+        assert store.blob_info(b.layer_digests[0]) is not None
+    finally:
+        store.close()

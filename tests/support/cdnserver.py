@@ -12,6 +12,7 @@ Run: python cdnserver.py --root STORAGE_ROOT --listen 127.0.0.3:443 ... (see htt
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sys
@@ -27,6 +28,14 @@ RANGE = re.compile(r"bytes=(\d*)-(\d*)$")
 
 class CDNHandler(httpsd.LoggedHandler):
     root: Path
+    faults: Path | None = None  # JSON {hex digest: {"truncate_at": N}}, read at each request
+
+    def _fault(self, path: str) -> dict:
+        if self.faults is None or not self.faults.exists():
+            return {}
+        parts = path.rstrip("/").split("/")
+        hexd = parts[-2] if len(parts) >= 2 else ""
+        return json.loads(self.faults.read_text() or "{}").get(hexd, {})
 
     def do_HEAD(self):
         self.do_GET()
@@ -67,7 +76,9 @@ class CDNHandler(httpsd.LoggedHandler):
             self.end_headers()
             sent = 0
             if self.command == "GET":
-                sent = self._stream(f, start, end)
+                cut = self._fault(path).get("truncate_at")
+                # a fault: promise the whole body, then hang up early
+                sent = self._stream(f, start, end if cut is None else min(end, start + cut))
             self.record(status, sent, complete=sent == end - start or self.command == "HEAD")
 
     def _stream(self, f, start: int, end: int) -> int:
@@ -91,8 +102,10 @@ class CDNHandler(httpsd.LoggedHandler):
 def main(argv=None) -> None:
     p = httpsd.common_args(__doc__.splitlines()[0])
     p.add_argument("--root", required=True, help="the registry's filesystem rootdirectory")
+    p.add_argument("--faults", help="JSON file of injected faults by blob hex digest")
     args = p.parse_args(argv)
     CDNHandler.root = Path(args.root)
+    CDNHandler.faults = Path(args.faults) if args.faults else None
     httpsd.serve(args, CDNHandler)
 
 

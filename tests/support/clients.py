@@ -80,3 +80,24 @@ def skopeo_copy(
 def dir_blob(dest_dir: Path, digest: str) -> Path:
     """Path of a blob inside a `dir:` layout written by skopeo_copy."""
     return Path(dest_dir) / digest.split(":", 1)[1]
+
+
+def proxied_request(proxy_port: int, cafile: Path, method: str, host: str, path: str,
+                    headers: list[tuple[str, str]] = ()) -> tuple[int, dict[str, str], bytes]:
+    """One HTTPS request through the proxy at 127.0.0.1:proxy_port (CONNECT host:443, then TLS
+    trusting `cafile`). Repeated headers (several Accept lines) are sent as given."""
+    import http.client
+    import ssl
+
+    ctx = ssl.create_default_context(cafile=str(cafile))
+    conn = http.client.HTTPSConnection("127.0.0.1", proxy_port, context=ctx, timeout=60)
+    conn.set_tunnel(host, 443)
+    try:
+        conn.putrequest(method, path)
+        for k, v in headers:
+            conn.putheader(k, v)
+        conn.endheaders()
+        r = conn.getresponse()
+        return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
+    finally:
+        conn.close()

@@ -18,6 +18,7 @@ All on :443 with certs from one test CA (`up.ca_cert`).
 from __future__ import annotations
 
 import ctypes
+import contextlib
 import json
 import os
 import shutil
@@ -101,6 +102,7 @@ class Upstream:
         self.private = {k: list(v) for k, v in (private or {}).items()}
         self.push_account = next(iter(self.accounts.items()))  # (user, password) used by push_*
         self.storage = self.workdir / "registry-data"
+        self.cdn_faults = self.workdir / "cdn-faults.json"
         self.logs = self.workdir / "logs"
         self.ns = Namespaces(f"hubcache-{os.getpid()}", self.workdir / "hosts")
         self._procs: list[tuple[str, subprocess.Popen]] = []
@@ -146,7 +148,8 @@ class Upstream:
         self.ns.enter()
         self._start_registry()
         self._start_script("tokenserver", "127.0.0.2", AUTH_HOST, ["--config", str(self._token_config())])
-        self._start_script("cdnserver", "127.0.0.3", CDN_HOST, ["--root", str(self.storage)])
+        self._start_script("cdnserver", "127.0.0.3", CDN_HOST,
+                           ["--root", str(self.storage), "--faults", str(self.cdn_faults)])
 
     def _registry_config(self) -> Path:
         pki = self.pki
@@ -288,6 +291,15 @@ class Upstream:
         return self.requests(settle)[mark:]
 
     # ------------------------------------------------------------------- content
+
+    @contextlib.contextmanager
+    def cdn_truncates(self, digest: str, after: int):
+        """While inside: the CDN promises the whole blob, sends `after` bytes and hangs up."""
+        self.cdn_faults.write_text(json.dumps({digest.split(":", 1)[1]: {"truncate_at": after}}))
+        try:
+            yield
+        finally:
+            self.cdn_faults.write_text("{}")
 
     def blob_file(self, digest: str) -> Path:
         algo, hexd = digest.split(":", 1)
