@@ -258,9 +258,20 @@ class Store:
         return BlobWriter(self, digest, expected_size, repository)
 
     def read_blob(self, info: BlobInfo, start: int = 0, end: int | None = None) -> Iterator[bytes]:
-        """Bytes [start, end) of a committed blob, chunk by chunk; pinned against eviction meanwhile."""
+        """Bytes [start, end) of a committed blob, chunk by chunk (copies; see send_blob)."""
+        pieces: list[bytes] = []
+        for piece in self._chunks_of(info, start, end, pieces.append, copy=True):
+            yield pieces.pop()
+
+    def send_blob(self, info: BlobInfo, write: Callable[[memoryview], object], start: int = 0, end: int | None = None) -> Iterator[None]:
+        """Hand bytes [start, end) to `write` straight from LMDB's map, without copying. Each piece
+        is valid only during the call, which runs inside a read transaction: `write` must not
+        block (a map resize waits for it). Yields after each piece, outside the transaction."""
+        return self._chunks_of(info, start, end, write, copy=False)
+
+    def _chunks_of(self, info: BlobInfo, start: int, end: int | None, write, copy: bool) -> Iterator[None]:
         end = info.size if end is None else min(end, info.size)
-        self._pin(info.digest)
+        self._pin(info.digest)  # not evicted while being read
         try:
             self.touch(info.digest)
             pos = start
@@ -268,16 +279,18 @@ class Store:
             while pos < end:
                 index, offset = divmod(pos, info.chunk_size)
                 key = _chunk_key(info.blob_id, index)
-                chunk = self._read(lambda txn: txn.get(key, db=self._chunks))
-                if chunk is None:
-                    raise StoreError(f"chunk {index} of {info.digest} is missing")
-                piece = chunk[offset : offset + (end - pos)]
+                with self._gate.shared(), self._env.begin(buffers=not copy) as txn:
+                    chunk = txn.get(key, db=self._chunks)
+                    if chunk is None:
+                        raise StoreError(f"chunk {index} of {info.digest} is missing")
+                    piece = chunk[offset : offset + (end - pos)]
+                    write(piece)
                 pos += len(piece)
                 since_release += len(piece)
                 if since_release >= RELEASE_EVERY:
                     self.release_pages()
                     since_release = 0
-                yield piece
+                yield
         finally:
             self._unpin(info.digest)
 
