@@ -18,6 +18,7 @@ from mitmproxy import ctx, exceptions, http
 
 from . import options, policy, responses, routes, tokens, upstream
 from .blobserver import PATH_PREFIX, BlobServer
+from .health import Health
 from .ingest import Tee
 from .mediatypes import Accept, choose
 from .routes import Kind, Route
@@ -29,6 +30,8 @@ META = "hubcache"
 MAX_MANIFEST = 4 * 1024 * 1024  # Docker Hub's own limit
 MAX_REDIRECTS = 10_000  # CDN URLs remembered from 307s
 ACCESS_FLUSH_SECONDS = 5
+RECENTLY_OK = 60  # seconds after a good upstream answer in which connections are not probed first
+REGISTRY = "registry"  # the health key of all registry host aliases
 
 
 @dataclass
@@ -54,6 +57,7 @@ class HubCache:
         self.tokens: tokens.UpstreamTokens | None = None
         self.redirects: OrderedDict[tuple[str, str], tuple[str, str]] = OrderedDict()
         self._hosts: dict[str, frozenset[str]] = {}
+        self.health = Health(30)
         self._flusher: asyncio.Task | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -77,6 +81,7 @@ class HubCache:
             "auth_hosts": frozenset(h.lower() for h in ctx.options.hubcache_auth_hosts),
             "cdn_hosts": frozenset(h.lower() for h in ctx.options.hubcache_cdn_hosts),
         }
+        self.health.backoff = ctx.options.hubcache_backoff
         realm, service = ctx.options.hubcache_auth_realm, ctx.options.hubcache_auth_service
         if self.tokens is None or (self.tokens.realm, self.tokens.service) != (realm, service):
             self.tokens = tokens.UpstreamTokens(self._get, realm, service)
@@ -94,6 +99,8 @@ class HubCache:
             wanted["http2"] = False
         if not ctx.options.stream_large_bodies:
             wanted["stream_large_bodies"] = "1m"
+        if ctx.options.tcp_timeout == 600:  # mitmproxy's default: a stalled upstream would hold a pull 10 min
+            wanted["tcp_timeout"] = 60
         if wanted:
             ctx.options.update(**wanted)
         self._flusher = asyncio.get_running_loop().create_task(self._flush_access_forever())
@@ -127,8 +134,40 @@ class HubCache:
         o = ctx.options
         return upstream.TLSSettings(o.ssl_insecure, o.ssl_verify_upstream_trusted_ca, o.ssl_verify_upstream_trusted_confdir)
 
+    def _health_key(self, host: str) -> str:
+        host = host.lower()
+        return REGISTRY if host in self._hosts["registry_hosts"] else host
+
+    def _unavailable(self, host: str) -> str | None:
+        """Why hubcache will not ask `host` now (offline, or backing off after a failure), or None."""
+        if ctx.options.hubcache_offline:
+            return "hubcache is offline"
+        why = self.health.down(self._health_key(host), time.time())
+        return f"upstream {host} unavailable: {why}" if why else None
+
+    def _upstream_result(self, host: str, status: int | None, error: str = "") -> None:
+        """Remember how an upstream request went: failures start the back-off."""
+        key, now = self._health_key(host), time.time()
+        if status is None or status >= 500 or status == 429:
+            self.health.failed(key, error or f"answered {status}", now)
+        else:
+            self.health.succeeded(key, now)
+
+    async def _own_request(self, method: str, url: str, headers: list[tuple[str, str]]) -> upstream.UpstreamResponse:
+        """One request of hubcache's own, unless the host is backing off; the outcome is remembered."""
+        host = urlsplit(url).hostname or ""
+        if why := self._unavailable(host):
+            raise upstream.UpstreamError(why)
+        try:
+            resp = await upstream.request(method, url, headers, self._tls(), ctx.options.hubcache_upstream_timeout)
+        except upstream.UpstreamError as e:
+            self._upstream_result(host, None, str(e))
+            raise
+        self._upstream_result(host, resp.status)
+        return resp
+
     async def _get(self, url: str, headers: list[tuple[str, str]]) -> upstream.UpstreamResponse:
-        return await upstream.request("GET", url, headers, self._tls(), ctx.options.hubcache_upstream_timeout)
+        return await self._own_request("GET", url, headers)
 
     async def _upstream_auth(self, flow: http.HTTPFlow, repository: str) -> str:
         """The Authorization for an upstream request on behalf of this client: its own, or ours."""
@@ -136,7 +175,7 @@ class HubCache:
         if auth and not tokens.is_local(auth):
             return auth
         assert self.tokens
-        return f"Bearer {await self.tokens.token_for(repository)}"
+        return f"Bearer {await self.tokens.token_for(repository)}"  # fails fast while the auth host backs off
 
     # -- hooks --------------------------------------------------------------------------------
 
@@ -164,6 +203,27 @@ class HubCache:
         if flow.response:  # answered here
             self._log(flow, st)
 
+    async def server_connect(self, data) -> None:
+        """Bound the connect time to upstream hosts that have not answered recently, and never
+        connect while offline or backing off."""
+        if not data.server.address or not self._hosts:
+            return
+        host, port = data.server.address[0], data.server.address[1]
+        if self._health_key(host) != REGISTRY and host.lower() not in self._hosts["auth_hosts"] | self._hosts["cdn_hosts"]:
+            return
+        if why := self._unavailable(host):
+            data.server.error = why
+            return
+        if self.health.recently_ok(self._health_key(host), time.time(), RECENTLY_OK):
+            return
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), ctx.options.hubcache_connect_timeout)
+            writer.close()
+        except (OSError, TimeoutError) as e:
+            reason = f"cannot connect to {host}:{port}: {e or 'timed out'}"
+            self._upstream_result(host, None, reason)
+            data.server.error = reason
+
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         st: _State | None = flow.metadata.get(META)
         if st is None or flow.response is None:
@@ -189,6 +249,8 @@ class HubCache:
         st: _State | None = flow.metadata.get(META)
         if st is None or flow.response is None:
             return
+        if not st.local_stream and st.outcome != "hit":  # the answer came from upstream
+            self._upstream_result(flow.request.host, flow.response.status_code)
         if st.tee is not None:
             if not st.tee.verified:
                 st.outcome = "rejected"
@@ -208,6 +270,9 @@ class HubCache:
             return
         if st.tee is not None:
             st.tee.abort()
+        msg = flow.error.msg if flow.error else ""
+        if flow.response is None and not st.local_stream and "client" not in msg.lower():
+            self._upstream_result(flow.request.host, None, msg)
         if st.outcome != "rejected":
             st.note = flow.error.msg if flow.error else "error"
         self._log(flow, st)
@@ -220,8 +285,23 @@ class HubCache:
         st.outcome = "hit"
 
     async def _token(self, flow: http.HTTPFlow, st: _State) -> None:
-        if flow.request.headers.get("authorization"):
-            return  # a client's own credentials go to the token server untouched
+        auth = flow.request.headers.get("authorization")
+        if auth:
+            # A client's own credentials go to the token server unchanged, with hubcache's bounded
+            # timeout; when it cannot be reached the client gets a local token and can still pull
+            # what the store has.
+            try:
+                resp = await self._own_request("GET", _url(flow), [("Authorization", auth)])
+            except upstream.UpstreamError as e:
+                st.note = str(e)
+            else:
+                flow.response = http.Response.make(
+                    resp.status, resp.body, {"Content-Type": resp.header("content-type", "application/json")}
+                )
+                if resp.header("www-authenticate"):
+                    flow.response.headers["Www-Authenticate"] = resp.header("www-authenticate")
+                st.outcome = "passthrough"
+                return
         flow.response = responses.token(tokens.issue_local_token())
         st.outcome = "hit"
 
@@ -248,8 +328,7 @@ class HubCache:
                 flow.response = responses.manifest(m, head)
                 st.outcome = "hit"
                 return
-            st.outcome = "miss"
-            await self._send_upstream(flow, st)
+            await self._miss(flow, st)
             return
         records = self.store.tag_records(route.repository, route.reference)
         accept = Accept.parse(flow.request.headers.get_all("accept"))
@@ -264,8 +343,7 @@ class HubCache:
         if decision is policy.Decision.REVALIDATE:
             if await self._revalidate(flow, st, record, m):
                 return
-        st.outcome = "miss"
-        await self._send_upstream(flow, st)
+        await self._miss(flow, st)
 
     async def _revalidate(self, flow: http.HTTPFlow, st: _State, record: policy.TagRecord, m) -> bool:
         """HEAD upstream (not counted by Docker Hub). True when the flow was answered here."""
@@ -274,9 +352,7 @@ class HubCache:
         try:
             auth = await self._upstream_auth(flow, route.repository)
             headers = [("Accept", v) for v in flow.request.headers.get_all("accept")] + [("Authorization", auth)]
-            resp = await upstream.request(
-                "HEAD", _url(flow), headers, self._tls(), ctx.options.hubcache_upstream_timeout
-            )
+            resp = await self._own_request("HEAD", _url(flow), headers)
         except upstream.UpstreamError as e:
             flow.response = responses.manifest(m, flow.request.method == "HEAD", warning=f"stale: {e}")
             st.outcome, st.note = "stale", str(e)
@@ -309,9 +385,8 @@ class HubCache:
         if info is not None:
             self._serve_blob(flow, st, info)
             return
-        st.outcome = "miss"
         st.digest, st.repository = st.route.reference, st.route.repository
-        await self._send_upstream(flow, st)
+        await self._miss(flow, st)
 
     async def _cdn(self, flow: http.HTTPFlow, st: _State) -> None:
         assert self.store
@@ -323,8 +398,11 @@ class HubCache:
         if info is not None:
             self._serve_blob(flow, st, info)
             return
-        st.outcome = "miss"
         st.digest, st.repository = digest, repository
+        if why := self._unavailable(flow.request.host):
+            self._refuse_miss(flow, st, why)
+        else:
+            st.outcome = "miss"
 
     def _serve_blob(self, flow: http.HTTPFlow, st: _State, info: BlobInfo) -> None:
         st.outcome = "hit"
@@ -340,15 +418,31 @@ class HubCache:
         req.path = PATH_PREFIX + info.digest
         st.local_stream = True
 
+    async def _miss(self, flow: http.HTTPFlow, st: _State) -> None:
+        """Not in the store: upstream, unless upstream is not to be asked now."""
+        if why := self._unavailable(flow.request.host):
+            self._refuse_miss(flow, st, why)
+            return
+        st.outcome = "miss"
+        await self._send_upstream(flow, st)
+
+    def _refuse_miss(self, flow: http.HTTPFlow, st: _State, why: str) -> None:
+        route = st.route
+        what = f"docker.io/{route.repository or st.repository}"
+        ref = route.reference or st.digest
+        what += f"@{ref}" if ref.startswith("sha256:") else f":{ref}"
+        # 404 with the registry's own code: clients print the message of a 4xx error body, while
+        # for a 5xx they print only the status.
+        code = "MANIFEST_UNKNOWN" if route.kind is Kind.MANIFEST else "BLOB_UNKNOWN"
+        flow.response = responses.oci_error(404, code, f"{what} is not in hubcache's store and {why}")
+        st.outcome, st.note = "error", why
+
     async def _send_upstream(self, flow: http.HTTPFlow, st: _State) -> None:
         """Let the flow go upstream with credentials that upstream accepts."""
         try:
             flow.request.headers["authorization"] = await self._upstream_auth(flow, st.route.repository)
         except upstream.UpstreamError as e:
-            st.outcome, st.note = "error", str(e)
-            flow.response = responses.oci_error(
-                503, "UNAVAILABLE", f"hubcache could not get an upstream token for {st.route.repository}: {e}"
-            )
+            self._refuse_miss(flow, st, f"no upstream token could be had: {e}")
 
     # -- after upstream answered ------------------------------------------------------------
 

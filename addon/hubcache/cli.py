@@ -22,6 +22,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--listen-port", type=int, default=3128, help="port to listen on (default 3128)")
     run.add_argument("--store", default=os.path.join(DEFAULT_HOME, "store"), help="LMDB store directory")
     run.add_argument("--confdir", default=DEFAULT_HOME, help="where the CA lives: <confdir>/mitmproxy-ca-cert.pem")
+    run.add_argument("--offline", action="store_true", help="never contact upstream; serve only what the store has")
     run.add_argument(
         "--set", dest="sets", action="append", default=[], metavar="OPTION=VALUE",
         help="any mitmproxy or hubcache option, e.g. ssl_verify_upstream_trusted_ca=FILE (repeatable)",
@@ -44,7 +45,8 @@ async def _run(args: argparse.Namespace) -> int:
     master.addons.add(HubCache())
     try:
         # Defaults hubcache needs (documented in docs/design.md); --set may still override them.
-        opts.update(connection_strategy="lazy", http2=False, stream_large_bodies="1m", hubcache_store=args.store)
+        opts.update(connection_strategy="lazy", http2=False, stream_large_bodies="1m", tcp_timeout=60,
+                    hubcache_store=args.store, hubcache_offline=args.offline)
         opts.set(*args.sets)
     except exceptions.OptionsError as e:
         print(f"hubcache: {e}", file=sys.stderr)

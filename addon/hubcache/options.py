@@ -42,7 +42,10 @@ def load(loader) -> None:
     add("hubcache_cdn_hosts", Sequence[str], list(CDN_HOSTS), "Blob CDN hosts that registry redirects point at.")
     add("hubcache_auth_realm", str, "https://auth.docker.io/token", "Token realm hubcache fetches its own upstream tokens from.")
     add("hubcache_auth_service", str, "registry.docker.io", "Token service name of the registry.")
-    add("hubcache_upstream_timeout", int, 30, "Seconds hubcache waits for its own upstream requests (tokens, revalidation).")
+    add("hubcache_upstream_timeout", int, 15, "Seconds hubcache waits for its own upstream requests (tokens, revalidation).")
+    add("hubcache_connect_timeout", int, 5, "Seconds to wait for a TCP connection to an upstream host that has not answered recently.")
+    add("hubcache_backoff", int, 30, "Seconds an upstream host that failed is not asked again: tags are served stale, misses fail at once.")
+    add("hubcache_offline", bool, False, "Never contact upstream: serve what the store has, answer misses with an error.")
 
 
 def check(opts) -> int:
@@ -53,8 +56,11 @@ def check(opts) -> int:
         raise exceptions.OptionsError(f"hubcache_max_size: {e}") from e
     if opts.hubcache_tag_ttl < 0:
         raise exceptions.OptionsError(f"hubcache_tag_ttl must be >= 0, not {opts.hubcache_tag_ttl}")
-    if opts.hubcache_upstream_timeout <= 0:
-        raise exceptions.OptionsError(f"hubcache_upstream_timeout must be > 0, not {opts.hubcache_upstream_timeout}")
+    for name in ("hubcache_upstream_timeout", "hubcache_connect_timeout"):
+        if getattr(opts, name) <= 0:
+            raise exceptions.OptionsError(f"{name} must be > 0, not {getattr(opts, name)}")
+    if opts.hubcache_backoff < 0:
+        raise exceptions.OptionsError(f"hubcache_backoff must be >= 0, not {opts.hubcache_backoff}")
     if not opts.hubcache_auth_realm.startswith("https://"):
         raise exceptions.OptionsError(f"hubcache_auth_realm must be an https URL, not {opts.hubcache_auth_realm!r}")
     return max_size

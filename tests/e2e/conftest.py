@@ -40,8 +40,8 @@ def confdir(tmp_path_factory) -> Path:
 def start_hubcache(upstream, confdir, tmp_path):
     started: list[Proxy] = []
 
-    def start(*sets: str, name: str = "hubcache") -> Proxy:
-        p = Proxy(tmp_path / name, upstream.ca_cert, confdir=confdir, sets=list(sets)).start()
+    def start(*sets: str, name: str = "hubcache", args: list[str] = ()) -> Proxy:
+        p = Proxy(tmp_path / name, upstream.ca_cert, confdir=confdir, sets=list(sets), args=list(args)).start()
         started.append(p)
         return p
 

@@ -146,10 +146,35 @@ class Upstream:
         self.ns.hosts_file.write_text(hosts)
 
         self.ns.enter()
+        self._start_services()
+
+    def _start_services(self) -> None:
         self._start_registry()
         self._start_script("tokenserver", "127.0.0.2", AUTH_HOST, ["--config", str(self._token_config())])
         self._start_script("cdnserver", "127.0.0.3", CDN_HOST,
                            ["--root", str(self.storage), "--faults", str(self.cdn_faults)])
+
+    def _stop_services(self) -> None:
+        for what, proc in reversed(self._procs):
+            if proc.poll() is None:
+                proc.terminate()
+        for what, proc in reversed(self._procs):
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self._procs.clear()
+
+    @contextlib.contextmanager
+    def down(self):
+        """While inside: every upstream service (registry, token server, CDN) is stopped, so
+        connections to the Hub names are refused; they start again, same storage, afterwards."""
+        self._stop_services()
+        try:
+            yield
+        finally:
+            self._start_services()
 
     def _registry_config(self) -> Path:
         pki = self.pki
@@ -223,16 +248,7 @@ class Upstream:
 
     def stop(self) -> None:
         """Stop every process started here (by PID), leave and delete the namespaces."""
-        for what, proc in reversed(self._procs):
-            if proc.poll() is None:
-                proc.terminate()
-        for what, proc in reversed(self._procs):
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        self._procs.clear()
+        self._stop_services()
         self.ns.leave()
         self.started = False
 

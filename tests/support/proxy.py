@@ -29,13 +29,14 @@ class Proxy:
     """A proxy process. `kind` is "hubcache" (the real CLI) or "mitmdump" (plain, for comparison)."""
 
     def __init__(self, workdir: Path, upstream_ca: Path, *, confdir: Path, sets: list[str] = (), kind: str = "hubcache",
-                 store: Path | None = None) -> None:
+                 store: Path | None = None, args: list[str] = ()) -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.upstream_ca = upstream_ca
         self.confdir = Path(confdir)
         self.store = store or self.workdir / "store"
         self.sets = list(sets)
+        self.args = list(args)  # extra command-line arguments
         self.kind = kind
         self.port = 0
         self.proc: subprocess.Popen | None = None
@@ -56,13 +57,13 @@ class Proxy:
                    "--store", str(self.store), "--confdir", str(self.confdir)]
             for s in common:
                 cmd += ["--set", s]
-            return cmd
+            return cmd + self.args
         cmd = [str(BIN / "mitmdump"), "--listen-host", "127.0.0.1", "--listen-port", str(self.port),
                "--set", f"confdir={self.confdir}", "--set", "http2=false", "--set", "stream_large_bodies=1m",
                "--set", "flow_detail=0"]
         for s in common:
             cmd += ["--set", s]
-        return cmd
+        return cmd + self.args
 
     def start(self, timeout: float = 20) -> "Proxy":
         self.port = free_port()

@@ -10,12 +10,17 @@ from hubcache.addon import HubCache
 
 
 @pytest.fixture
-def hub(tmp_path):
+def hub_ctx(tmp_path):
     addon = HubCache()
     with taddons.context(addon) as tctx:
         tctx.configure(addon, hubcache_store=str(tmp_path / "store"))
-        yield addon
+        yield addon, tctx
     addon.done()
+
+
+@pytest.fixture
+def hub(hub_ctx):
+    return hub_ctx[0]
 
 
 def flow(path: str, host: str = "registry-1.docker.io", method: str = "GET", scheme: str = "https", headers=()):
@@ -41,9 +46,20 @@ def test_anonymous_token_request_gets_a_local_token(hub):
     assert r.status_code == 200 and json.loads(r.content)["token"].startswith("hubcache.")
 
 
-def test_token_request_with_credentials_goes_upstream_untouched(hub):
-    f = flow("/token?scope=x", host="auth.docker.io", headers=[("Authorization", "Basic dTpw")])
-    assert run(hub, f) is None and f.request.headers["authorization"] == "Basic dTpw"
+def test_token_request_with_credentials_gets_a_local_token_when_offline(hub_ctx):
+    hub, tctx = hub_ctx
+    tctx.configure(hub, hubcache_offline=True)
+    r = run(hub, flow("/token?scope=x", host="auth.docker.io", headers=[("Authorization", "Basic dTpw")]))
+    assert r.status_code == 200 and json.loads(r.content)["token"].startswith("hubcache.")
+
+
+def test_offline_miss_is_an_oci_error_naming_the_image(hub_ctx):
+    hub, tctx = hub_ctx
+    tctx.configure(hub, hubcache_offline=True)
+    r = run(hub, flow("/v2/library/postgres/manifests/12.2"))
+    err = json.loads(r.content)["errors"][0]
+    assert r.status_code == 404 and err["code"] == "MANIFEST_UNKNOWN"
+    assert "docker.io/library/postgres:12.2" in err["message"] and "offline" in err["message"]
 
 
 def test_bad_name_is_an_oci_error(hub):

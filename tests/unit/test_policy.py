@@ -18,3 +18,17 @@ def test_nothing_cached_is_fetched():
 
 def test_ttl_zero_always_revalidates():
     assert decide(R, True, now=1000.0, ttl=0) is Decision.REVALIDATE
+
+
+def test_health_backs_off_then_retries():
+    from hubcache.health import Health
+
+    h = Health(backoff=30)
+    assert h.down("r", now=0) is None
+    h.failed("r", "connection refused", now=100)
+    assert "connection refused" in h.down("r", now=110)
+    assert h.down("r", now=130) is None  # back-off over: ask again
+    h.failed("r", "timeout", now=200)
+    h.succeeded("r", now=201)
+    assert h.down("r", now=202) is None
+    assert h.recently_ok("r", now=230, within=60) and not h.recently_ok("r", now=300, within=60)

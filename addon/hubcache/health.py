@@ -1,0 +1,44 @@
+"""Which upstream hosts failed recently.
+
+Asked before every upstream request hubcache would make, so a dead upstream costs one timeout and
+then nothing until the back-off ends: clients get stale tags or a clear error at once instead of
+each waiting for the same timeout.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class _Failure:
+    until: float
+    reason: str
+
+
+class Health:
+    def __init__(self, backoff: float) -> None:
+        self.backoff = backoff
+        self._failures: dict[str, _Failure] = {}
+        self._last_ok: dict[str, float] = {}
+
+    def down(self, host: str, now: float) -> str | None:
+        """Why `host` is not to be asked now, or None."""
+        f = self._failures.get(host)
+        if f is None:
+            return None
+        if now >= f.until:
+            del self._failures[host]
+            return None
+        return f"{f.reason} (not retried for {f.until - now:.0f} s)"
+
+    def failed(self, host: str, reason: str, now: float) -> None:
+        self._failures[host] = _Failure(now + self.backoff, reason)
+        self._last_ok.pop(host, None)
+
+    def succeeded(self, host: str, now: float) -> None:
+        self._failures.pop(host, None)
+        self._last_ok[host] = now
+
+    def recently_ok(self, host: str, now: float, within: float) -> bool:
+        return now - self._last_ok.get(host, float("-inf")) < within
