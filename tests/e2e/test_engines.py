@@ -185,6 +185,27 @@ def test_multi_platform_index_fetches_only_linux_amd64(engine, hub, upstream):
     assert engine.describe(ref).config_digest == amd.config_digest
 
 
+@pytest.mark.parametrize("name, trust", [("containerd", "hosts-dir"), ("containerd", "system"),
+                                         ("podman", "certs.d")])
+def test_ca_trusted_the_other_documented_way(name, trust, upstream, hub, tmp_path):
+    """certs/README.md's other ways to trust hubcache's CA work too: for containerd a hosts.toml
+    (what Kubernetes nodes use) or the system store, for podman /etc/containers/certs.d/docker.io/.
+    (dockerd's only way, the system store, is what every docker test above uses.)"""
+    why = missing_engine(name)
+    if why:
+        pytest.skip(why)
+    img = upstream.push_image(f"library/{name}-trust-{trust}", "1", layers(300_000))
+    ref = f"docker.io/library/{name}-trust-{trust}:1"
+    with ENGINES[name](tmp_path / name, proxy=hub.url, ca_cert=hub.ca_cert, trust=trust) as engine:
+        pull(engine, hub, upstream, ref)
+        got = engine.describe(ref)
+        assert (got.digest, got.config_digest) == (img.manifest_digest, img.config_digest)
+        engine.remove(ref)
+        mark = upstream.mark()
+        pull(engine, hub, upstream, ref)
+        assert upstream.requests_since(mark) == []
+
+
 # -------------------------------------------------- the seed's example: GitLab CI services
 
 

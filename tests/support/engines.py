@@ -102,6 +102,30 @@ def _in_private_mount_ns() -> bool:
         return False
 
 
+class _SystemBundle:
+    """hubcache's CA added to the system trust store the way update-ca-certificates would (appended
+    to /etc/ssl/certs/ca-certificates.crt), as a bundle of our own bind-mounted over that file:
+    only inside the test process's private mount namespace, so the machine never sees it."""
+
+    def __init__(self, path: Path, ca_cert: Path):
+        self.path = path
+        self.ca_cert = ca_cert
+        self.mounted = False
+
+    def mount(self) -> None:
+        if not _in_private_mount_ns():
+            raise EngineError("refusing to bind-mount a CA bundle in the machine's own mount namespace: "
+                              "start support.hubenv.Upstream first")
+        self.path.write_bytes(SYSTEM_BUNDLE.read_bytes().rstrip(b"\n") + b"\n" + self.ca_cert.read_bytes())
+        subprocess.run(["mount", "--bind", str(self.path), str(SYSTEM_BUNDLE)], check=True, capture_output=True)
+        self.mounted = True
+
+    def umount(self) -> None:
+        if self.mounted:
+            subprocess.run(["umount", str(SYSTEM_BUNDLE)], check=True, capture_output=True)
+            self.mounted = False
+
+
 def _remove_empty_tree(path: Path) -> None:
     """Remove `path` if nothing but empty directories is left in it."""
     for dirpath, _dirs, _files in sorted(os.walk(path), key=lambda t: -len(t[0])):
@@ -239,11 +263,10 @@ class Docker(_Engine):
     def __init__(self, workdir: Path, *, proxy: str, ca_cert: Path):
         super().__init__(workdir, proxy=proxy, ca_cert=ca_cert)
         self.data_root = self.workdir / "data-root"
-        self.bundle = self.workdir / "ca-certificates.crt"
+        self.bundle = _SystemBundle(self.workdir / "ca-certificates.crt", self.ca_cert)
         self.config_file = self.workdir / "daemon.json"
         self.client_config = self.workdir / "client-config"
         self.containerd: Containerd | None = None
-        self._mounted = False
 
     @property
     def sock(self) -> Path:
@@ -258,15 +281,9 @@ class Docker(_Engine):
         return self
 
     def _start(self) -> None:
-        if not _in_private_mount_ns():
-            raise EngineError("refusing to bind-mount a CA bundle in the machine's own mount namespace: "
-                              "start support.hubenv.Upstream first")
         for d in (self.workdir, self.data_root, self.client_config):
             d.mkdir(parents=True, exist_ok=True)
-        self.bundle.write_bytes(SYSTEM_BUNDLE.read_bytes().rstrip(b"\n") + b"\n" + self.ca_cert.read_bytes())
-        subprocess.run(["mount", "--bind", str(self.bundle), str(SYSTEM_BUNDLE)], check=True,
-                       capture_output=True)
-        self._mounted = True
+        self.bundle.mount()
         # Not the machine's /etc/docker/daemon.json; the trust key would go to /etc/docker/key.json.
         self.config_file.write_text(json.dumps({"deprecated-key-path": str(self.workdir / "key.json")}) + "\n")
         self.containerd = Containerd(self.workdir / "containerd", proxy=self.proxy, ca_cert=self.ca_cert).start()
@@ -289,9 +306,7 @@ class Docker(_Engine):
         if self.containerd is not None:
             self.containerd.stop()
             self.containerd = None
-        if self._mounted:
-            subprocess.run(["umount", str(SYSTEM_BUNDLE)], check=True, capture_output=True)
-            self._mounted = False
+        self.bundle.umount()
         super().stop()
 
     # --------------------------------------------------------------- clients
@@ -373,17 +388,27 @@ class Docker(_Engine):
 class Containerd(_Engine):
     """containerd 1.6 with a config of its own (CRI plugin off), driven by `ctr`.
 
-    The pull runs in the ctr process, so HTTPS_PROXY and --tlscacert go on
-    `ctr images pull --snapshotter native`. Each instance uses its own ctr namespace.
+    The pull runs in the ctr process, so HTTPS_PROXY and the CA go on
+    `ctr images pull --snapshotter native`: trust="tlscacert" passes `--tlscacert CA`,
+    trust="hosts-dir" passes `--hosts-dir DIR` with DIR/docker.io/hosts.toml naming the CA
+    (the file certs/README.md puts in /etc/containerd/certs.d for Kubernetes nodes),
+    trust="system" passes nothing and puts the CA in the system bundle (see _SystemBundle).
+    Each instance uses its own ctr namespace.
     """
 
     name = "containerd"
     NAMESPACE = "hubcache-e2e"
+    TRUST = ("tlscacert", "hosts-dir", "system")
 
-    def __init__(self, workdir: Path, *, proxy: str, ca_cert: Path):
+    def __init__(self, workdir: Path, *, proxy: str, ca_cert: Path, trust: str = "tlscacert"):
         super().__init__(workdir, proxy=proxy, ca_cert=ca_cert)
+        if trust not in self.TRUST:
+            raise ValueError(f"trust must be one of {self.TRUST}")
+        self.trust = trust
         self.root = self.workdir / "root"
         self.config = self.workdir / "config.toml"
+        self.hosts_dir = self.workdir / "certs.d"
+        self.bundle = _SystemBundle(self.workdir / "ca-certificates.crt", self.ca_cert)
 
     @property
     def sock(self) -> Path:
@@ -417,6 +442,18 @@ class Containerd(_Engine):
             '[plugins."io.containerd.internal.v1.opt"]\n'
             f'  path = "{self.workdir / "opt"}"\n'
         )
+        if self.trust == "system":
+            self.bundle.mount()
+        if self.trust == "hosts-dir":
+            (self.hosts_dir / "docker.io").mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(self.ca_cert, self.hosts_dir / "docker.io" / "hubcache-ca.crt")
+            (self.hosts_dir / "docker.io" / "hosts.toml").write_text(
+                'server = "https://registry-1.docker.io"\n'
+                "\n"
+                '[host."https://registry-1.docker.io"]\n'
+                '  capabilities = ["pull", "resolve"]\n'
+                f'  ca = "{self.hosts_dir / "docker.io" / "hubcache-ca.crt"}"\n'
+            )
         self._spawn([CONTAINERD, "--config", str(self.config)], _clean_env())
         self._wait_ready(lambda: self.sock.exists() and self.ctr("version", check=False).returncode == 0)
 
@@ -426,7 +463,9 @@ class Containerd(_Engine):
                          env, check, timeout)
 
     def pull(self, ref: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
-        return self.ctr("images", "pull", "--snapshotter", "native", "--tlscacert", str(self.ca_cert), ref,
+        trust = {"tlscacert": ["--tlscacert", str(self.ca_cert)],
+                 "hosts-dir": ["--hosts-dir", str(self.hosts_dir)], "system": []}[self.trust]
+        return self.ctr("images", "pull", "--snapshotter", "native", *trust, ref,
                         check=check, proxy=True, timeout=timeout)
 
     def stored(self, digest: str) -> bytes | None:
@@ -471,28 +510,62 @@ class Containerd(_Engine):
     def has(self, ref: str) -> bool:
         return any(line.split()[0] == ref for line in self.ctr("images", "ls").stdout.splitlines()[1:] if line.strip())
 
+    def stop(self) -> None:
+        super().stop()
+        self.bundle.umount()
+
 
 # ====================================================================== podman
 
 
 class Podman(_Engine):
-    """podman 4.3 as root with vfs storage, cgroupfs, file locks and config files of its own;
-    `podman pull --cert-dir` trusts hubcache's CA."""
+    """podman 4.3 as root with vfs storage, cgroupfs, file locks and config files of its own.
+
+    trust="cert-dir": `podman pull --cert-dir DIR` with the CA as DIR/hubcache-ca.crt.
+    trust="certs.d": the machine-wide way, /etc/containers/certs.d/docker.io/ca.crt,
+    in a copy of /etc/containers bind-mounted over it inside the test's private mount namespace
+    (unmounted at stop()).
+    """
 
     name = "podman"
     HARDCODED_DIRS = ("/run/containers",)  # netavark's run dir: /run/containers/networks
+    TRUST = ("cert-dir", "certs.d")
+    ETC = Path("/etc/containers")
 
-    def __init__(self, workdir: Path, *, proxy: str, ca_cert: Path):
+    def __init__(self, workdir: Path, *, proxy: str, ca_cert: Path, trust: str = "cert-dir"):
         super().__init__(workdir, proxy=proxy, ca_cert=ca_cert)
+        if trust not in self.TRUST:
+            raise ValueError(f"trust must be one of {self.TRUST}")
+        self.trust = trust
         self.cert_dir = self.workdir / "certs.d"
         self.env: dict = {}
+        self._mounted = False
 
     def start(self) -> "Podman":
+        try:
+            return self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> "Podman":
         w = self.workdir
         short = self._short_dir()
         for d in (w, self.cert_dir, w / "tmp", w / "graph"):
             d.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(self.ca_cert, self.cert_dir / "hubcache-ca.crt")
+        if self.trust == "cert-dir":
+            shutil.copyfile(self.ca_cert, self.cert_dir / "hubcache-ca.crt")
+        else:
+            if not _in_private_mount_ns():
+                raise EngineError("refusing to bind-mount over /etc/containers in the machine's own "
+                                  "mount namespace: start support.hubenv.Upstream first")
+            etc = w / "etc-containers"
+            if self.ETC.is_dir():
+                shutil.copytree(self.ETC, etc, symlinks=True)
+            (etc / "certs.d" / "docker.io").mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(self.ca_cert, etc / "certs.d" / "docker.io" / "ca.crt")
+            subprocess.run(["mount", "--bind", str(etc), str(self.ETC)], check=True, capture_output=True)
+            self._mounted = True
         (w / "storage.conf").write_text(
             "[storage]\n"
             'driver = "vfs"\n'
@@ -531,8 +604,8 @@ class Podman(_Engine):
         return self._run([PODMAN, *args], env, check, timeout)
 
     def pull(self, ref: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
-        return self.podman("pull", "--cert-dir", str(self.cert_dir),
-                           "--signature-policy", str(self.workdir / "policy.json"), ref,
+        trust = ["--cert-dir", str(self.cert_dir)] if self.trust == "cert-dir" else []
+        return self.podman("pull", *trust, "--signature-policy", str(self.workdir / "policy.json"), ref,
                            check=check, proxy=True, timeout=timeout)
 
     def inspect(self, ref: str) -> dict:
@@ -558,6 +631,13 @@ class Podman(_Engine):
                 if (image_dir / name).is_file():
                     return (image_dir / name).read_bytes()
         return None
+
+
+    def stop(self) -> None:
+        if self._mounted:
+            subprocess.run(["umount", str(self.ETC)], check=True, capture_output=True)
+            self._mounted = False
+        super().stop()
 
 
 ENGINES = {"docker": Docker, "containerd": Containerd, "podman": Podman}
