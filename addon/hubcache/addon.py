@@ -58,6 +58,7 @@ class HubCache:
         self.redirects: OrderedDict[tuple[str, str], tuple[str, str]] = OrderedDict()
         self._hosts: dict[str, frozenset[str]] = {}
         self.health = Health(30)
+        self._running = False
         self._flusher: asyncio.Task | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -67,7 +68,9 @@ class HubCache:
 
     def configure(self, updated: set[str]) -> None:
         max_size = options.check(ctx.options)
-        if "hubcache_store" in updated or self.store is None:
+        # The store opens when the proxy runs (not while options are still being set, which would
+        # open and lock the default store first) and again whenever hubcache_store changes then.
+        if self._running and ("hubcache_store" in updated or self.store is None):
             self._close_store()
             try:
                 self.store = Store(ctx.options.hubcache_store, max_size=max_size)
@@ -75,7 +78,8 @@ class HubCache:
                 raise exceptions.OptionsError(f"hubcache_store: {e}") from e
             self.blobserver = BlobServer(self.store)
             log.info("hubcache: store %s (%d MiB in use)", ctx.options.hubcache_store, self.store.size() >> 20)
-        self.store.max_size = max_size
+        if self.store:
+            self.store.max_size = max_size
         self._hosts = {
             "registry_hosts": frozenset(h.lower() for h in ctx.options.hubcache_registry_hosts),
             "auth_hosts": frozenset(h.lower() for h in ctx.options.hubcache_auth_hosts),
@@ -87,6 +91,8 @@ class HubCache:
             self.tokens = tokens.UpstreamTokens(self._get, realm, service)
 
     def running(self) -> None:
+        self._running = True
+        self.configure({"hubcache_store"})
         # What hubcache needs from mitmproxy: intercept only registry hosts, open no upstream
         # connection for a hit, keep memory bounded (HTTP/1.1 back-pressure, streamed passthrough).
         wanted: dict[str, object] = {}
@@ -103,7 +109,10 @@ class HubCache:
             wanted["tcp_timeout"] = 60
         if wanted:
             ctx.options.update(**wanted)
-        self._flusher = asyncio.get_running_loop().create_task(self._flush_access_forever())
+        try:
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_access_forever())
+        except RuntimeError:  # no event loop: driven by tests
+            pass
 
     def done(self) -> None:
         if self._flusher:
@@ -330,8 +339,12 @@ class HubCache:
                 return
             await self._miss(flow, st)
             return
-        records = self.store.tag_records(route.repository, route.reference)
         accept = Accept.parse(flow.request.headers.get_all("accept"))
+        pin = options.parse_time(ctx.options.hubcache_pin_time)
+        if pin is not None:
+            self._pinned_tag(flow, st, accept, pin)
+            return
+        records = self.store.tag_records(route.repository, route.reference)
         chosen = choose(records, accept)
         record = records[chosen] if chosen else None
         m = self.store.get_manifest(record.digest) if record else None
@@ -344,6 +357,24 @@ class HubCache:
             if await self._revalidate(flow, st, record, m):
                 return
         await self._miss(flow, st)
+
+    def _pinned_tag(self, flow: http.HTTPFlow, st: _State, accept: Accept, pin: float) -> None:
+        """The tag as it was at `pin`, from its history; upstream is not asked."""
+        assert self.store
+        route = st.route
+        records = self.store.tag_at(route.repository, route.reference, pin)
+        chosen = choose(records, accept)
+        m = self.store.get_manifest(records[chosen].digest) if chosen else None
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(pin))
+        if m is None:
+            flow.response = responses.oci_error(
+                404, "MANIFEST_UNKNOWN",
+                f"docker.io/{route.repository}:{route.reference} has no stored manifest as of {when} (hubcache_pin_time)",
+            )
+            st.outcome, st.note = "error", f"pinned to {when}"
+            return
+        flow.response = responses.manifest(m, flow.request.method == "HEAD")
+        st.outcome, st.note = "hit", f"pinned to {when}"
 
     async def _revalidate(self, flow: http.HTTPFlow, st: _State, record: policy.TagRecord, m) -> bool:
         """HEAD upstream (not counted by Docker Hub). True when the flow was answered here."""

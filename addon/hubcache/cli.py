@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import sys
+import time
 
 from . import __version__
 from .options import DEFAULT_HOME
@@ -27,7 +28,52 @@ def _parser() -> argparse.ArgumentParser:
         "--set", dest="sets", action="append", default=[], metavar="OPTION=VALUE",
         help="any mitmproxy or hubcache option, e.g. ssl_verify_upstream_trusted_ca=FILE (repeatable)",
     )
+    hist = sub.add_parser("history", help="show every recorded tag -> digest change of an image")
+    hist.add_argument("image", help="e.g. postgres:12.2, or postgres for all its tags")
+    hist.add_argument("--store", default=os.path.join(DEFAULT_HOME, "store"), help="LMDB store directory")
+    ver = sub.add_parser("verify", help="re-hash the whole store and drop what does not match (proxy stopped)")
+    ver.add_argument("--store", default=os.path.join(DEFAULT_HOME, "store"), help="LMDB store directory")
     return p
+
+
+def _history(args: argparse.Namespace) -> int:
+    from .routes import parse_image
+    from .store import Store, StoreError
+
+    try:
+        repository, tag = parse_image(args.image)
+        store = Store(args.store, readonly=True)
+    except (ValueError, StoreError) as e:
+        print(f"hubcache: {e}", file=sys.stderr)
+        return 2
+    try:
+        rows = store.tag_history(repository, tag)
+    finally:
+        store.close()
+    if not rows:
+        print(f"hubcache: no recorded tag changes for {args.image}", file=sys.stderr)
+        return 1
+    for name, when, media_type, digest in rows:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when))
+        print(f"{stamp}  docker.io/{repository}:{name}  {digest}  {media_type}")
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from .store import Store, StoreError
+
+    try:
+        store = Store(args.store)
+    except StoreError as e:
+        print(f"hubcache: {e} (stop it first)", file=sys.stderr)
+        return 2
+    try:
+        r = store.verify()
+    finally:
+        store.close()
+    print(f"verified {r['manifests']} manifests and {r['blobs']} blobs: {r['bad']} did not match their digest "
+          f"and were dropped; {store.recovered} interrupted writes and {r['orphan_chunks']} orphaned chunk sets removed")
+    return 0
 
 
 async def _run(args: argparse.Namespace) -> int:
@@ -69,6 +115,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "run":
         logging.getLogger("hubcache").setLevel(logging.INFO)
         return asyncio.run(_run(args))
+    if args.command == "history":
+        return _history(args)
+    if args.command == "verify":
+        logging.basicConfig(level=logging.WARNING, format="hubcache: %(message)s")
+        return _verify(args)
     return 2
 
 

@@ -26,6 +26,24 @@ def parse_size(value: str) -> int:
     return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
 
 
+def parse_time(value: str) -> float | None:
+    """'' -> None; '2026-11-27T10:00:00Z' (UTC; seconds optional) or epoch seconds -> epoch seconds."""
+    value = value.strip()
+    if not value:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    from datetime import datetime, timezone
+
+    try:
+        dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError as e:
+        raise ValueError(f"not a time: {value!r} (example: 2026-11-27T10:00:00Z)") from e
+    return (dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)).timestamp()
+
+
 def allow_hosts_pattern(hosts: Sequence[str], suffixes: Sequence[str] = ()) -> str:
     """One regex for mitmproxy's allow_hosts, matched against 'host:port'."""
     names = [re.escape(h) for h in hosts] + [r"[a-z0-9.-]+" + re.escape(s) for s in suffixes]
@@ -45,6 +63,7 @@ def load(loader) -> None:
     add("hubcache_upstream_timeout", int, 15, "Seconds hubcache waits for its own upstream requests (tokens, revalidation).")
     add("hubcache_connect_timeout", int, 5, "Seconds to wait for a TCP connection to an upstream host that has not answered recently.")
     add("hubcache_backoff", int, 30, "Seconds an upstream host that failed is not asked again: tags are served stale, misses fail at once.")
+    add("hubcache_pin_time", str, "", "Serve every tag as it was at this time (e.g. 2026-11-27T10:00:00Z), from the tag history, without asking upstream: replays a past pipeline.")
     add("hubcache_offline", bool, False, "Never contact upstream: serve what the store has, answer misses with an error.")
 
 
@@ -56,6 +75,10 @@ def check(opts) -> int:
         raise exceptions.OptionsError(f"hubcache_max_size: {e}") from e
     if opts.hubcache_tag_ttl < 0:
         raise exceptions.OptionsError(f"hubcache_tag_ttl must be >= 0, not {opts.hubcache_tag_ttl}")
+    try:
+        parse_time(opts.hubcache_pin_time)
+    except ValueError as e:
+        raise exceptions.OptionsError(f"hubcache_pin_time: {e}") from e
     for name in ("hubcache_upstream_timeout", "hubcache_connect_timeout"):
         if getattr(opts, name) <= 0:
             raise exceptions.OptionsError(f"{name} must be > 0, not {getattr(opts, name)}")

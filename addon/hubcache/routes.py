@@ -108,3 +108,22 @@ def classify(host: str, method: str, path: str, *, registry_hosts, auth_hosts, c
     if host in cdn_hosts:
         return Route(Kind.CDN)
     return None
+
+
+def parse_image(text: str) -> tuple[str, str | None]:
+    """'postgres:12.2', 'docker.io/library/postgres', 'bitnami/redis:7' -> (repository, tag or None)
+    as Docker Hub names them (official images live under library/)."""
+    ref = text.strip()
+    for prefix in ("docker.io/", "index.docker.io/", "registry-1.docker.io/"):
+        if ref.startswith(prefix):
+            ref = ref[len(prefix):]
+            break
+    name, tag = ref, None
+    last = ref.rsplit("/", 1)[-1]
+    if ":" in last:
+        name, tag = ref.rsplit(":", 1)
+    if "/" not in name:
+        name = f"library/{name}"
+    if not NAME_RE.fullmatch(name) or (tag is not None and not TAG_RE.fullmatch(tag)):
+        raise ValueError(f"not a Docker Hub image reference: {text!r}")
+    return name, tag

@@ -114,10 +114,14 @@ class _Gate:
 
 
 class Store:
-    def __init__(self, path: str | os.PathLike, *, max_size: int = 0, map_size: int = 256 << 20) -> None:
+    def __init__(self, path: str | os.PathLike, *, max_size: int = 0, map_size: int = 256 << 20, readonly: bool = False) -> None:
         self.path = Path(path)
-        self.path.mkdir(parents=True, exist_ok=True)
         self.max_size = max_size
+        self.readonly = readonly
+        if readonly:
+            self._open_readonly()
+            return
+        self.path.mkdir(parents=True, exist_ok=True)
         # One hubcache per store: opening drops interrupted writes, which would be another
         # process's writes in progress.
         self._lock = open(self.path / "hubcache.lock", "a+")
@@ -134,8 +138,26 @@ class Store:
         self._env = lmdb.open(
             str(self.path), map_size=map_size, max_dbs=16, max_readers=1024, metasync=False
         )
+        self._open_dbs(create=True)
+        self.recovered = self.recover()  # interrupted writes dropped at open
+
+    def _open_readonly(self) -> None:
+        """For looking at a store while a proxy runs on it (history): no lock, no recovery."""
+        if not (self.path / "data.mdb").exists():
+            raise StoreError(f"no store at {self.path}")
+        self._lock = None
+        self._env = lmdb.open(str(self.path), readonly=True, max_dbs=16, max_readers=1024)
+        try:
+            self._open_dbs(create=False)
+        except lmdb.NotFoundError as e:
+            raise StoreError(f"{self.path} is not a hubcache store: {e}") from e
+
+    def _open_dbs(self, create: bool) -> None:
         self._gate = _Gate()
-        open_db = self._env.open_db
+
+        def open_db(name: bytes, **kw):
+            return self._env.open_db(name, create=create, **kw)
+
         self._manifests = open_db(b"manifests")
         self._blobs = open_db(b"blobs")
         self._chunks = open_db(b"chunks")
@@ -145,17 +167,19 @@ class Store:
         self._atime = open_db(b"atime")
         self._lru = open_db(b"lru")
         self._meta = open_db(b"meta")
+        self._history = open_db(b"history")
         self._pinned: Counter[str] = Counter()
         self._pin_lock = threading.Lock()
         self._touched: dict[str, int] = {}
         self._touch_lock = threading.Lock()
         self._mapping: tuple[int, list[tuple[int, int]]] = (0, [])  # (map size, address ranges)
-        self.recover()
 
     def close(self) -> None:
-        self.flush_access()
+        if not self.readonly:
+            self.flush_access()
         self._env.close()
-        self._lock.close()
+        if self._lock:
+            self._lock.close()
 
     # -- transactions -------------------------------------------------------------------------
 
@@ -241,9 +265,40 @@ class Store:
             fetched = now if changed else old["fetched"]
             records[media_type] = {"digest": digest, "size": size, "fetched": fetched, "confirmed": now}
             txn.put(key, json.dumps(records).encode(), db=self._tags)
+            if changed:  # the tag's history: every change, with its time
+                hkey = key + b"\0" + struct.pack(">Q", int(now * 1000))
+                txn.put(hkey, json.dumps({"media_type": media_type, "digest": digest, "size": size}).encode(), db=self._history)
             return changed
 
         return self._write(op)
+
+    def tag_history(self, repository: str, tag: str | None = None) -> list[tuple[str, float, str, str]]:
+        """(tag, time, media type, digest) for every recorded change, oldest first."""
+        prefix = f"{repository}:{tag}\0".encode() if tag else f"{repository}:".encode()
+
+        def op(txn: lmdb.Transaction) -> list[tuple[str, float, str, str]]:
+            out = []
+            cur = txn.cursor(db=self._history)
+            if not cur.set_range(prefix):
+                return out
+            for key, value in cur:
+                if not key.startswith(prefix):
+                    break
+                name, stamp = key[:-9], key[-8:]  # repo:tag, NUL, 8-byte time
+                r = json.loads(value)
+                out.append((name.decode().split(":", 1)[1], struct.unpack(">Q", stamp)[0] / 1000, r["media_type"], r["digest"]))
+            return out
+
+        rows = self._read(op)
+        return sorted(rows, key=lambda r: (r[1], r[0]))
+
+    def tag_at(self, repository: str, tag: str, when: float) -> dict[str, TagRecord]:
+        """What the tag pointed to at `when`, per media type (from its history)."""
+        records: dict[str, TagRecord] = {}
+        for _, t, media_type, digest in self.tag_history(repository, tag):
+            if t <= when:
+                records[media_type] = TagRecord(repository, tag, media_type, digest, 0, t, t)
+        return records
 
     # -- blobs --------------------------------------------------------------------------------
 
@@ -389,6 +444,54 @@ class Store:
                 log.warning("store over its cap but everything left is in use")
                 return
             self.delete(victim)
+
+    def verify(self) -> dict[str, int]:
+        """Re-hash every manifest and blob; drop what does not match its digest, chunks that no
+        blob owns, and correct the size total. Returns counts."""
+        report = {"manifests": 0, "blobs": 0, "bad": 0, "orphan_chunks": 0}
+        bad: list[str] = []
+        for key, raw in self._read(lambda txn: list(txn.cursor(db=self._manifests))):
+            report["manifests"] += 1
+            body = raw.partition(b"\n")[2]
+            if sha256_digest(body) != key.decode():
+                bad.append(key.decode())
+        infos = [self.blob_info(k.decode()) for k, _ in self._read(lambda txn: list(txn.cursor(db=self._blobs)))]
+        for info in infos:
+            report["blobs"] += 1
+            h, n = hashlib.sha256(), 0
+            try:
+                for piece in self.read_blob(info):
+                    h.update(piece)
+                    n += len(piece)
+            except StoreError:
+                bad.append(info.digest)
+                continue
+            if n != info.size or "sha256:" + h.hexdigest() != info.digest:
+                bad.append(info.digest)
+        for digest in bad:
+            log.warning("verify: %s does not match its digest; dropped", digest)
+            self.delete(digest)
+        report["bad"] = len(bad)
+
+        def owned(txn: lmdb.Transaction) -> set[bytes]:
+            ids = {bytes.fromhex(json.loads(v)["id"]) for _, v in txn.cursor(db=self._blobs)}
+            return ids | {k for k, _ in txn.cursor(db=self._pending)}
+
+        def orphans(txn: lmdb.Transaction) -> set[bytes]:
+            mine = owned(txn)
+            return {k[:8] for k in txn.cursor(db=self._chunks).iternext(keys=True, values=False) if k[:8] not in mine}
+
+        for blob_id in self._read(orphans):
+            report["orphan_chunks"] += 1
+            self._write(lambda txn, b=blob_id: self._drop_chunks(txn, b))
+
+        def total(txn: lmdb.Transaction) -> None:
+            size = sum(json.loads(v)["size"] for _, v in txn.cursor(db=self._blobs))
+            size += sum(len(v) - v.index(b"\n") - 1 for _, v in txn.cursor(db=self._manifests))
+            txn.put(b"size", str(size).encode(), db=self._meta)
+
+        self._write(total)
+        return report
 
     def _oldest_unpinned(self, txn: lmdb.Transaction) -> str | None:
         with self._pin_lock:

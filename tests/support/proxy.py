@@ -100,6 +100,13 @@ class Proxy:
         self.proc = None
         return rc
 
+    def kill(self) -> None:
+        """SIGKILL, as a crash or the OOM killer would."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
     def peak_rss_mb(self) -> float:
         """VmHWM of the running proxy, in MiB."""
         assert self.proc

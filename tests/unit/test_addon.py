@@ -14,6 +14,8 @@ def hub_ctx(tmp_path):
     addon = HubCache()
     with taddons.context(addon) as tctx:
         tctx.configure(addon, hubcache_store=str(tmp_path / "store"))
+        addon._running = True  # as after the running hook, without a proxy server
+        addon.configure({"hubcache_store"})
         yield addon, tctx
     addon.done()
 

@@ -23,3 +23,14 @@ def test_allow_hosts_pattern_matches_only_listed_hosts():
     assert not rex.search("registry-1.docker.io.evil.com:443")
     assert not rex.search("gitlab.example.com:443")
     assert not rex.search("xregistry-1.docker.io:443")
+
+
+def test_parse_time():
+    from hubcache.options import parse_time
+
+    assert parse_time("") is None
+    assert parse_time("1700000000") == 1700000000.0
+    assert parse_time("2023-11-14T22:13:20Z") == 1700000000.0
+    assert parse_time("2023-11-14T22:13:20") == 1700000000.0
+    with pytest.raises(ValueError):
+        parse_time("yesterday")

@@ -73,3 +73,25 @@ def test_any_path_classifies_without_crashing(path):
         assert ".." not in route.repository.split("/")
         assert "%" not in route.repository and "\x00" not in route.repository
         assert route.reference and "/" not in route.reference
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("postgres:12.2", ("library/postgres", "12.2")),
+        ("postgres", ("library/postgres", None)),
+        ("docker.io/library/postgres:12.2", ("library/postgres", "12.2")),
+        ("bitnami/redis:7", ("bitnami/redis", "7")),
+    ],
+)
+def test_parse_image(text, expected):
+    from hubcache.routes import parse_image
+
+    assert parse_image(text) == expected
+
+
+def test_parse_image_refuses_nonsense():
+    from hubcache.routes import parse_image
+
+    with pytest.raises(ValueError):
+        parse_image("Not An Image")

@@ -150,3 +150,55 @@ def test_one_process_per_store(tmp_path):
         Store(tmp_path / "s")
     s.close()
     Store(tmp_path / "s").close()
+
+
+def test_tag_history_and_tag_at(store):
+    d1, d2 = "sha256:" + "1" * 64, "sha256:" + "2" * 64
+    store.put_tag("library/pg", "12", "t", d1, 1, now=100.0)
+    store.put_tag("library/pg", "12", "t", d1, 1, now=200.0)  # confirmed, not a change
+    store.put_tag("library/pg", "12", "t", d2, 1, now=300.0)
+    store.put_tag("library/pg", "13", "t", d2, 1, now=150.0)
+    store.put_tag("library/pgx", "12", "t", d2, 1, now=150.0)  # another repository, same prefix
+    assert [(t, when, d) for t, when, _, d in store.tag_history("library/pg", "12")] == [("12", 100.0, d1), ("12", 300.0, d2)]
+    assert [t for t, *_ in store.tag_history("library/pg")] == ["12", "13", "12"]
+    assert store.tag_at("library/pg", "12", 250.0)["t"].digest == d1
+    assert store.tag_at("library/pg", "12", 300.0)["t"].digest == d2
+    assert store.tag_at("library/pg", "12", 50.0) == {}
+
+
+def test_verify_drops_what_does_not_match_and_orphan_chunks(tmp_path):
+    s = Store(tmp_path / "s")
+    good, bad = os.urandom(600_000), os.urandom(600_000)
+    ig, ib = write_blob(s, good), write_blob(s, bad)
+    body = b'{"schemaVersion":2}'
+    s.put_manifest(sha256_digest(body), "t", body, "r")
+    # rot one chunk of `bad` in place, and leave chunks that no blob owns
+    from hubcache.store import _chunk_key
+
+    s._write(lambda txn: txn.put(_chunk_key(ib.blob_id, 1), b"x" * CHUNK_SIZE, db=s._chunks))
+    s._write(lambda txn: txn.put(_chunk_key(b"orphan!!", 0), b"y", db=s._chunks))
+    report = s.verify()
+    assert report == {"manifests": 1, "blobs": 2, "bad": 1, "orphan_chunks": 1}
+    assert s.blob_info(ib.digest) is None and read_all(s, s.blob_info(ig.digest)) == good
+    assert s.size() == len(good) + len(body)
+    assert s.verify()["bad"] == 0
+    s.close()
+
+
+def test_history_command_reads_a_store_in_use(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    s = Store(tmp_path / "s")
+    s.put_tag("library/postgres", "12.2", "t", "sha256:" + "1" * 64, 1, now=1.0)
+    s.put_tag("library/postgres", "12.2", "t", "sha256:" + "2" * 64, 1, now=2.0)
+    hubcache = Path(sys.executable).parent / "hubcache"
+    out = subprocess.run([hubcache, "history", "postgres:12.2", "--store", tmp_path / "s"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert len(lines) == 2 and "docker.io/library/postgres:12.2" in lines[0]
+    assert lines[0].split()[2] == "sha256:" + "1" * 64 and lines[1].split()[2] == "sha256:" + "2" * 64
+    busy = subprocess.run([hubcache, "verify", "--store", tmp_path / "s"], capture_output=True, text=True)
+    assert busy.returncode == 2 and "in use by pid" in busy.stderr
+    s.close()

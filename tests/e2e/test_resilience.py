@@ -1,0 +1,124 @@
+"""hubcache's own faults and history: SIGKILL at random moments, tampered manifests, tag history
+and replaying a past pipeline with hubcache_pin_time."""
+
+from __future__ import annotations
+
+import itertools
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from support.clients import client_env, skopeo_copy
+
+pytestmark = pytest.mark.e2e
+MiB = 1 << 20
+HUBCACHE = Path(sys.executable).parent / "hubcache"
+_seeds = itertools.count(9000)
+
+
+def files(d):
+    return {p.name: p.read_bytes() for p in sorted(d.iterdir()) if p.name != "version"}
+
+
+def pull(ref, dest, hub, certs):
+    res = skopeo_copy(ref, dest, proxy=hub.url, cert_dir=certs)
+    assert res.returncode == 0, f"pull of {ref} failed: {res.stderr}"
+    return dest
+
+
+def verify(store: Path) -> str:
+    out = subprocess.run([HUBCACHE, "verify", "--store", store], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_sigkill_during_cold_pulls_leaves_a_store_that_verifies(upstream, start_hubcache, certs, tmp_path):
+    images = [f"library/killme{i}" for i in range(4)]
+    for name in images:
+        # layers over the 8 MiB write batch, so that a kill can land between two batches
+        upstream.push_image(name, "1", [(20 * MiB, next(_seeds)), (12 * MiB, next(_seeds)), (100_000, next(_seeds))])
+    hub = start_hubcache()
+    rng = random.Random(1234)
+    policy = tmp_path / "policy.json"
+    policy.write_text('{"default":[{"type":"insecureAcceptAnything"}]}')
+    kills = interrupted = 0
+    (tmp_path / "k").mkdir()
+    for i in range(50):
+        if i % 10 == 0 and i:
+            for p in hub.store.iterdir():  # a fresh store now and then, so most pulls stay cold
+                p.unlink()
+        if hub.proc is None:
+            hub.start()
+        client = subprocess.Popen(
+            ["skopeo", "--policy", str(policy), "copy", "--quiet", "--src-cert-dir", str(certs), "--src-no-creds",
+             f"docker://docker.io/{images[i % len(images)]}:1", f"dir:{tmp_path / 'k' / str(i)}"],
+            env=client_env(hub.url), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        time.sleep(rng.uniform(0.2, 1.2))  # skopeo starts in ~0.2 s; a cold pull here takes ~1 s
+        hub.kill()
+        kills += 1
+        client.send_signal(signal.SIGKILL)
+        client.wait()
+        report = verify(hub.store)
+        assert " 0 did not match" in report, report
+        interrupted += int(report.split("; ")[1].split()[0])
+    assert kills == 50
+    assert interrupted > 0  # some kills did land in the middle of a blob write
+    hub.start()
+    direct = skopeo_copy(f"docker.io/{images[0]}:1", tmp_path / "direct", proxy=None, cert_dir=certs)
+    assert direct.returncode == 0, direct.stderr
+    through = pull(f"docker.io/{images[0]}:1", tmp_path / "after", hub, certs)
+    assert files(through) == files(tmp_path / "direct")
+    hub.stop()
+    assert " 0 did not match" in verify(hub.store)
+
+
+def test_tampered_upstream_manifest_is_refused_and_not_stored(upstream, start_hubcache, certs, tmp_path):
+    img = upstream.push_image("library/badmanifest", "1", [(100_000, next(_seeds))])
+    path = upstream.blob_file(img.manifest_digest)
+    good = path.read_bytes()
+    hub = start_hubcache()
+    path.write_bytes(good.replace(b'"schemaVersion": 2', b'"schemaVersion":  2') if b'"schemaVersion": 2' in good
+                     else good[:-1] + b" ")
+    try:
+        res = skopeo_copy("docker.io/library/badmanifest:1", tmp_path / "bad", proxy=hub.url, cert_dir=certs)
+        by_digest = skopeo_copy(f"docker.io/library/badmanifest@{img.manifest_digest}", tmp_path / "bad2",
+                                proxy=hub.url, cert_dir=certs)
+    finally:
+        path.write_bytes(good)
+    assert res.returncode != 0 and by_digest.returncode != 0
+    # an upstream fault: 502 (clients may retry), the reason in hubcache's log
+    assert "502" in res.stderr and "502" in by_digest.stderr, (res.stderr, by_digest.stderr)
+    assert hub.log().count("rejected") == 2
+    mark = upstream.mark()
+    ok = pull("docker.io/library/badmanifest:1", tmp_path / "good", hub, certs)
+    assert (ok / "manifest.json").read_bytes() == img.manifest_bytes
+    manifest_gets = [r for r in upstream.requests_since(mark) if r.method == "GET" and "/manifests/" in r.path]
+    assert len(manifest_gets) == 1  # the refused manifest had not been stored
+
+
+def test_tag_history_and_replaying_a_past_pipeline(upstream, start_hubcache, certs, tmp_path):
+    upstream.push_image("library/pinme", "1", [(300_000, next(_seeds))])
+    hub = start_hubcache("hubcache_tag_ttl=0")
+    v1 = pull("docker.io/library/pinme:1", tmp_path / "v1", hub, certs)
+    time.sleep(1.1)
+    between = time.time()
+    time.sleep(1.1)
+    upstream.push_image("library/pinme", "1", [(300_000, next(_seeds))])
+    v2 = pull("docker.io/library/pinme:1", tmp_path / "v2", hub, certs)
+    assert files(v1) != files(v2)
+    out = subprocess.run([HUBCACHE, "history", "pinme:1", "--store", hub.store], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert len(out.stdout.splitlines()) == 2 and "docker.io/library/pinme:1" in out.stdout
+    hub.stop()
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(between))
+    replay = start_hubcache(f"hubcache_store={hub.store}", f"hubcache_pin_time={stamp}", name="replay")
+    mark = upstream.mark()
+    again = pull("docker.io/library/pinme:1", tmp_path / "replayed", replay, certs)
+    assert files(again) == files(v1)
+    assert upstream.requests_since(mark) == []
