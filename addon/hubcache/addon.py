@@ -157,7 +157,9 @@ class HubCache:
     def _upstream_result(self, host: str, status: int | None, error: str = "") -> None:
         """Remember how an upstream request went: failures start the back-off."""
         key, now = self._health_key(host), time.time()
-        if status is None or status >= 500 or status == 429:
+        # A 500 can be about one object (distribution answers 500 for a manifest it cannot
+        # parse); unreachable, overloaded or rate-limited is about the host.
+        if status is None or status in (429, 502, 503, 504):
             self.health.failed(key, error or f"answered {status}", now)
         else:
             self.health.succeeded(key, now)

@@ -16,6 +16,7 @@ import json
 import os
 import re
 import sys
+import time
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -67,18 +68,26 @@ class CDNHandler(httpsd.LoggedHandler):
                         416, b"", "text/plain", {"Content-Range": f"bytes */{size}"}
                     )
                 status = 206
+            fault = self._fault(path) if self.command == "GET" else {}
             self.send_response(status)
             self.send_header("Content-Type", "application/octet-stream")
-            self.send_header("Content-Length", str(end - start))
+            # a fault: declare a length off by length_delta (the body is what the file holds)
+            self.send_header("Content-Length", str(end - start + fault.get("length_delta", 0)))
             self.send_header("Accept-Ranges", "bytes")
             if status == 206:
                 self.send_header("Content-Range", f"bytes {start}-{end - 1}/{size}")
             self.end_headers()
             sent = 0
             if self.command == "GET":
-                cut = self._fault(path).get("truncate_at")
-                # a fault: promise the whole body, then hang up early
+                # faults: hang up after truncate_at bytes; or stop sending for stall_seconds after
+                # stall_at bytes; or, with a negative length_delta, send only what was declared
+                cut = fault.get("truncate_at", fault.get("stall_at"))
+                if fault.get("length_delta", 0) < 0:
+                    cut = end - start + fault["length_delta"]
                 sent = self._stream(f, start, end if cut is None else min(end, start + cut))
+                if "stall_at" in fault:
+                    time.sleep(fault.get("stall_seconds", 30))
+                    self.close_connection = True
             self.record(status, sent, complete=sent == end - start or self.command == "HEAD")
 
     def _stream(self, f, start: int, end: int) -> int:

@@ -309,13 +309,18 @@ class Upstream:
     # ------------------------------------------------------------------- content
 
     @contextlib.contextmanager
-    def cdn_truncates(self, digest: str, after: int):
-        """While inside: the CDN promises the whole blob, sends `after` bytes and hangs up."""
-        self.cdn_faults.write_text(json.dumps({digest.split(":", 1)[1]: {"truncate_at": after}}))
+    def cdn_fault(self, digest: str, **fault):
+        """While inside, the CDN misbehaves on this blob: truncate_at=N (promise the whole blob,
+        send N bytes, hang up), stall_at=N [stall_seconds=S] (send N bytes, then nothing for S
+        seconds), length_delta=D (declare a Content-Length off by D; negative: send only that)."""
+        self.cdn_faults.write_text(json.dumps({digest.split(":", 1)[1]: fault}))
         try:
             yield
         finally:
             self.cdn_faults.write_text("{}")
+
+    def cdn_truncates(self, digest: str, after: int):
+        return self.cdn_fault(digest, truncate_at=after)
 
     def blob_file(self, digest: str) -> Path:
         algo, hexd = digest.split(":", 1)

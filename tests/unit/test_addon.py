@@ -77,3 +77,35 @@ def test_plain_http_is_left_alone(hub):
 def test_other_hosts_are_left_alone(hub):
     f = flow("/v2/", host="gitlab.example.com")
     assert run(hub, f) is None and "hubcache" not in f.metadata
+
+
+def test_oversized_upstream_manifest_is_refused_with_an_oci_error(hub):
+    f = flow("/v2/library/x/manifests/1")
+    asyncio.run(hub.request(f))
+    f.request.headers["authorization"] = "Bearer upstream"  # as if hubcache had sent it upstream
+    f.response = tutils.tresp(status_code=200, headers=[(b"content-type", b"application/json"),
+                                                        (b"content-length", str(5 << 20).encode())], content=b"")
+    hub.responseheaders(f)
+    body = f.response.stream(b"x" * 65536) + f.response.stream(b"")  # upstream bytes dropped, error at the end
+    err = json.loads(body)["errors"][0]
+    assert f.response.status_code == 502 and err["code"] == "MANIFEST_INVALID" and "limit" in err["message"]
+    assert int(f.response.headers["content-length"]) == len(body)
+
+
+def test_fuzzed_request_paths_never_crash_and_never_leave_the_registry_grammar(hub):
+    from hypothesis import given, settings, strategies as st
+
+    alphabet = st.characters(codec="ascii", exclude_characters="\r\n ?#")
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.text(alphabet=alphabet, max_size=200), st.sampled_from(["GET", "HEAD", "PUT", "DELETE"]))
+    def check(tail, method):
+        hub.health.failed("registry", "fuzzing: never go upstream", 1e18)  # answers must come from here
+        f = flow("/v2/" + tail, method=method)
+        asyncio.run(hub.request(f))
+        if f.response is not None and f.response.status_code >= 400:
+            errors = json.loads(f.response.content)["errors"]
+            assert errors and errors[0]["code"] in {"NAME_INVALID", "TAG_INVALID", "DIGEST_INVALID",
+                                                    "MANIFEST_UNKNOWN", "BLOB_UNKNOWN", "UNAUTHORIZED"}
+
+    check()
