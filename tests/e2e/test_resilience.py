@@ -3,6 +3,7 @@ and replaying a past pipeline with hubcache_pin_time."""
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import random
 import signal
@@ -122,3 +123,26 @@ def test_tag_history_and_replaying_a_past_pipeline(upstream, start_hubcache, cer
     again = pull("docker.io/library/pinme:1", tmp_path / "replayed", replay, certs)
     assert files(again) == files(v1)
     assert upstream.requests_since(mark) == []
+
+
+def test_full_disk_refuses_to_store_and_keeps_serving(upstream, start_hubcache, certs, tmp_path):
+    small = upstream.push_image("library/fits", "1", [(6 * MiB, next(_seeds))])
+    big = upstream.push_image("library/toobig", "1", [(24 * MiB, next(_seeds))])
+    store = tmp_path / "tinydisk"
+    store.mkdir()
+    # a 16 MiB file system of the test's own (this process is in a private mount namespace)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(store)], check=True)
+    try:
+        hub = start_hubcache(f"hubcache_store={store}")
+        first = pull("docker.io/library/fits:1", tmp_path / "fits", hub, certs)
+        through = pull("docker.io/library/toobig:1", tmp_path / "toobig", hub, certs)  # served, not stored
+        layer = big.layer_digests[0].split(":")[1]
+        assert hashlib.sha256((through / layer).read_bytes()).hexdigest() == layer
+        assert "not stored" in hub.log() or "could not store" in hub.log()
+        mark = upstream.mark()
+        again = pull("docker.io/library/fits:1", tmp_path / "fits2", hub, certs)  # what it had, it still serves
+        assert files(again) == files(first) and upstream.requests_since(mark) == []
+        hub.stop()
+        assert " 0 did not match" in verify(store)
+    finally:
+        subprocess.run(["umount", "-l", str(store)], check=False)
