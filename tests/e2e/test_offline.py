@@ -57,3 +57,29 @@ def test_offline_mode_serves_the_store_and_never_asks_upstream(upstream, start_h
     assert miss.returncode != 0
     assert "docker.io/library/offlinemiss:7 is not in hubcache's store and hubcache is offline" in miss.stderr, miss.stderr
     assert upstream.requests_since(mark) == []
+
+
+def test_docker_daemon_pulls_cached_images_with_upstream_stopped(upstream, start_hubcache, tmp_path):
+    from support.engines import Docker, missing_engine
+
+    if why := missing_engine("docker"):
+        pytest.skip(why)
+    img = upstream.push_image("library/offlinedocker", "1", [(1 * MiB, next(_seeds))], fmt="v2s2")
+    hub = start_hubcache("hubcache_tag_ttl=0")
+    with Docker(tmp_path / "docker", proxy=hub.url, ca_cert=hub.ca_cert) as docker:
+        docker.pull("docker.io/library/offlinedocker:1")
+        with upstream.down():
+            for attempt in ("warm", "cold-started"):
+                if attempt == "cold-started":
+                    hub.stop()
+                    hub.start()
+                by_digest = f"docker.io/library/offlinedocker@{img.manifest_digest}"
+                docker.remove("docker.io/library/offlinedocker:1")
+                docker.pull("docker.io/library/offlinedocker:1")
+                assert docker.describe("docker.io/library/offlinedocker:1").config_digest == img.config_digest
+                docker.remove("docker.io/library/offlinedocker:1")
+                docker.pull(by_digest)
+                assert docker.describe(by_digest).config_digest == img.config_digest
+                docker.remove(by_digest)
+                docker.pull("docker.io/library/offlinedocker:1")
+        assert "stale" in hub.log()

@@ -66,7 +66,7 @@ class Proxy:
         return cmd + self.args
 
     def start(self, timeout: float = 20) -> "Proxy":
-        self.port = free_port()
+        self.port = self.port or free_port()  # a restart keeps the port clients were given
         log = open(self.logfile, "ab")
         env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
         self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=env,
