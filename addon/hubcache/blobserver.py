@@ -77,10 +77,14 @@ class _Handler(BaseHTTPRequestHandler):
             return
         rng = parse_range(self.headers.get("Range"), info.size)
         if rng == "invalid":
+            body = b'{"errors":[{"code":"RANGE_INVALID","message":"requested range not satisfiable"}]}'
             self.send_response(416)
+            self.send_header("Content-Type", "application/json")
             self.send_header("Content-Range", f"bytes */{info.size}")
-            self.send_header("Content-Length", "0")
+            self.send_header("Content-Length", str(len(body)))
             self.end_headers()
+            if send_body:
+                self.wfile.write(body)
             return
         start, end = rng if isinstance(rng, tuple) else (0, info.size)
         self.send_response(206 if isinstance(rng, tuple) else 200)
