@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
@@ -16,7 +17,7 @@ from urllib.parse import urljoin, urlsplit
 
 from mitmproxy import ctx, exceptions, http
 
-from . import options, policy, responses, routes, tokens, upstream
+from . import credentials, options, policy, responses, routes, tokens, upstream
 from .blobserver import PATH_PREFIX, BlobServer
 from .health import Health
 from .ingest import Tee
@@ -58,6 +59,8 @@ class HubCache:
         self.redirects: OrderedDict[tuple[str, str], tuple[str, str]] = OrderedDict()
         self._hosts: dict[str, frozenset[str]] = {}
         self.health = Health(30)
+        self.accounts: list[credentials.Credential] = []
+        self._creds_loaded = False
         self._running = False
         self._flusher: asyncio.Task | None = None
 
@@ -86,6 +89,16 @@ class HubCache:
             "cdn_hosts": frozenset(h.lower() for h in ctx.options.hubcache_cdn_hosts),
         }
         self.health.backoff = ctx.options.hubcache_backoff
+        if {"hubcache_credentials", "hubcache_docker_config"} & updated or not self._creds_loaded:
+            self._creds_loaded = True
+            try:
+                self.accounts = credentials.load(
+                    ctx.options.hubcache_credentials, os.environ, ctx.options.hubcache_docker_config
+                )
+            except credentials.CredentialsError as e:
+                raise exceptions.OptionsError(str(e)) from e
+            if self.accounts:
+                log.info("hubcache: Docker Hub accounts: %s", ", ".join(str(c) for c in self.accounts))
         realm, service = ctx.options.hubcache_auth_realm, ctx.options.hubcache_auth_service
         if self.tokens is None or (self.tokens.realm, self.tokens.service) != (realm, service):
             self.tokens = tokens.UpstreamTokens(self._get, realm, service)
@@ -186,7 +199,8 @@ class HubCache:
         if auth and not tokens.is_local(auth):
             return auth
         assert self.tokens
-        return f"Bearer {await self.tokens.token_for(repository)}"  # fails fast while the auth host backs off
+        account = self.accounts[0] if self.accounts else None
+        return f"Bearer {await self.tokens.token_for(repository, account)}"  # fails fast while the auth host backs off
 
     # -- hooks --------------------------------------------------------------------------------
 

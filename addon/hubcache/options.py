@@ -60,6 +60,9 @@ def load(loader) -> None:
     add("hubcache_cdn_hosts", Sequence[str], list(CDN_HOSTS), "Blob CDN hosts that registry redirects point at.")
     add("hubcache_auth_realm", str, "https://auth.docker.io/token", "Token realm hubcache fetches its own upstream tokens from.")
     add("hubcache_auth_service", str, "registry.docker.io", "Token service name of the registry.")
+    add("hubcache_credentials", str, "", "Docker Hub credentials file (TOML or JSON, mode 0600): [[accounts]] username/token.")
+    add("hubcache_docker_config", str, os.path.join(os.environ.get("DOCKER_CONFIG", os.path.join(os.path.expanduser("~"), ".docker")), "config.json"),
+        "Docker config.json whose Docker Hub login (auths, credHelpers, credsStore) hubcache uses; empty: none.")
     add("hubcache_upstream_timeout", int, 15, "Seconds hubcache waits for its own upstream requests (tokens, revalidation).")
     add("hubcache_connect_timeout", int, 5, "Seconds to wait for a TCP connection to an upstream host that has not answered recently.")
     add("hubcache_backoff", int, 30, "Seconds an upstream host that failed is not asked again: tags are served stale, misses fail at once.")
