@@ -19,11 +19,13 @@ from mitmproxy import ctx, exceptions, http
 
 from . import credentials, options, policy, responses, routes, tokens, upstream
 from .blobserver import PATH_PREFIX, BlobServer
+from .budget import ANONYMOUS, Budgets
 from .health import Health
 from .ingest import Tee
+from .metrics import Metrics
 from .mediatypes import Accept, choose
 from .routes import Kind, Route
-from .store import BlobInfo, DigestMismatch, Store, StoreError, sha256_digest
+from .store import BlobInfo, DigestMismatch, Manifest, Store, StoreError, sha256_digest
 
 log = logging.getLogger("hubcache")
 
@@ -48,6 +50,8 @@ class _State:
     tee: Tee | None = None
     note: str = ""
     logged: bool = False
+    account: str = ""  # the pool account (or "anonymous") hubcache sent this upstream as; "" = the client's own
+    stale: Manifest | None = None  # what to serve if upstream refuses (429) a counted pull
 
 
 class HubCache:
@@ -60,6 +64,9 @@ class HubCache:
         self._hosts: dict[str, frozenset[str]] = {}
         self.health = Health(30)
         self.accounts: list[credentials.Credential] = []
+        self.budgets = Budgets()
+        self.metrics = Metrics()
+        self._reserve_warned = 0.0
         self._creds_loaded = False
         self._running = False
         self._flusher: asyncio.Task | None = None
@@ -122,6 +129,9 @@ class HubCache:
             wanted["tcp_timeout"] = 60
         if wanted:
             ctx.options.update(**wanted)
+        if ctx.options.hubcache_metrics_listen:
+            host, port = self.metrics.serve(ctx.options.hubcache_metrics_listen)
+            log.info("hubcache: metrics on http://%s:%d/metrics", host, port)
         try:
             self._flusher = asyncio.get_running_loop().create_task(self._flush_access_forever())
         except RuntimeError:  # no event loop: driven by tests
@@ -130,6 +140,7 @@ class HubCache:
     def done(self) -> None:
         if self._flusher:
             self._flusher.cancel()
+        self.metrics.stop()
         self.writer.shutdown(wait=True)
         self._close_store()
 
@@ -146,6 +157,9 @@ class HubCache:
             await asyncio.sleep(ACCESS_FLUSH_SECONDS)
             if self.store:
                 await self._in_writer(self.store.flush_access)
+                self.metrics.store_bytes.set(self.store.size())
+                for kind, n in self.store.counts().items():
+                    self.metrics.store_entries.labels(kind).set(n)
 
     async def _in_writer(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self.writer, partial(fn, *args))
@@ -182,6 +196,7 @@ class HubCache:
         host = urlsplit(url).hostname or ""
         if why := self._unavailable(host):
             raise upstream.UpstreamError(why)
+        self.metrics.upstream.labels("token" if method == "GET" else "revalidate").inc()
         try:
             resp = await upstream.request(method, url, headers, self._tls(), ctx.options.hubcache_upstream_timeout)
         except upstream.UpstreamError as e:
@@ -193,14 +208,45 @@ class HubCache:
     async def _get(self, url: str, headers: list[tuple[str, str]]) -> upstream.UpstreamResponse:
         return await self._own_request("GET", url, headers)
 
-    async def _upstream_auth(self, flow: http.HTTPFlow, repository: str) -> str:
-        """The Authorization for an upstream request on behalf of this client: its own, or ours."""
+    async def _upstream_auth(self, flow: http.HTTPFlow, st: _State) -> str:
+        """The Authorization for an upstream request on behalf of this client: its own, or a token
+        of the pool account with the most pull budget left (st.account says which)."""
         auth = flow.request.headers.get("authorization", "")
         if auth and not tokens.is_local(auth):
+            st.account = ""
             return auth
         assert self.tokens
-        account = self.accounts[0] if self.accounts else None
-        return f"Bearer {await self.tokens.token_for(repository, account)}"  # fails fast while the auth host backs off
+        st.account = self.budgets.choose(self._account_names(), time.time())
+        credential = next((c for c in self.accounts if c.account == st.account), None)
+        # fails fast while the auth host backs off
+        return f"Bearer {await self.tokens.token_for(st.route.repository or st.repository, credential)}"
+
+    def _account_names(self) -> list[str]:
+        return [c.account for c in self.accounts] or [ANONYMOUS]
+
+    def _budget_low(self) -> bool:
+        """Every account is below hubcache_budget_reserve: keep the last pulls, serve stale tags."""
+        now = time.time()
+        if not self.budgets.all_below(self._account_names(), ctx.options.hubcache_budget_reserve, now):
+            return False
+        if now - self._reserve_warned > 3600:
+            log.warning("hubcache: every account is below the pull reserve (%d): serving stale tags instead of pulling",
+                        ctx.options.hubcache_budget_reserve)
+            self._reserve_warned = now
+        return True
+
+    def _observe_budget(self, st: _State, method: str, status: int, headers) -> None:
+        if not st.account:
+            return
+        now = time.time()
+        self.budgets.observe(st.account, {k.lower(): v for k, v in headers.items()}, now)
+        if status == 429:
+            self.budgets.exhausted(st.account, now)
+            log.warning("hubcache: Docker Hub's pull limit reached for %s", st.account)
+        elif method == "GET" and status == 200:
+            self.budgets.spend(st.account)
+            self.metrics.pulls.labels(st.account).inc()
+        self.metrics.set_budget(st.account, self.budgets.left(st.account, now))
 
     # -- hooks --------------------------------------------------------------------------------
 
@@ -276,6 +322,12 @@ class HubCache:
             return
         if not st.local_stream and st.outcome != "hit":  # the answer came from upstream
             self._upstream_result(flow.request.host, flow.response.status_code)
+            self.metrics.upstream.labels(st.route.kind.value).inc()
+        if st.route.kind is Kind.MANIFEST and st.outcome == "miss":
+            self._observe_budget(st, flow.request.method, flow.response.status_code, flow.response.headers)
+            if flow.response.status_code == 429 and st.stale is not None:
+                flow.response = responses.manifest(st.stale, flow.request.method == "HEAD", warning="stale: upstream answered 429")
+                st.outcome, st.note = "stale", "pull limit reached"
         if st.tee is not None:
             if not st.tee.verified:
                 st.outcome = "rejected"
@@ -372,6 +424,11 @@ class HubCache:
         if decision is policy.Decision.REVALIDATE:
             if await self._revalidate(flow, st, record, m):
                 return
+            if self._budget_low():  # the tag moved, but the last pulls are kept for images not cached at all
+                flow.response = responses.manifest(m, head, warning="stale: pull budget reserve reached")
+                st.outcome, st.note = "stale", "pull budget reserve"
+                return
+        st.stale = m
         await self._miss(flow, st)
 
     def _pinned_tag(self, flow: http.HTTPFlow, st: _State, accept: Accept, pin: float) -> None:
@@ -397,13 +454,14 @@ class HubCache:
         assert self.store
         route = st.route
         try:
-            auth = await self._upstream_auth(flow, route.repository)
+            auth = await self._upstream_auth(flow, st)
             headers = [("Accept", v) for v in flow.request.headers.get_all("accept")] + [("Authorization", auth)]
             resp = await self._own_request("HEAD", _url(flow), headers)
         except upstream.UpstreamError as e:
             flow.response = responses.manifest(m, flow.request.method == "HEAD", warning=f"stale: {e}")
             st.outcome, st.note = "stale", str(e)
             return True
+        self._observe_budget(st, "HEAD", resp.status, resp.headers)
         if resp.status == 429 or resp.status >= 500:
             flow.response = responses.manifest(m, flow.request.method == "HEAD", warning=f"stale: upstream answered {resp.status}")
             st.outcome, st.note = "stale", f"upstream {resp.status}"
@@ -487,7 +545,7 @@ class HubCache:
     async def _send_upstream(self, flow: http.HTTPFlow, st: _State) -> None:
         """Let the flow go upstream with credentials that upstream accepts."""
         try:
-            flow.request.headers["authorization"] = await self._upstream_auth(flow, st.route.repository)
+            flow.request.headers["authorization"] = await self._upstream_auth(flow, st)
         except upstream.UpstreamError as e:
             self._refuse_miss(flow, st, f"no upstream token could be had: {e}")
 
@@ -552,6 +610,12 @@ class HubCache:
         if st.logged:
             return
         st.logged = True
+        self.metrics.requests.labels(st.route.kind.value, st.outcome).inc()
+        if flow.response is not None and not flow.error and flow.request.method == "GET":
+            length = flow.response.headers.get("content-length", "")
+            source = "store" if st.outcome in ("hit", "revalidated", "stale") else "upstream" if st.outcome == "miss" else ""
+            if source and length.isdigit():
+                self.metrics.bytes.labels(source).inc(int(length))
         route = st.route
         status = flow.response.status_code if flow.response and not flow.error else "-"
         what = " ".join(x for x in (route.kind.value, route.repository or st.repository, route.reference or st.digest) if x)

@@ -33,6 +33,8 @@ def _parser() -> argparse.ArgumentParser:
     hist.add_argument("--store", default=os.path.join(DEFAULT_HOME, "store"), help="LMDB store directory")
     ver = sub.add_parser("verify", help="re-hash the whole store and drop what does not match (proxy stopped)")
     ver.add_argument("--store", default=os.path.join(DEFAULT_HOME, "store"), help="LMDB store directory")
+    from .doctor import add_arguments as doctor_arguments
+    doctor_arguments(sub.add_parser("doctor", help="check, on a runner host, that pulls go through hubcache"))
     return p
 
 
@@ -120,6 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "verify":
         logging.basicConfig(level=logging.WARNING, format="hubcache: %(message)s")
         return _verify(args)
+    if args.command == "doctor":
+        from .doctor import run as doctor
+        return doctor(args)
     return 2
 
 

@@ -63,6 +63,8 @@ def load(loader) -> None:
     add("hubcache_credentials", str, "", "Docker Hub credentials file (TOML or JSON, mode 0600): [[accounts]] username/token.")
     add("hubcache_docker_config", str, os.path.join(os.environ.get("DOCKER_CONFIG", os.path.join(os.path.expanduser("~"), ".docker")), "config.json"),
         "Docker config.json whose Docker Hub login (auths, credHelpers, credsStore) hubcache uses; empty: none.")
+    add("hubcache_budget_reserve", int, 0, "When every account has fewer pulls left than this, moved tags are served stale instead of spending them.")
+    add("hubcache_metrics_listen", str, "", "host:port for the Prometheus /metrics endpoint (e.g. 127.0.0.1:9090); empty: off.")
     add("hubcache_upstream_timeout", int, 15, "Seconds hubcache waits for its own upstream requests (tokens, revalidation).")
     add("hubcache_connect_timeout", int, 5, "Seconds to wait for a TCP connection to an upstream host that has not answered recently.")
     add("hubcache_backoff", int, 30, "Seconds an upstream host that failed is not asked again: tags are served stale, misses fail at once.")
@@ -78,6 +80,8 @@ def check(opts) -> int:
         raise exceptions.OptionsError(f"hubcache_max_size: {e}") from e
     if opts.hubcache_tag_ttl < 0:
         raise exceptions.OptionsError(f"hubcache_tag_ttl must be >= 0, not {opts.hubcache_tag_ttl}")
+    if opts.hubcache_metrics_listen and not re.fullmatch(r"[^\s:]*:\d{1,5}", opts.hubcache_metrics_listen):
+        raise exceptions.OptionsError(f"hubcache_metrics_listen must be host:port, not {opts.hubcache_metrics_listen!r}")
     try:
         parse_time(opts.hubcache_pin_time)
     except ValueError as e:

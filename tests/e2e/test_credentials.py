@@ -38,3 +38,34 @@ def test_credentials_file_readable_by_others_is_refused(upstream, start_hubcache
     with pytest.raises(RuntimeError, match="chmod 600") as e:
         start_hubcache(f"hubcache_credentials={creds}")
     assert SECRET not in str(e.value)
+
+
+def test_metrics_page_counts_outcomes_pulls_and_never_shows_the_secret(upstream, start_hubcache, certs, tmp_path):
+    import re
+    import urllib.request
+
+    from support.proxy import free_port
+
+    upstream.push_image("library/metered", "1", [(400_000, 32)])
+    creds = tmp_path / "hub.toml"
+    creds.write_text(f'[[accounts]]\nusername = "pusher"\ntoken = "{SECRET}"\n')
+    os.chmod(creds, 0o600)
+    port = free_port()
+    hub = start_hubcache(f"hubcache_credentials={creds}", f"hubcache_metrics_listen=127.0.0.1:{port}")
+    for run in ("cold", "warm"):
+        res = skopeo_copy("docker.io/library/metered:1", tmp_path / run, proxy=hub.url, cert_dir=certs)
+        assert res.returncode == 0, res.stderr
+    page = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+
+    def value(pattern: str) -> float:
+        m = re.search(pattern + r" ([0-9.e+]+)$", page, re.M)
+        assert m, pattern
+        return float(m.group(1))
+
+    assert value(r'hubcache_requests_total\{kind="manifest",outcome="miss"\}') == 1
+    assert value(r'hubcache_requests_total\{kind="manifest",outcome="hit"\}') == 1
+    assert value(r'hubcache_requests_total\{kind="blob",outcome="hit"\}') == 2  # config and layer, warm
+    assert value(r'hubcache_pulls_spent_total\{account="pusher"\}') == 1
+    assert value(r'hubcache_bytes_total\{source="store"\}') >= 400_000
+    assert 'hubcache_pull_budget_remaining{account="pusher"}' in page
+    assert SECRET not in page

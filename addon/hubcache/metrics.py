@@ -1,0 +1,35 @@
+"""Prometheus metrics (prometheus-client), on hubcache_metrics_listen; account names only, never secrets."""
+
+from __future__ import annotations
+
+import math
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("hubcache_requests", "Registry requests by kind and cache outcome", ["kind", "outcome"], registry=r)
+        self.bytes = Counter("hubcache_bytes", "Body bytes sent to clients, by where they came from", ["source"], registry=r)
+        self.upstream = Counter("hubcache_upstream_requests", "Requests that reached upstream, by kind", ["kind"], registry=r)
+        self.pulls = Counter("hubcache_pulls_spent", "Counted pulls (manifest GETs) spent, by account", ["account"], registry=r)
+        self.budget = Gauge("hubcache_pull_budget_remaining", "Pulls left in the window, by account (-1: unknown or unlimited)", ["account"], registry=r)
+        self.store_bytes = Gauge("hubcache_store_bytes", "Bytes of content in the store", registry=r)
+        self.store_entries = Gauge("hubcache_store_entries", "Entries in the store, by kind", ["kind"], registry=r)
+        self._server = None
+
+    def serve(self, listen: str) -> tuple[str, int]:
+        """Start the /metrics HTTP server on 'host:port'."""
+        host, _, port = listen.rpartition(":")
+        self._server, _ = start_http_server(int(port), addr=host or "127.0.0.1", registry=self.registry)
+        return self._server.server_address[:2]
+
+    def stop(self) -> None:
+        if self._server:
+            self._server.shutdown()
+            self._server = None
+
+    def set_budget(self, account: str, left: float) -> None:
+        self.budget.labels(account).set(-1 if math.isinf(left) else left)
