@@ -69,3 +69,14 @@ def test_metrics_page_counts_outcomes_pulls_and_never_shows_the_secret(upstream,
     assert value(r'hubcache_bytes_total\{source="store"\}') >= 400_000
     assert 'hubcache_pull_budget_remaining{account="pusher"}' in page
     assert SECRET not in page
+
+
+def test_proxyauth_guards_who_may_use_the_proxy(upstream, start_hubcache, certs, tmp_path):
+    upstream.push_image("library/guarded", "1", [(100_000, 33)])
+    hub = start_hubcache("proxyauth=runner:let-me-in")
+    port = hub.url.rsplit(":", 1)[1]
+    denied = skopeo_copy("docker.io/library/guarded:1", tmp_path / "no", proxy=hub.url, cert_dir=certs)
+    assert denied.returncode != 0 and "Proxy Authentication Required" in denied.stderr, denied.stderr
+    allowed = skopeo_copy("docker.io/library/guarded:1", tmp_path / "yes",
+                          proxy=f"http://runner:let-me-in@127.0.0.1:{port}", cert_dir=certs)
+    assert allowed.returncode == 0, allowed.stderr
