@@ -23,6 +23,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlencode, urlsplit
@@ -232,7 +233,7 @@ def judge_ca(bundle: str, bundle_ders: list[bytes], ca_der: bytes | None, ca_nam
         if ca_der in bundle_ders:
             return Check(name, True, f"{ca_name} (sha256 {fp}) is in {bundle}")
         return Check(name, False, f"{ca_name} (sha256 {fp}) is not in {bundle}", fix)
-    wanted = issuer or "O=mitmproxy"
+    wanted = issuer or "with mitmproxy in its name"
     for der in bundle_ders:
         subject = cert_subject(der)
         if (issuer and subject == issuer) or (not issuer and "mitmproxy" in subject):
@@ -304,19 +305,23 @@ def hub_outcome(status: int, headers: dict[str, str], body: bytes = b"") -> tupl
     return False, f"{status}{': ' + message if message else ''}"
 
 
-def cert_subject(der: bytes) -> str:
+def _load(der: bytes):
     from cryptography import x509
 
+    with warnings.catch_warnings():  # old CAs in system bundles have non-positive serials
+        warnings.simplefilter("ignore")
+        return x509.load_der_x509_certificate(der)
+
+
+def cert_subject(der: bytes) -> str:
     try:
-        return x509.load_der_x509_certificate(der).subject.rfc4514_string()
+        return _load(der).subject.rfc4514_string()
     except ValueError:
         return "?"
 
 
 def cert_issuer(der: bytes) -> str:
-    from cryptography import x509
-
-    return x509.load_der_x509_certificate(der).issuer.rfc4514_string()
+    return _load(der).issuer.rfc4514_string()
 
 
 def fingerprint(der: bytes) -> str:
