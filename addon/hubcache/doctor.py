@@ -7,7 +7,8 @@ The pure parts (proxy URLs, NO_PROXY, /proc/<pid>/environ, `systemctl show`, dae
 verdicts and their messages) are functions of their own, tested without a network; `run()` does the
 I/O. Nothing here needs root except reading another user's /proc/<pid>/environ, and nothing is
 changed on the host. The test pull sends only `GET /v2/`, an anonymous token request and a
-manifest HEAD: Docker Hub does not count HEADs against the pull limit.
+manifest HEAD (Docker Hub does not count HEADs against the pull limit); only when the HEAD fails,
+a manifest GET to show the error message.
 """
 
 from __future__ import annotations
@@ -571,12 +572,19 @@ def check_pull(proxy: ProxyURL, image: str) -> Check:
         status, headers, body = https_request(
             proxy, ctx, "HEAD", f"https://{REGISTRY}/v2/{repository}/manifests/{tag}",
             [("Host", REGISTRY), *(("Accept", a) for a in MANIFEST_ACCEPT), *auth])
+        if status != 200:
+            # A HEAD carries no error message: a GET fetches it. It follows a failed HEAD, so it is
+            # answered with an error as well (Docker Hub counts manifest GETs, this is the only one).
+            steps.append(f"manifest HEAD {status}")
+            status, headers, body = https_request(
+                proxy, ctx, "GET", f"https://{REGISTRY}/v2/{repository}/manifests/{tag}",
+                [("Host", REGISTRY), *(("Accept", a) for a in MANIFEST_ACCEPT), *auth])
     except ssl.SSLError as e:
         return Check(name, False, f"{ref}: TLS failed ({e})", trust_fix(""))
     except (OSError, ValueError) as e:
         return Check(name, False, f"{ref}: {', '.join(steps + [str(e)])}", "look at hubcache's log (`journalctl -u hubcache`)")
     passed, meaning = hub_outcome(status, headers, body)
-    detail = f"{ref}: {', '.join(steps)}, manifest HEAD {meaning}"
+    detail = f"{ref}: {', '.join(steps)}, manifest {'GET' if steps[-1].startswith('manifest') else 'HEAD'} {meaning}"
     if passed:
         return Check(name, True, detail)
     fix = ("the image does not exist on Docker Hub: pass --image of one that does" if status == 404

@@ -107,3 +107,14 @@ def test_doctor_names_the_fix_when_the_ca_is_not_trusted(upstream, start_hubcach
     assert store.startswith(f"FAIL CA in system store: {hub.ca_cert} (sha256 ") and "is not in" in store
     assert f"cp {hub.ca_cert} /usr/local/share/ca-certificates/hubcache.crt" in store
     assert line(lines, "test pull").startswith("SKIP ")
+
+
+def test_doctor_test_pull_of_an_image_docker_hub_does_not_have(upstream, start_hubcache, bundle):
+    hub = start_hubcache()
+    rc, lines = doctor("--proxy", hub.url, "--ca", str(hub.ca_cert), "--image", "library/doctornosuch:1",
+                       "--dockerd-pid", str(os.getpid()), "--daemon-json", "/nonexistent/daemon.json")
+    assert rc == 1
+    pull = line(lines, "test pull")
+    assert pull.startswith("FAIL test pull: docker.io/library/doctornosuch:1: GET /v2/ 401 (hubcache), token 200 "
+                           "(hubcache), manifest HEAD 404, manifest GET 404: "), pull
+    assert pull.endswith("-- fix: the image does not exist on Docker Hub: pass --image of one that does"), pull
