@@ -8,11 +8,20 @@
     up.stop()
 
 Inside the namespaces:
-  registry-1.docker.io, index.docker.io, docker.io -> 127.0.0.1  the real CNCF registry
+  registry-1.docker.io, index.docker.io, docker.io -> 127.0.0.1  hubfront.py (Hub's pull limit),
+                                                      in front of the real CNCF registry
+                                                      (plain HTTP on 127.0.0.1:5000)
   auth.docker.io                                   -> 127.0.0.2  tokenserver.py
   production.cloudflare.docker.com                 -> 127.0.0.3  cdnserver.py
   hubcache.test                                    -> 127.0.0.4  (free, for the proxy)
 All on :443 with certs from one test CA (`up.ca_cert`).
+
+Pull limits (Docker Hub's: a pull is a manifest GET answered 200):
+    up = Upstream(workdir, accounts={"alice": "pw"}, limits={"anonymous": 100, "alice": 200})
+    up.set_limits({"anonymous": 2}, window=60)   # while running
+    up.pulls_by_account()                         # {"127.0.0.1": 2, "alice": 1}
+    up.reset_pulls()
+Without `limits` nobody is limited and no ratelimit headers are sent.
 """
 
 from __future__ import annotations
@@ -49,6 +58,8 @@ HOSTS = {
 SERVICE = "registry.docker.io"
 ISSUER = "hubcache-test-auth"
 HERE = Path(__file__).resolve().parent
+REGISTRY_BACKEND = ("127.0.0.1", 5000)  # distribution itself, behind hubfront.py
+HUB_WINDOW = 21600  # Docker Hub counts pulls over 6 hours
 
 
 @dataclass(frozen=True)
@@ -74,6 +85,13 @@ def missing_prerequisites() -> str | None:
     return None
 
 
+def _write_atomic(path: Path, text: str) -> None:
+    # Whole or not at all (rename): the servers re-read these files at any moment.
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
 def _die_with_parent() -> None:
     # If the test process is killed, take the servers with it (PR_SET_PDEATHSIG).
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
@@ -96,13 +114,23 @@ def _wait_listening(ip: str, port: int, proc: subprocess.Popen, what: str, timeo
 
 class Upstream:
     def __init__(self, workdir: Path, accounts: dict[str, str] | None = None,
-                 private: dict[str, list[str]] | None = None):
+                 private: dict[str, list[str]] | None = None,
+                 limits: dict[str, int | None] | None = None, window: float = HUB_WINDOW):
+        """accounts: {user: password}; the first one pushes.
+        private: {repo: [users who may pull it]}; anybody else is refused as on Hub.
+        limits: pulls per `window` seconds, per account name; "anonymous" applies to each
+        client IP; None = unlimited (no ratelimit headers); "*" for names not listed, which
+        are unlimited without it. See hubfront.py."""
         self.workdir = Path(workdir).resolve()
         self.accounts = dict(accounts or {"pusher": "pushpass"})
         self.private = {k: list(v) for k, v in (private or {}).items()}
         self.push_account = next(iter(self.accounts.items()))  # (user, password) used by push_*
         self.storage = self.workdir / "registry-data"
         self.cdn_faults = self.workdir / "cdn-faults.json"
+        self.front_rules = self.workdir / "hubfront-limits.json"
+        self._window = window
+        self._rules = {"limits": dict(limits or {}), "window": window, "reset_at": 0,
+                       "retry_after": None}
         self.logs = self.workdir / "logs"
         self.ns = Namespaces(f"hubcache-{os.getpid()}", self.workdir / "hosts")
         self._procs: list[tuple[str, subprocess.Popen]] = []
@@ -145,11 +173,14 @@ class Upstream:
             f"{ip} {' '.join(ns)}\n" for ip, ns in HOSTS.items())
         self.ns.hosts_file.write_text(hosts)
 
+        self._write_rules()
         self.ns.enter()
         self._start_services()
 
     def _start_services(self) -> None:
         self._start_registry()
+        self._start_script("hubfront", "127.0.0.1", REGISTRY_HOST,
+                           ["--backend", "%s:%d" % REGISTRY_BACKEND, "--limits", str(self.front_rules)])
         self._start_script("tokenserver", "127.0.0.2", AUTH_HOST, ["--config", str(self._token_config())])
         self._start_script("cdnserver", "127.0.0.3", CDN_HOST,
                            ["--root", str(self.storage), "--faults", str(self.cdn_faults)])
@@ -168,8 +199,9 @@ class Upstream:
 
     @contextlib.contextmanager
     def down(self):
-        """While inside: every upstream service (registry, token server, CDN) is stopped, so
-        connections to the Hub names are refused; they start again, same storage, afterwards."""
+        """While inside: every upstream service (registry and its front, token server, CDN) is
+        stopped, so connections to the Hub names are refused; they start again, same storage
+        (and same pull counts: the front reads its log back), afterwards."""
         self._stop_services()
         try:
             yield
@@ -188,8 +220,9 @@ class Upstream:
             },
             "middleware": {"storage": [{"name": "redirect", "options": {"baseurl": f"https://{CDN_HOST}"}}]},
             "http": {
-                "addr": "127.0.0.1:443",
-                "tls": {"certificate": str(pki.server_cert), "key": str(pki.server_key)},
+                # Plain HTTP behind hubfront.py, which terminates TLS and sends
+                # X-Forwarded-Proto: https, so the URLs distribution builds stay https.
+                "addr": "%s:%d" % REGISTRY_BACKEND,
                 "headers": {"X-Content-Type-Options": ["nosniff"]},
                 "secret": os.urandom(16).hex(),  # signs upload state; one instance, so any value
             },
@@ -206,12 +239,25 @@ class Upstream:
 
     def _token_config(self) -> Path:
         path = self.workdir / "token.json"
-        path.write_text(json.dumps({
+        _write_atomic(path, json.dumps({
             "issuer": ISSUER, "service": SERVICE,
             "jwt_key": str(self.pki.jwt_key), "jwt_cert": str(self.pki.jwt_cert),
             "accounts": self.accounts, "private": self.private,
         }, indent=2))
         return path
+
+    def add_account(self, user: str, password: str) -> None:
+        """A new Hub account (or a new password), usable at once: the token server re-reads."""
+        self.accounts[user] = password
+        if self.pki is not None:
+            self._token_config()
+
+    def set_private(self, repo: str, users: list[str]) -> None:
+        """Only `users` may pull (or push) `repo`; anybody else gets no access in the token, and
+        the registry answers 401 insufficient_scope, as Docker Hub does."""
+        self.private[repo] = list(users)
+        if self.pki is not None:
+            self._token_config()
 
     def _spawn(self, what: str, cmd: list[str], **kw) -> subprocess.Popen:
         proc = subprocess.Popen(cmd, preexec_fn=_die_with_parent, **kw)
@@ -233,7 +279,7 @@ class Upstream:
                 env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},  # no REGISTRY_* leaks in
             )
         stamper.stdin.close()  # the registry holds the write end now
-        _wait_listening("127.0.0.1", 443, reg, "docker-registry")
+        _wait_listening(*REGISTRY_BACKEND, reg, "docker-registry")
 
     def _start_script(self, name: str, ip: str, host: str, extra: list[str]) -> None:
         with open(self.logs / f"{name}.err", "ab") as err:
@@ -260,7 +306,7 @@ class Upstream:
 
     # --------------------------------------------------------------- request log
 
-    LOGS = ("registry", "tokenserver", "cdnserver")
+    LOGS = ("registry", "hubfront", "tokenserver", "cdnserver")
 
     def _settle(self, quiet: float, limit: float = 3.0) -> None:
         # A line is written when a response is finished, which can be a few ms
@@ -279,6 +325,9 @@ class Upstream:
         """Every request answered so far on the three hosts, ordered by completion time.
 
         Waits until no log has grown for `settle` seconds (0: read at once).
+        Requests hubfront.py answered itself (429 over the limit, 502 with the registry
+        gone) are in, with extra["answered_by"] == "hubfront"; those it forwarded are
+        listed once, from the registry's log.
         """
         if settle:
             self._settle(settle)
@@ -292,6 +341,8 @@ class Upstream:
                     r = json.loads(line)
                 except ValueError:
                     continue  # a line still being written
+                if name == "hubfront" and r.get("answered_by") != "hubfront":
+                    continue  # forwarded: the registry's line stands for it
                 extra = {k: v for k, v in r.items()
                          if k not in ("host", "method", "path", "status", "t", "bytes")}
                 reqs.append(Req(r["host"], r["method"], r["path"], r["status"],
@@ -305,6 +356,45 @@ class Upstream:
 
     def requests_since(self, mark: int, settle: float = 0.05) -> list[Req]:
         return self.requests(settle)[mark:]
+
+    # ---------------------------------------------------------------- pull limit
+
+    def _write_rules(self) -> None:
+        _write_atomic(self.front_rules, json.dumps(self._rules))
+
+    def set_limits(self, limits: dict[str, int | None] | None = None, *, window: float | None = None,
+                   retry_after: int | None = None) -> None:
+        """Replace the limits (as in __init__; None: nobody limited), the window (None: the one
+        Upstream() was given) and retry_after. Counted pulls stay.
+
+        retry_after=N: 429s carry Retry-After: N, which Docker Hub does not send. skopeo retries
+        a 429 up to 4 times, waiting 2, 4, 8, 16 s; with Retry-After: 0 it fails at once."""
+        self._rules["limits"] = dict(limits or {})
+        self._rules["window"] = self._window if window is None else window
+        self._rules["retry_after"] = retry_after
+        self._write_rules()
+
+    def reset_pulls(self) -> None:
+        """Forget every pull counted so far, as if the window had just started for everybody."""
+        self._rules["reset_at"] = time.time()
+        self._write_rules()
+
+    def pulls_by_account(self, settle: float = 0.05) -> dict[str, int]:
+        """Pulls counted against the limits now (in the window, since the last reset), by
+        source: the account name, or the client IP for anonymous pulls."""
+        if settle:
+            self._settle(settle)
+        since = max(time.time() - self._rules["window"], self._rules["reset_at"])
+        counts: dict[str, int] = {}
+        path = self.logs / "hubfront.jsonl"
+        for line in (path.read_text().splitlines() if path.exists() else ()):
+            try:
+                r = json.loads(line)
+            except ValueError:
+                continue
+            if r.get("pull") and r["pull_t"] > since:
+                counts[r["source"]] = counts.get(r["source"], 0) + 1
+        return counts
 
     # ------------------------------------------------------------------- content
 

@@ -11,6 +11,7 @@ Run: python tokenserver.py --config CONFIG.json --listen 127.0.0.2:443 ... (see 
 CONFIG.json: {"issuer", "service", "jwt_key", "jwt_cert",
               "accounts": {user: password},
               "private": {repo: [users allowed to pull]}}   # optional
+accounts and private are re-read at every request, so a test can add them while this runs.
 """
 
 from __future__ import annotations
@@ -103,20 +104,27 @@ class Signer:
 
 class TokenHandler(httpsd.LoggedHandler):
     cfg: dict
-    policy: Policy
+    config_path: str
     signer: Signer
+
+    def load_policy(self) -> Policy:
+        # Each request: a test may add accounts or private repositories while we run.
+        with open(self.config_path) as f:
+            cfg = json.load(f)
+        return Policy(cfg["accounts"], cfg.get("private", {}))
 
     def do_GET(self):
         url = urlsplit(self.path)
         if url.path != "/token":
             return self.send_json(404, {"details": "not found"})
-        account = self.policy.authenticate(self.headers.get("Authorization"))
+        policy = self.load_policy()
+        account = policy.authenticate(self.headers.get("Authorization"))
         if account is None:
             return self.send_json(401, {"details": "incorrect username or password"}, account="-")
         query = parse_qs(url.query)
         access = []
         for rtype, name, wanted in parse_scopes(query.get("scope", [])):
-            actions = self.policy.grant(account, rtype, name, wanted)
+            actions = policy.grant(account, rtype, name, wanted)
             access.append({"type": rtype, "name": name, "actions": actions})
         now = int(time.time())
         claims = {
@@ -160,7 +168,7 @@ def main(argv=None) -> None:
     with open(args.config) as f:
         cfg = json.load(f)
     TokenHandler.cfg = cfg
-    TokenHandler.policy = Policy(cfg["accounts"], cfg.get("private", {}))
+    TokenHandler.config_path = args.config
     with open(cfg["jwt_key"], "rb") as k, open(cfg["jwt_cert"], "rb") as c:
         TokenHandler.signer = Signer(k.read(), c.read())
     httpsd.serve(args, TokenHandler)
