@@ -421,15 +421,24 @@ class HubCache:
             flow.response = responses.manifest(m, head)
             st.outcome = "hit"
             return
-        if decision is policy.Decision.REVALIDATE:
-            if await self._revalidate(flow, st, record, m):
-                return
-            if self._budget_low():  # the tag moved, but the last pulls are kept for images not cached at all
-                flow.response = responses.manifest(m, head, warning="stale: pull budget reserve reached")
-                st.outcome, st.note = "stale", "pull budget reserve"
-                return
-        st.stale = m
+        if decision is policy.Decision.REVALIDATE and await self._revalidate(flow, st, record, m):
+            return
+        # Going upstream for a GET. What the tag last was, of what the store holds, is the answer
+        # if upstream cannot be asked or refuses (429), or when the pull budget is at its reserve.
+        st.stale = m or self._last_stored(route.repository, route.reference, accept)
+        if st.stale is not None and self._budget_low():  # the last pulls are kept for images not cached at all
+            flow.response = responses.manifest(st.stale, head, warning="stale: pull budget reserve reached")
+            st.outcome, st.note = "stale", "pull budget reserve"
+            return
         await self._miss(flow, st)
+
+    def _last_stored(self, repository: str, tag: str, accept: Accept) -> Manifest | None:
+        """The newest manifest this tag pointed to that the store still holds and the client accepts."""
+        assert self.store
+        for _, _, media_type, digest in reversed(self.store.tag_history(repository, tag)):
+            if accept.accepts(media_type) and (m := self.store.get_manifest(digest)) is not None:
+                return m
+        return None
 
     def _pinned_tag(self, flow: http.HTTPFlow, st: _State, accept: Accept, pin: float) -> None:
         """The tag as it was at `pin`, from its history; upstream is not asked."""
@@ -526,6 +535,10 @@ class HubCache:
     async def _miss(self, flow: http.HTTPFlow, st: _State) -> None:
         """Not in the store: upstream, unless upstream is not to be asked now."""
         if why := self._unavailable(flow.request.host):
+            if st.stale is not None:
+                flow.response = responses.manifest(st.stale, flow.request.method == "HEAD", warning=f"stale: {why}")
+                st.outcome, st.note = "stale", why
+                return
             self._refuse_miss(flow, st, why)
             return
         st.outcome = "miss"

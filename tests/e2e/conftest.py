@@ -18,7 +18,9 @@ def upstream(tmp_path_factory):
     why = missing_prerequisites()
     if why:
         pytest.skip(f"e2e upstream unavailable: {why}")
-    up = Upstream(tmp_path_factory.mktemp("upstream"))
+    # pusher pushes; alice and bob are the Docker Hub accounts of a credentials pool
+    up = Upstream(tmp_path_factory.mktemp("upstream"),
+                  accounts={"pusher": "pushpass", "alice": "alice-pw", "bob": "bob-pw"})
     up.start()
     try:
         yield up
