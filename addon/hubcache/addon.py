@@ -6,6 +6,7 @@ Decisions live in routes/policy/mediatypes, bytes in store/ingest/blobserver; th
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import time
@@ -17,7 +18,7 @@ from urllib.parse import urljoin, urlsplit
 
 from mitmproxy import ctx, exceptions, http
 
-from . import credentials, options, policy, responses, routes, tokens, upstream
+from . import access, credentials, options, policy, responses, routes, tokens, upstream
 from .blobserver import PATH_PREFIX, BlobServer
 from .budget import ANONYMOUS, Budgets
 from .health import Health
@@ -33,6 +34,11 @@ META = "hubcache"
 MAX_MANIFEST = 4 * 1024 * 1024  # Docker Hub's own limit
 MAX_REDIRECTS = 10_000  # CDN URLs remembered from 307s
 ACCESS_FLUSH_SECONDS = 5
+CONFIRM_SECONDS = 300  # how long upstream's "yes, this token may pull that repository" is believed
+ALL_MANIFEST_TYPES = (
+    "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, "
+    "application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json"
+)
 RECENTLY_OK = 60  # seconds after a good upstream answer in which connections are not probed first
 REGISTRY = "registry"  # the health key of all registry host aliases
 
@@ -52,6 +58,7 @@ class _State:
     logged: bool = False
     account: str = ""  # the pool account (or "anonymous") hubcache sent this upstream as; "" = the client's own
     stale: Manifest | None = None  # what to serve if upstream refuses (429) a counted pull
+    private: bool = False  # fetched with the client's own login: stored as private to its repository
 
 
 class HubCache:
@@ -60,11 +67,12 @@ class HubCache:
         self.blobserver: BlobServer | None = None
         self.writer = ThreadPoolExecutor(1, thread_name_prefix="hubcache-writer")
         self.tokens: tokens.UpstreamTokens | None = None
-        self.redirects: OrderedDict[tuple[str, str], tuple[str, str]] = OrderedDict()
+        self.redirects: OrderedDict[tuple[str, str], tuple[str, str, bool]] = OrderedDict()
         self._hosts: dict[str, frozenset[str]] = {}
         self.health = Health(30)
         self.accounts: list[credentials.Credential] = []
         self.budgets = Budgets()
+        self._confirmed: dict[tuple[str, str], float] = {}  # (client token hash, repository) -> until
         self.metrics = Metrics()
         self._reserve_warned = 0.0
         self._creds_loaded = False
@@ -306,7 +314,8 @@ class HubCache:
             assert self.store
             length = resp.headers.get("content-length")
             expected = int(length) if length and length.isdigit() else None
-            st.tee = Tee(self.store.begin_blob(st.digest, expected, st.repository), self.writer)
+            seen = access.seen_as(st.repository, st.private)
+            st.tee = Tee(self.store.begin_blob(st.digest, expected, seen), self.writer)
             resp.stream = st.tee
         elif st.route.kind is Kind.MANIFEST and flow.request.method == "GET" and resp.status_code == 200:
             length = resp.headers.get("content-length", "")
@@ -395,17 +404,60 @@ class HubCache:
         else:
             del flow.request.headers["authorization"]  # our local token means nothing upstream
 
+    async def _allowed(self, flow: http.HTTPFlow, st: _State, digest: str) -> str:
+        """May this client get `digest` from the store under st.route.repository? 'serve', 'miss'
+        (go upstream, which decides), or 'refused' (flow.response is set)."""
+        assert self.store
+        repo = st.route.repository
+        vis = access.visibility(self.store.repositories(digest), repo)
+        if vis != "private":
+            return "serve" if vis == "public" else "miss"
+        auth = flow.request.headers.get("authorization", "")
+        own = bool(auth) and not tokens.is_local(auth)
+        key = (hashlib.sha256(auth.encode()).hexdigest(), repo)
+        if own and self._confirmed.get(key, 0) > time.time():
+            return "serve"
+        if why := self._unavailable(flow.request.host):
+            if ctx.options.hubcache_offline_private == "allow":
+                return "serve"
+            flow.response = responses.oci_error(
+                403, "DENIED", f"docker.io/{repo} is private and upstream cannot confirm access now: {why}")
+            st.outcome, st.note = "refused", "private, upstream unavailable"
+            return "refused"
+        # Ask upstream, with a HEAD (free), whether this client's token, or else a pool token, may
+        # pull it there; a pool token's yes makes the content public in this repository.
+        kind = "manifests" if st.route.kind is Kind.MANIFEST else "blobs"
+        try:
+            auth_up = await self._upstream_auth(flow, st)
+            resp = await self._own_request("HEAD", f"https://{flow.request.host}/v2/{repo}/{kind}/{digest}",
+                                           [("Authorization", auth_up), ("Accept", ALL_MANIFEST_TYPES)])
+        except upstream.UpstreamError as e:
+            flow.response = responses.oci_error(403, "DENIED", f"docker.io/{repo} is private and upstream cannot confirm access now: {e}")
+            st.outcome, st.note = "refused", "private, upstream unavailable"
+            return "refused"
+        if resp.status < 400:
+            if st.account:
+                await self._in_writer(self.store.note_repository, digest, access.seen_as(repo, False))
+            else:
+                self._confirmed[key] = time.time() + CONFIRM_SECONDS
+            return "serve"
+        flow.response = responses.v2_root(False, ctx.options.hubcache_auth_realm, ctx.options.hubcache_auth_service)
+        flow.response.headers["Www-Authenticate"] += f',scope="repository:{repo}:pull"'
+        st.outcome, st.note = "refused", f"private: upstream answered {resp.status}"
+        return "refused"
+
     async def _manifest(self, flow: http.HTTPFlow, st: _State) -> None:
         assert self.store
         route = st.route
         head = flow.request.method == "HEAD"
         if route.by_digest:
             m = self.store.get_manifest(route.reference)
-            if m is not None:
+            verdict = await self._allowed(flow, st, route.reference) if m is not None else "miss"
+            if verdict == "serve":
                 flow.response = responses.manifest(m, head)
                 st.outcome = "hit"
-                return
-            await self._miss(flow, st)
+            elif verdict == "miss":
+                await self._miss(flow, st)
             return
         accept = Accept.parse(flow.request.headers.get_all("accept"))
         pin = options.parse_time(ctx.options.hubcache_pin_time)
@@ -416,6 +468,12 @@ class HubCache:
         chosen = choose(records, accept)
         record = records[chosen] if chosen else None
         m = self.store.get_manifest(record.digest) if record else None
+        if m is not None:
+            verdict = await self._allowed(flow, st, m.digest)
+            if verdict == "refused":
+                return
+            if verdict == "miss":
+                record = m = None
         decision = policy.decide(record, m is not None, time.time(), ctx.options.hubcache_tag_ttl)
         if decision is policy.Decision.HIT:
             flow.response = responses.manifest(m, head)
@@ -426,6 +484,12 @@ class HubCache:
         # Going upstream for a GET. What the tag last was, of what the store holds, is the answer
         # if upstream cannot be asked or refuses (429), or when the pull budget is at its reserve.
         st.stale = m or self._last_stored(route.repository, route.reference, accept)
+        if st.stale is not None and st.stale is not m:
+            verdict = await self._allowed(flow, st, st.stale.digest)
+            if verdict == "refused":
+                return
+            if verdict == "miss":
+                st.stale = None
         if st.stale is not None and self._budget_low():  # the last pulls are kept for images not cached at all
             flow.response = responses.manifest(st.stale, head, warning="stale: pull budget reserve reached")
             st.outcome, st.note = "stale", "pull budget reserve"
@@ -496,18 +560,22 @@ class HubCache:
     async def _blob(self, flow: http.HTTPFlow, st: _State) -> None:
         assert self.store
         info = self.store.blob_info(st.route.reference)
-        if info is not None:
+        verdict = await self._allowed(flow, st, info.digest) if info is not None else "miss"
+        if verdict == "serve":
             self._serve_blob(flow, st, info)
+            return
+        if verdict == "refused":
             return
         st.digest, st.repository = st.route.reference, st.route.repository
         await self._miss(flow, st)
+        st.private = not st.account
 
     async def _cdn(self, flow: http.HTTPFlow, st: _State) -> None:
         assert self.store
         known = self.redirects.get((flow.request.host.lower(), flow.request.path))
         if known is None:
             return  # not a blob we sent the client to: passed through, not stored
-        digest, repository = known
+        digest, repository, st.private = known  # a URL upstream gave an authorized client
         info = self.store.blob_info(digest)
         if info is not None:
             self._serve_blob(flow, st, info)
@@ -588,7 +656,8 @@ class HubCache:
             flow.response = responses.oci_error(502, "MANIFEST_INVALID", f"hubcache refused the upstream manifest: {st.note}")
             return
         try:
-            await self._in_writer(self.store.put_manifest, digest, media_type, body, route.repository)
+            seen = access.seen_as(route.repository, not st.account)  # no pool account: the client's own login
+            await self._in_writer(self.store.put_manifest, digest, media_type, body, seen)
             if not route.by_digest:
                 await self._in_writer(self.store.put_tag, route.repository, route.reference, media_type, digest, len(body), time.time())
             await self._in_writer(self.store.evict_if_needed)
@@ -603,7 +672,7 @@ class HubCache:
         if (target.hostname or "").lower() in self._hosts["registry_hosts"]:
             return
         path = target.path + (f"?{target.query}" if target.query else "")
-        self.redirects[((target.hostname or "").lower(), path)] = (st.route.reference, st.route.repository)
+        self.redirects[((target.hostname or "").lower(), path)] = (st.route.reference, st.route.repository, not st.account)
         while len(self.redirects) > MAX_REDIRECTS:
             self.redirects.popitem(last=False)
 

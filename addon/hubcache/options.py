@@ -69,6 +69,7 @@ def load(loader) -> None:
     add("hubcache_connect_timeout", int, 5, "Seconds to wait for a TCP connection to an upstream host that has not answered recently.")
     add("hubcache_backoff", int, 30, "Seconds an upstream host that failed is not asked again: tags are served stale, misses fail at once.")
     add("hubcache_pin_time", str, "", "Serve every tag as it was at this time (e.g. 2026-11-27T10:00:00Z), from the tag history, without asking upstream: replays a past pipeline.")
+    add("hubcache_offline_private", str, "refuse", "When upstream cannot confirm a client may pull a private repository: refuse (default) or allow.")
     add("hubcache_offline", bool, False, "Never contact upstream: serve what the store has, answer misses with an error.")
 
 
@@ -86,6 +87,8 @@ def check(opts) -> int:
         parse_time(opts.hubcache_pin_time)
     except ValueError as e:
         raise exceptions.OptionsError(f"hubcache_pin_time: {e}") from e
+    if opts.hubcache_offline_private not in ("refuse", "allow"):
+        raise exceptions.OptionsError(f"hubcache_offline_private must be refuse or allow, not {opts.hubcache_offline_private!r}")
     for name in ("hubcache_upstream_timeout", "hubcache_connect_timeout"):
         if getattr(opts, name) <= 0:
             raise exceptions.OptionsError(f"{name} must be > 0, not {getattr(opts, name)}")

@@ -20,7 +20,8 @@ def upstream(tmp_path_factory):
         pytest.skip(f"e2e upstream unavailable: {why}")
     # pusher pushes; alice and bob are the Docker Hub accounts of a credentials pool
     up = Upstream(tmp_path_factory.mktemp("upstream"),
-                  accounts={"pusher": "pushpass", "alice": "alice-pw", "bob": "bob-pw"})
+                  accounts={"pusher": "pushpass", "alice": "alice-pw", "bob": "bob-pw"},
+                  private={"acme/secret": ["pusher", "alice"]})
     up.start()
     try:
         yield up

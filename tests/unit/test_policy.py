@@ -32,3 +32,15 @@ def test_health_backs_off_then_retries():
     h.succeeded("r", now=201)
     assert h.down("r", now=202) is None
     assert h.recently_ok("r", now=230, within=60) and not h.recently_ok("r", now=300, within=60)
+
+
+def test_visibility_of_cached_content():
+    from hubcache.access import seen_as, visibility
+
+    pub, priv = seen_as("library/x", False), seen_as("acme/secret", True)
+    assert visibility([pub], "library/x") == "public"
+    assert visibility([pub], "other/name") == "public"  # public bytes are public under any name
+    assert visibility([priv], "acme/secret") == "private"
+    assert visibility([priv], "library/x") == "foreign"  # never under another repository's name
+    assert visibility([priv, seen_as("library/base", False)], "acme/other") == "public"
+    assert visibility([], "library/x") == "foreign"
