@@ -69,3 +69,23 @@ def test_budget_reserve_keeps_the_last_pulls(limited, start_hubcache, certs, tmp
     assert [r.method for r in limited.requests_since(mark) if "/manifests/" in r.path] == ["HEAD"]  # free
     assert limited.pulls_by_account() == {"alice": 1}
     assert "pull reserve" in hub.log()
+
+
+def test_docker_daemon_pulls_spend_the_pool_once(limited, start_hubcache, tmp_path):
+    from support.engines import Docker, missing_engine
+
+    if why := missing_engine("docker"):
+        pytest.skip(why)
+    creds = budgetdemo.write_credentials(tmp_path / "hub.toml", POOL)
+    limited.push_image("library/dockerbudget", "1", [(200_000, 80)], fmt="v2s2")
+    hub = start_hubcache(f"hubcache_credentials={creds}", "hubcache_tag_ttl=0")
+    limited.reset_pulls()
+    ref = "docker.io/library/dockerbudget:1"
+    with Docker(tmp_path / "docker", proxy=hub.url, ca_cert=hub.ca_cert) as docker:
+        docker.pull(ref)
+        spent = limited.pulls_by_account()
+        assert sum(spent.values()) == 1 and set(spent) <= set(POOL)  # the daemon logged in nowhere
+        for _ in range(3):  # later jobs: HEAD-revalidated, served from the store
+            docker.remove(ref)
+            docker.pull(ref)
+        assert limited.pulls_by_account() == spent

@@ -3,6 +3,7 @@ the token endpoint and nowhere else."""
 
 from __future__ import annotations
 
+import base64
 import os
 
 import pytest
@@ -26,9 +27,18 @@ def test_stored_credentials_are_used_and_the_secret_goes_nowhere_else(upstream, 
     token_requests = [r for r in upstream.requests_since(mark) if r.host == AUTH_HOST]
     assert [r.extra.get("account") for r in token_requests] == ["pusher"]  # hubcache's own, as the account
     assert "pusher (from" in hub.log()
-    # nothing any upstream service or hubcache wrote holds the secret
-    for path in [*upstream.logs.iterdir(), hub.logfile]:
-        assert SECRET not in path.read_text(errors="replace"), path
+    # Every request header the registry host (its front) and the CDN received is captured in
+    # their logs: the secret, plain or base64 as in Basic, is in none of them, nor in any other log;
+    # only the token server saw it, in hubcache's token request.
+    basic = base64.b64encode(f"pusher:{SECRET}".encode()).decode()
+    captured = {p.name: p.read_text(errors="replace") for p in upstream.logs.iterdir()}
+    assert "request_headers" in captured["hubfront.jsonl"] and "request_headers" in captured["cdnserver.jsonl"]
+    for name, text in captured.items():
+        assert SECRET not in text, name
+        if name != "tokenserver.jsonl":
+            assert basic not in text, name
+    assert basic in captured["tokenserver.jsonl"]  # the one place it belongs (proves the capture works)
+    assert SECRET not in hub.log() and basic not in hub.log()
 
 
 def test_credentials_file_readable_by_others_is_refused(upstream, start_hubcache, tmp_path):
