@@ -237,7 +237,8 @@ class HubCache:
         now = time.time()
         if not self.budgets.all_below(self._account_names(), ctx.options.hubcache_budget_reserve, now):
             return False
-        if now - self._reserve_warned > 3600:
+        window = max(self.budgets.accounts[a].window for a in self._account_names() if a in self.budgets.accounts)
+        if now - self._reserve_warned > window:  # once per window
             log.warning("hubcache: every account is below the pull reserve (%d): serving stale tags instead of pulling",
                         ctx.options.hubcache_budget_reserve)
             self._reserve_warned = now

@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-from pathlib import Path
 
 import pytest
 
-from support.clients import proxied_request, skopeo_copy
-from support.proxy import Proxy
+from support.clients import dir_files, proxied_request, pull_ok, skopeo_copy
 
 pytestmark = pytest.mark.e2e
 MiB = 1 << 20
@@ -22,14 +20,8 @@ def layers(*sizes: int) -> list[tuple[int, int]]:
     return [(size, next(_seeds)) for size in sizes]
 
 
-def pull(ref: str, dest: Path, proxy: Proxy | None, certs: Path) -> Path:
-    res = skopeo_copy(ref, dest, proxy=proxy.url if proxy else None, cert_dir=certs)
-    assert res.returncode == 0, f"pull of {ref} failed: {res.stderr}"
-    return dest
 
 
-def files(d: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(d.iterdir()) if p.name != "version"}
 
 
 def hosts_count(reqs, host: str, method: str | None = None, contains: str = "") -> int:
@@ -42,10 +34,10 @@ REG, AUTH, CDN = "registry-1.docker.io", "auth.docker.io", "production.cloudflar
 def test_cold_pull_is_identical_and_fetches_each_object_once(upstream, start_hubcache, certs, tmp_path):
     img = upstream.push_image("library/coldpull", "1", layers(1 * MiB, 3 * MiB, 300_000))
     hub = start_hubcache()
-    direct = pull("docker.io/library/coldpull:1", tmp_path / "direct", None, certs)
+    direct = pull_ok("docker.io/library/coldpull:1", tmp_path / "direct", None, certs)
     mark = upstream.mark()
-    through = pull("docker.io/library/coldpull:1", tmp_path / "through", hub, certs)
-    assert files(through) == files(direct)
+    through = pull_ok("docker.io/library/coldpull:1", tmp_path / "through", hub, certs)
+    assert dir_files(through) == dir_files(direct)
     reqs = upstream.requests_since(mark)
     blobs = [img.config_digest, *img.layer_digests]
     assert hosts_count(reqs, REG, "GET", "/manifests/") == 1
@@ -60,60 +52,60 @@ def test_cold_pull_is_identical_and_fetches_each_object_once(upstream, start_hub
 def test_warm_pull_makes_no_upstream_request(upstream, start_hubcache, certs, tmp_path):
     upstream.push_image("library/warmpull", "2.0", layers(2 * MiB, 64 * 1024))
     hub = start_hubcache()
-    cold = pull("docker.io/library/warmpull:2.0", tmp_path / "cold", hub, certs)
+    cold = pull_ok("docker.io/library/warmpull:2.0", tmp_path / "cold", hub, certs)
     mark = upstream.mark()
-    warm = pull("docker.io/library/warmpull:2.0", tmp_path / "warm", hub, certs)
+    warm = pull_ok("docker.io/library/warmpull:2.0", tmp_path / "warm", hub, certs)
     assert upstream.requests_since(mark) == []
-    assert files(warm) == files(cold)
+    assert dir_files(warm) == dir_files(cold)
     assert "hit" in hub.log()
 
 
 def test_warm_pull_survives_a_proxy_restart(upstream, start_hubcache, certs, tmp_path):
     upstream.push_image("library/restart", "1", layers(1 * MiB))
     hub = start_hubcache()
-    cold = pull("docker.io/library/restart:1", tmp_path / "cold", hub, certs)
+    cold = pull_ok("docker.io/library/restart:1", tmp_path / "cold", hub, certs)
     hub.stop()
     hub.start()
     mark = upstream.mark()
-    warm = pull("docker.io/library/restart:1", tmp_path / "warm", hub, certs)
+    warm = pull_ok("docker.io/library/restart:1", tmp_path / "warm", hub, certs)
     assert upstream.requests_since(mark) == []
-    assert files(warm) == files(cold)
+    assert dir_files(warm) == dir_files(cold)
 
 
 def test_pull_by_digest_after_the_tag_moved_gets_the_old_content(upstream, start_hubcache, certs, tmp_path):
     v1 = upstream.push_image("library/moving", "stable", layers(1 * MiB))
     hub = start_hubcache()
-    first = pull("docker.io/library/moving:stable", tmp_path / "v1", hub, certs)
+    first = pull_ok("docker.io/library/moving:stable", tmp_path / "v1", hub, certs)
     upstream.push_image("library/moving", "stable", layers(1 * MiB))
     mark = upstream.mark()
-    by_digest = pull(f"docker.io/library/moving@{v1.manifest_digest}", tmp_path / "v1-digest", hub, certs)
+    by_digest = pull_ok(f"docker.io/library/moving@{v1.manifest_digest}", tmp_path / "v1-digest", hub, certs)
     assert upstream.requests_since(mark) == []
-    assert files(by_digest) == files(first)
+    assert dir_files(by_digest) == dir_files(first)
     # within the freshness window the tag is still served as it was, without asking upstream
-    again = pull("docker.io/library/moving:stable", tmp_path / "v1-again", hub, certs)
+    again = pull_ok("docker.io/library/moving:stable", tmp_path / "v1-again", hub, certs)
     assert upstream.requests_since(mark) == []
-    assert files(again) == files(first)
+    assert dir_files(again) == dir_files(first)
 
 
 def test_stale_tag_is_revalidated_with_head_and_refetched_only_when_changed(upstream, start_hubcache, certs, tmp_path):
     upstream.push_image("library/revalidate", "1", layers(1 * MiB))
     hub = start_hubcache("hubcache_tag_ttl=0")
-    first = pull("docker.io/library/revalidate:1", tmp_path / "a", hub, certs)
+    first = pull_ok("docker.io/library/revalidate:1", tmp_path / "a", hub, certs)
 
     mark = upstream.mark()
-    same = pull("docker.io/library/revalidate:1", tmp_path / "b", hub, certs)
+    same = pull_ok("docker.io/library/revalidate:1", tmp_path / "b", hub, certs)
     reqs = upstream.requests_since(mark)
-    assert files(same) == files(first)
+    assert dir_files(same) == dir_files(first)
     assert hosts_count(reqs, REG, "HEAD", "/manifests/1") == 1
     assert hosts_count(reqs, REG, "GET") == 0 and hosts_count(reqs, CDN) == 0
     assert "revalidated" in hub.log()
 
     v2 = upstream.push_image("library/revalidate", "1", layers(1 * MiB))
-    direct = pull("docker.io/library/revalidate:1", tmp_path / "direct", None, certs)
+    direct = pull_ok("docker.io/library/revalidate:1", tmp_path / "direct", None, certs)
     mark = upstream.mark()
-    changed = pull("docker.io/library/revalidate:1", tmp_path / "c", hub, certs)
+    changed = pull_ok("docker.io/library/revalidate:1", tmp_path / "c", hub, certs)
     reqs = upstream.requests_since(mark)
-    assert files(changed) == files(direct)
+    assert dir_files(changed) == dir_files(direct)
     assert hosts_count(reqs, REG, "HEAD", "/manifests/1") == 1
     assert hosts_count(reqs, REG, "GET", "/manifests/1") == 1
     assert hosts_count(reqs, REG, "GET", f"/blobs/{v2.layer_digests[0]}") == 1
@@ -135,7 +127,7 @@ def test_tampered_upstream_blob_is_refused_and_not_stored(upstream, start_hubcac
     assert res.returncode != 0
     assert "rejected" in hub.log()
     mark = upstream.mark()
-    ok = pull("docker.io/library/tamper:1", tmp_path / "good", hub, certs)
+    ok = pull_ok("docker.io/library/tamper:1", tmp_path / "good", hub, certs)
     assert hashlib.sha256((ok / layer.split(":")[1]).read_bytes()).hexdigest() == layer.split(":")[1]
     # the refused bytes were not kept: the layer had to come from the CDN again
     assert hosts_count(upstream.requests_since(mark), CDN, "GET", layer.split(":")[1]) == 1
@@ -147,7 +139,7 @@ def test_one_gib_layer_cold_and_warm(upstream, start_hubcache, certs, tmp_path):
     hub = start_hubcache()
     for run in ("cold", "warm"):
         mark = upstream.mark()
-        dest = pull("docker.io/library/big:1", tmp_path / run, hub, certs)
+        dest = pull_ok("docker.io/library/big:1", tmp_path / run, hub, certs)
         h = hashlib.sha256()
         with open(dest / layer, "rb") as f:
             while chunk := f.read(8 * MiB):
@@ -166,7 +158,7 @@ def test_truncated_upstream_blob_is_an_error_and_not_stored(upstream, start_hubc
         res = skopeo_copy("docker.io/library/truncated:1", tmp_path / "bad", proxy=hub.url, cert_dir=certs)
     assert res.returncode != 0
     mark = upstream.mark()
-    ok = pull("docker.io/library/truncated:1", tmp_path / "good", hub, certs)
+    ok = pull_ok("docker.io/library/truncated:1", tmp_path / "good", hub, certs)
     assert hashlib.sha256((ok / layer.split(":")[1]).read_bytes()).hexdigest() == layer.split(":")[1]
     assert hosts_count(upstream.requests_since(mark), CDN, "GET", layer.split(":")[1]) == 1
 
@@ -174,7 +166,7 @@ def test_truncated_upstream_blob_is_an_error_and_not_stored(upstream, start_hubc
 def test_hits_by_digest_carry_registry_headers_for_get_and_head(upstream, start_hubcache, certs, tmp_path):
     img = upstream.push_image("library/headers", "1", layers(700_000))
     hub = start_hubcache()
-    pull("docker.io/library/headers:1", tmp_path / "cold", hub, certs)
+    pull_ok("docker.io/library/headers:1", tmp_path / "cold", hub, certs)
     mark = upstream.mark()
     layer, size = img.layer_digests[0], img.layer_sizes[0]
     for method in ("HEAD", "GET"):
@@ -195,10 +187,10 @@ def test_size_cap_evicts_least_recently_used(upstream, start_hubcache, certs, tm
     a = upstream.push_image("library/capa", "1", layers(2 * MiB))
     b = upstream.push_image("library/capb", "1", layers(2 * MiB))
     hub = start_hubcache("hubcache_max_size=3m")
-    pull("docker.io/library/capa:1", tmp_path / "a", hub, certs)
-    pull("docker.io/library/capb:1", tmp_path / "b", hub, certs)
+    pull_ok("docker.io/library/capa:1", tmp_path / "a", hub, certs)
+    pull_ok("docker.io/library/capb:1", tmp_path / "b", hub, certs)
     mark = upstream.mark()
-    pull("docker.io/library/capb:1", tmp_path / "b2", hub, certs)  # the newer image is still whole
+    pull_ok("docker.io/library/capb:1", tmp_path / "b2", hub, certs)  # the newer image is still whole
     assert upstream.requests_since(mark) == []
     hub.stop()
     from hubcache.store import Store

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from support.clients import client_env, skopeo_copy
+from support.clients import client_env, dir_files, pull_ok, skopeo_copy
 
 pytestmark = pytest.mark.e2e
 MiB = 1 << 20
@@ -22,14 +22,8 @@ HUBCACHE = Path(sys.executable).parent / "hubcache"
 _seeds = itertools.count(9000)
 
 
-def files(d):
-    return {p.name: p.read_bytes() for p in sorted(d.iterdir()) if p.name != "version"}
 
 
-def pull(ref, dest, hub, certs):
-    res = skopeo_copy(ref, dest, proxy=hub.url, cert_dir=certs)
-    assert res.returncode == 0, f"pull of {ref} failed: {res.stderr}"
-    return dest
 
 
 def verify(store: Path) -> str:
@@ -73,8 +67,8 @@ def test_sigkill_during_cold_pulls_leaves_a_store_that_verifies(upstream, start_
     hub.start()
     direct = skopeo_copy(f"docker.io/{images[0]}:1", tmp_path / "direct", proxy=None, cert_dir=certs)
     assert direct.returncode == 0, direct.stderr
-    through = pull(f"docker.io/{images[0]}:1", tmp_path / "after", hub, certs)
-    assert files(through) == files(tmp_path / "direct")
+    through = pull_ok(f"docker.io/{images[0]}:1", tmp_path / "after", hub, certs)
+    assert dir_files(through) == dir_files(tmp_path / "direct")
     hub.stop()
     assert " 0 did not match" in verify(hub.store)
 
@@ -97,7 +91,7 @@ def test_tampered_upstream_manifest_is_refused_and_not_stored(upstream, start_hu
     assert "502" in res.stderr and "502" in by_digest.stderr, (res.stderr, by_digest.stderr)
     assert hub.log().count("rejected") == 2
     mark = upstream.mark()
-    ok = pull("docker.io/library/badmanifest:1", tmp_path / "good", hub, certs)
+    ok = pull_ok("docker.io/library/badmanifest:1", tmp_path / "good", hub, certs)
     assert (ok / "manifest.json").read_bytes() == img.manifest_bytes
     manifest_gets = [r for r in upstream.requests_since(mark) if r.method == "GET" and "/manifests/" in r.path]
     assert len(manifest_gets) == 1  # the refused manifest had not been stored
@@ -106,13 +100,13 @@ def test_tampered_upstream_manifest_is_refused_and_not_stored(upstream, start_hu
 def test_tag_history_and_replaying_a_past_pipeline(upstream, start_hubcache, certs, tmp_path):
     upstream.push_image("library/pinme", "1", [(300_000, next(_seeds))])
     hub = start_hubcache("hubcache_tag_ttl=0")
-    v1 = pull("docker.io/library/pinme:1", tmp_path / "v1", hub, certs)
+    v1 = pull_ok("docker.io/library/pinme:1", tmp_path / "v1", hub, certs)
     time.sleep(1.1)
     between = time.time()
     time.sleep(1.1)
     upstream.push_image("library/pinme", "1", [(300_000, next(_seeds))])
-    v2 = pull("docker.io/library/pinme:1", tmp_path / "v2", hub, certs)
-    assert files(v1) != files(v2)
+    v2 = pull_ok("docker.io/library/pinme:1", tmp_path / "v2", hub, certs)
+    assert dir_files(v1) != dir_files(v2)
     out = subprocess.run([HUBCACHE, "history", "pinme:1", "--store", hub.store], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert len(out.stdout.splitlines()) == 2 and "docker.io/library/pinme:1" in out.stdout
@@ -120,13 +114,13 @@ def test_tag_history_and_replaying_a_past_pipeline(upstream, start_hubcache, cer
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(between))
     replay = start_hubcache(f"hubcache_store={hub.store}", f"hubcache_pin_time={stamp}", name="replay")
     mark = upstream.mark()
-    again = pull("docker.io/library/pinme:1", tmp_path / "replayed", replay, certs)
-    assert files(again) == files(v1)
+    again = pull_ok("docker.io/library/pinme:1", tmp_path / "replayed", replay, certs)
+    assert dir_files(again) == dir_files(v1)
     assert upstream.requests_since(mark) == []
 
 
 def test_full_disk_refuses_to_store_and_keeps_serving(upstream, start_hubcache, certs, tmp_path):
-    small = upstream.push_image("library/fits", "1", [(6 * MiB, next(_seeds))])
+    upstream.push_image("library/fits", "1", [(6 * MiB, next(_seeds))])
     big = upstream.push_image("library/toobig", "1", [(24 * MiB, next(_seeds))])
     store = tmp_path / "tinydisk"
     store.mkdir()
@@ -134,14 +128,14 @@ def test_full_disk_refuses_to_store_and_keeps_serving(upstream, start_hubcache, 
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(store)], check=True)
     try:
         hub = start_hubcache(f"hubcache_store={store}")
-        first = pull("docker.io/library/fits:1", tmp_path / "fits", hub, certs)
-        through = pull("docker.io/library/toobig:1", tmp_path / "toobig", hub, certs)  # served, not stored
+        first = pull_ok("docker.io/library/fits:1", tmp_path / "fits", hub, certs)
+        through = pull_ok("docker.io/library/toobig:1", tmp_path / "toobig", hub, certs)  # served, not stored
         layer = big.layer_digests[0].split(":")[1]
         assert hashlib.sha256((through / layer).read_bytes()).hexdigest() == layer
         assert "not stored" in hub.log() or "could not store" in hub.log()
         mark = upstream.mark()
-        again = pull("docker.io/library/fits:1", tmp_path / "fits2", hub, certs)  # what it had, it still serves
-        assert files(again) == files(first) and upstream.requests_since(mark) == []
+        again = pull_ok("docker.io/library/fits:1", tmp_path / "fits2", hub, certs)  # what it had, it still serves
+        assert dir_files(again) == dir_files(first) and upstream.requests_since(mark) == []
         hub.stop()
         assert " 0 did not match" in verify(store)
     finally:

@@ -101,3 +101,15 @@ def proxied_request(proxy_port: int, cafile: Path, method: str, host: str, path:
         return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
     finally:
         conn.close()
+
+
+def pull_ok(ref: str, dest: Path, proxy, cert_dir: Path) -> Path:
+    """skopeo_copy through `proxy` (a support.proxy.Proxy, or None for a direct pull) that must work."""
+    res = skopeo_copy(ref, dest, proxy=proxy.url if proxy else None, cert_dir=cert_dir)
+    assert res.returncode == 0, f"pull of {ref} failed: {res.stderr}"
+    return Path(dest)
+
+
+def dir_files(d: Path) -> dict[str, bytes]:
+    """Manifest and blobs of a `dir:` pull, by file name, for byte-for-byte comparison."""
+    return {p.name: p.read_bytes() for p in sorted(Path(d).iterdir()) if p.name != "version"}
