@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import os
 import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
@@ -18,10 +17,9 @@ from urllib.parse import urljoin, urlsplit
 
 from mitmproxy import ctx, exceptions, http
 
-from . import access, credentials, options, policy, responses, routes, tokens, upstream
+from . import access, dockerhub, options, policy, responses, routes, tokens, upstream
 from .blobserver import PATH_PREFIX, BlobServer
-from .budget import ANONYMOUS, Budgets
-from .health import Health
+from .dockerhub import DockerHub
 from .ingest import Tee
 from .metrics import Metrics
 from .mediatypes import Accept, choose
@@ -40,7 +38,6 @@ ALL_MANIFEST_TYPES = (
     "application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json"
 )
 RECENTLY_OK = 60  # seconds after a good upstream answer in which connections are not probed first
-REGISTRY = "registry"  # the health key of all registry host aliases
 
 
 @dataclass
@@ -66,16 +63,11 @@ class HubCache:
         self.store: Store | None = None
         self.blobserver: BlobServer | None = None
         self.writer = ThreadPoolExecutor(1, thread_name_prefix="hubcache-writer")
-        self.tokens: tokens.UpstreamTokens | None = None
         self.redirects: OrderedDict[tuple[str, str], tuple[str, str, bool]] = OrderedDict()
         self._hosts: dict[str, frozenset[str]] = {}
-        self.health = Health(30)
-        self.accounts: list[credentials.Credential] = []
-        self.budgets = Budgets()
-        self._confirmed: dict[tuple[str, str], float] = {}  # (client token hash, repository) -> until
         self.metrics = Metrics()
-        self._reserve_warned = 0.0
-        self._creds_loaded = False
+        self.dockerhub = DockerHub(self.metrics)
+        self._confirmed: dict[tuple[str, str], float] = {}  # (client token hash, repository) -> until
         self._running = False
         self._flusher: asyncio.Task | None = None
 
@@ -103,20 +95,7 @@ class HubCache:
             "auth_hosts": frozenset(h.lower() for h in ctx.options.hubcache_auth_hosts),
             "cdn_hosts": frozenset(h.lower() for h in ctx.options.hubcache_cdn_hosts),
         }
-        self.health.backoff = ctx.options.hubcache_backoff
-        if {"hubcache_credentials", "hubcache_docker_config"} & updated or not self._creds_loaded:
-            self._creds_loaded = True
-            try:
-                self.accounts = credentials.load(
-                    ctx.options.hubcache_credentials, os.environ, ctx.options.hubcache_docker_config
-                )
-            except credentials.CredentialsError as e:
-                raise exceptions.OptionsError(str(e)) from e
-            if self.accounts:
-                log.info("hubcache: Docker Hub accounts: %s", ", ".join(str(c) for c in self.accounts))
-        realm, service = ctx.options.hubcache_auth_realm, ctx.options.hubcache_auth_service
-        if self.tokens is None or (self.tokens.realm, self.tokens.service) != (realm, service):
-            self.tokens = tokens.UpstreamTokens(self._get, realm, service)
+        self.dockerhub.configure(updated, self._hosts["registry_hosts"])
 
     def running(self) -> None:
         self._running = True
@@ -172,90 +151,12 @@ class HubCache:
     async def _in_writer(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self.writer, partial(fn, *args))
 
-    # -- upstream requests of hubcache's own -------------------------------------------------
-
-    def _tls(self) -> upstream.TLSSettings:
-        o = ctx.options
-        return upstream.TLSSettings(o.ssl_insecure, o.ssl_verify_upstream_trusted_ca, o.ssl_verify_upstream_trusted_confdir)
-
-    def _health_key(self, host: str) -> str:
-        host = host.lower()
-        return REGISTRY if host in self._hosts["registry_hosts"] else host
-
-    def _unavailable(self, host: str) -> str | None:
-        """Why hubcache will not ask `host` now (offline, or backing off after a failure), or None."""
-        if ctx.options.hubcache_offline:
-            return "hubcache is offline"
-        why = self.health.down(self._health_key(host), time.time())
-        return f"upstream {host} unavailable: {why}" if why else None
-
-    def _upstream_result(self, host: str, status: int | None, error: str = "") -> None:
-        """Remember how an upstream request went: failures start the back-off."""
-        key, now = self._health_key(host), time.time()
-        # A 500 can be about one object (distribution answers 500 for a manifest it cannot
-        # parse); unreachable, overloaded or rate-limited is about the host.
-        if status is None or status in (429, 502, 503, 504):
-            self.health.failed(key, error or f"answered {status}", now)
-        else:
-            self.health.succeeded(key, now)
-
-    async def _own_request(self, method: str, url: str, headers: list[tuple[str, str]]) -> upstream.UpstreamResponse:
-        """One request of hubcache's own, unless the host is backing off; the outcome is remembered."""
-        host = urlsplit(url).hostname or ""
-        if why := self._unavailable(host):
-            raise upstream.UpstreamError(why)
-        self.metrics.upstream.labels("token" if method == "GET" else "revalidate").inc()
-        try:
-            resp = await upstream.request(method, url, headers, self._tls(), ctx.options.hubcache_upstream_timeout)
-        except upstream.UpstreamError as e:
-            self._upstream_result(host, None, str(e))
-            raise
-        self._upstream_result(host, resp.status)
-        return resp
-
-    async def _get(self, url: str, headers: list[tuple[str, str]]) -> upstream.UpstreamResponse:
-        return await self._own_request("GET", url, headers)
-
     async def _upstream_auth(self, flow: http.HTTPFlow, st: _State) -> str:
-        """The Authorization for an upstream request on behalf of this client: its own, or a token
-        of the pool account with the most pull budget left (st.account says which)."""
-        auth = flow.request.headers.get("authorization", "")
-        if auth and not tokens.is_local(auth):
-            st.account = ""
-            return auth
-        assert self.tokens
-        st.account = self.budgets.choose(self._account_names(), time.time())
-        credential = next((c for c in self.accounts if c.account == st.account), None)
-        # fails fast while the auth host backs off
-        return f"Bearer {await self.tokens.token_for(st.route.repository or st.repository, credential)}"
-
-    def _account_names(self) -> list[str]:
-        return [c.account for c in self.accounts] or [ANONYMOUS]
-
-    def _budget_low(self) -> bool:
-        """Every account is below hubcache_budget_reserve: keep the last pulls, serve stale tags."""
-        now = time.time()
-        if not self.budgets.all_below(self._account_names(), ctx.options.hubcache_budget_reserve, now):
-            return False
-        window = max(self.budgets.accounts[a].window for a in self._account_names() if a in self.budgets.accounts)
-        if now - self._reserve_warned > window:  # once per window
-            log.warning("hubcache: every account is below the pull reserve (%d): serving stale tags instead of pulling",
-                        ctx.options.hubcache_budget_reserve)
-            self._reserve_warned = now
-        return True
-
-    def _observe_budget(self, st: _State, method: str, status: int, headers) -> None:
-        if not st.account:
-            return
-        now = time.time()
-        self.budgets.observe(st.account, {k.lower(): v for k, v in headers.items()}, now)
-        if status == 429:
-            self.budgets.exhausted(st.account, now)
-            log.warning("hubcache: Docker Hub's pull limit reached for %s", st.account)
-        elif method == "GET" and status == 200:
-            self.budgets.spend(st.account)
-            self.metrics.pulls.labels(st.account).inc()
-        self.metrics.set_budget(st.account, self.budgets.left(st.account, now))
+        """The Authorization for an upstream request on behalf of this client (st.account: as whom)."""
+        auth, st.account = await self.dockerhub.authorization(
+            flow.request.headers.get("authorization", ""), st.route.repository or st.repository
+        )
+        return auth
 
     # -- hooks --------------------------------------------------------------------------------
 
@@ -289,19 +190,19 @@ class HubCache:
         if not data.server.address or not self._hosts:
             return
         host, port = data.server.address[0], data.server.address[1]
-        if self._health_key(host) != REGISTRY and host.lower() not in self._hosts["auth_hosts"] | self._hosts["cdn_hosts"]:
+        if self.dockerhub.health_key(host) != dockerhub.REGISTRY and host.lower() not in self._hosts["auth_hosts"] | self._hosts["cdn_hosts"]:
             return
-        if why := self._unavailable(host):
+        if why := self.dockerhub.unavailable(host):
             data.server.error = why
             return
-        if self.health.recently_ok(self._health_key(host), time.time(), RECENTLY_OK):
+        if self.dockerhub.health.recently_ok(self.dockerhub.health_key(host), time.time(), RECENTLY_OK):
             return
         try:
             _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), ctx.options.hubcache_connect_timeout)
             writer.close()
         except (OSError, TimeoutError) as e:
             reason = f"cannot connect to {host}:{port}: {e or 'timed out'}"
-            self._upstream_result(host, None, reason)
+            self.dockerhub.result(host, None, reason)
             data.server.error = reason
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
@@ -331,10 +232,10 @@ class HubCache:
         if st is None or flow.response is None:
             return
         if not st.local_stream and st.outcome != "hit":  # the answer came from upstream
-            self._upstream_result(flow.request.host, flow.response.status_code)
+            self.dockerhub.result(flow.request.host, flow.response.status_code)
             self.metrics.upstream.labels(st.route.kind.value).inc()
         if st.route.kind is Kind.MANIFEST and st.outcome == "miss":
-            self._observe_budget(st, flow.request.method, flow.response.status_code, flow.response.headers)
+            self.dockerhub.observe_budget(st.account, flow.request.method, flow.response.status_code, flow.response.headers)
             if flow.response.status_code == 429 and st.stale is not None:
                 flow.response = responses.manifest(st.stale, flow.request.method == "HEAD", warning="stale: upstream answered 429")
                 st.outcome, st.note = "stale", "pull limit reached"
@@ -359,7 +260,7 @@ class HubCache:
             st.tee.abort()
         msg = flow.error.msg if flow.error else ""
         if flow.response is None and not st.local_stream and "client" not in msg.lower():
-            self._upstream_result(flow.request.host, None, msg)
+            self.dockerhub.result(flow.request.host, None, msg)
         if st.outcome != "rejected":
             st.note = flow.error.msg if flow.error else "error"
         self._log(flow, st)
@@ -378,7 +279,7 @@ class HubCache:
             # timeout; when it cannot be reached the client gets a local token and can still pull
             # what the store has.
             try:
-                resp = await self._own_request("GET", _url(flow), [("Authorization", auth)])
+                resp = await self.dockerhub.request("GET", _url(flow), [("Authorization", auth)])
             except upstream.UpstreamError as e:
                 st.note = str(e)
             else:
@@ -418,7 +319,7 @@ class HubCache:
         key = (hashlib.sha256(auth.encode()).hexdigest(), repo)
         if own and self._confirmed.get(key, 0) > time.time():
             return "serve"
-        if why := self._unavailable(flow.request.host):
+        if why := self.dockerhub.unavailable(flow.request.host):
             if ctx.options.hubcache_offline_private == "allow":
                 return "serve"
             flow.response = responses.oci_error(
@@ -430,7 +331,7 @@ class HubCache:
         kind = "manifests" if st.route.kind is Kind.MANIFEST else "blobs"
         try:
             auth_up = await self._upstream_auth(flow, st)
-            resp = await self._own_request("HEAD", f"https://{flow.request.host}/v2/{repo}/{kind}/{digest}",
+            resp = await self.dockerhub.request("HEAD", f"https://{flow.request.host}/v2/{repo}/{kind}/{digest}",
                                            [("Authorization", auth_up), ("Accept", ALL_MANIFEST_TYPES)])
         except upstream.UpstreamError as e:
             flow.response = responses.oci_error(403, "DENIED", f"docker.io/{repo} is private and upstream cannot confirm access now: {e}")
@@ -491,7 +392,7 @@ class HubCache:
                 return
             if verdict == "miss":
                 st.stale = None
-        if st.stale is not None and self._budget_low():  # the last pulls are kept for images not cached at all
+        if st.stale is not None and self.dockerhub.budget_low():  # the last pulls are kept for images not cached at all
             flow.response = responses.manifest(st.stale, head, warning="stale: pull budget reserve reached")
             st.outcome, st.note = "stale", "pull budget reserve"
             return
@@ -530,12 +431,12 @@ class HubCache:
         try:
             auth = await self._upstream_auth(flow, st)
             headers = [("Accept", v) for v in flow.request.headers.get_all("accept")] + [("Authorization", auth)]
-            resp = await self._own_request("HEAD", _url(flow), headers)
+            resp = await self.dockerhub.request("HEAD", _url(flow), headers)
         except upstream.UpstreamError as e:
             flow.response = responses.manifest(m, flow.request.method == "HEAD", warning=f"stale: {e}")
             st.outcome, st.note = "stale", str(e)
             return True
-        self._observe_budget(st, "HEAD", resp.status, resp.headers)
+        self.dockerhub.observe_budget(st.account, "HEAD", resp.status, resp.headers)
         if resp.status == 429 or resp.status >= 500:
             flow.response = responses.manifest(m, flow.request.method == "HEAD", warning=f"stale: upstream answered {resp.status}")
             st.outcome, st.note = "stale", f"upstream {resp.status}"
@@ -582,7 +483,7 @@ class HubCache:
             self._serve_blob(flow, st, info)
             return
         st.digest, st.repository = digest, repository
-        if why := self._unavailable(flow.request.host):
+        if why := self.dockerhub.unavailable(flow.request.host):
             self._refuse_miss(flow, st, why)
         else:
             st.outcome = "miss"
@@ -603,7 +504,7 @@ class HubCache:
 
     async def _miss(self, flow: http.HTTPFlow, st: _State) -> None:
         """Not in the store: upstream, unless upstream is not to be asked now."""
-        if why := self._unavailable(flow.request.host):
+        if why := self.dockerhub.unavailable(flow.request.host):
             if st.stale is not None:
                 flow.response = responses.manifest(st.stale, flow.request.method == "HEAD", warning=f"stale: {why}")
                 st.outcome, st.note = "stale", why

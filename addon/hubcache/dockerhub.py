@@ -1,0 +1,142 @@
+"""Docker Hub as hubcache speaks to it: which of its hosts are up, which account a pull goes as,
+pull tokens, and hubcache's own requests (token fetches, HEAD revalidation and confirmation).
+
+Every upstream request hubcache makes itself goes through `request`, which refuses while offline
+or backing off, bounds the time, and remembers how it went.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from urllib.parse import urlsplit
+
+from mitmproxy import ctx, exceptions
+
+from . import credentials, tokens, upstream
+from .budget import ANONYMOUS, Budgets
+from .health import Health
+from .metrics import Metrics
+
+log = logging.getLogger("hubcache")
+
+REGISTRY = "registry"  # the health key of all registry host aliases
+
+
+class DockerHub:
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+        self.health = Health(30)
+        self.accounts: list[credentials.Credential] = []
+        self.budgets = Budgets()
+        self.tokens: tokens.UpstreamTokens | None = None
+        self._registry_hosts: frozenset[str] = frozenset()
+        self._creds_loaded = False
+        self._reserve_warned = 0.0
+
+    def configure(self, updated: set[str], registry_hosts: frozenset[str]) -> None:
+        self._registry_hosts = registry_hosts
+        self.health.backoff = ctx.options.hubcache_backoff
+        if {"hubcache_credentials", "hubcache_docker_config"} & updated or not self._creds_loaded:
+            self._creds_loaded = True
+            try:
+                self.accounts = credentials.load(
+                    ctx.options.hubcache_credentials, os.environ, ctx.options.hubcache_docker_config
+                )
+            except credentials.CredentialsError as e:
+                raise exceptions.OptionsError(str(e)) from e
+            if self.accounts:
+                log.info("hubcache: Docker Hub accounts: %s", ", ".join(str(c) for c in self.accounts))
+        realm, service = ctx.options.hubcache_auth_realm, ctx.options.hubcache_auth_service
+        if self.tokens is None or (self.tokens.realm, self.tokens.service) != (realm, service):
+            self.tokens = tokens.UpstreamTokens(self._get, realm, service)
+
+    # -- which hosts are up -------------------------------------------------------------------
+
+    def health_key(self, host: str) -> str:
+        host = host.lower()
+        return REGISTRY if host in self._registry_hosts else host
+
+    def unavailable(self, host: str) -> str | None:
+        """Why hubcache will not ask `host` now (offline, or backing off after a failure), or None."""
+        if ctx.options.hubcache_offline:
+            return "hubcache is offline"
+        why = self.health.down(self.health_key(host), time.time())
+        return f"upstream {host} unavailable: {why}" if why else None
+
+    def result(self, host: str, status: int | None, error: str = "") -> None:
+        """Remember how an upstream request went: failures start the back-off."""
+        key, now = self.health_key(host), time.time()
+        # A 500 can be about one object (distribution answers 500 for a manifest it cannot
+        # parse); unreachable, overloaded or rate-limited is about the host.
+        if status is None or status in (429, 502, 503, 504):
+            self.health.failed(key, error or f"answered {status}", now)
+        else:
+            self.health.succeeded(key, now)
+
+    # -- hubcache's own requests --------------------------------------------------------------
+
+    def _tls(self) -> upstream.TLSSettings:
+        o = ctx.options
+        return upstream.TLSSettings(o.ssl_insecure, o.ssl_verify_upstream_trusted_ca, o.ssl_verify_upstream_trusted_confdir)
+
+    async def request(self, method: str, url: str, headers: list[tuple[str, str]]) -> upstream.UpstreamResponse:
+        """One request of hubcache's own, unless the host is backing off; the outcome is remembered."""
+        host = urlsplit(url).hostname or ""
+        if why := self.unavailable(host):
+            raise upstream.UpstreamError(why)
+        self.metrics.upstream.labels("token" if method == "GET" else "revalidate").inc()
+        try:
+            resp = await upstream.request(method, url, headers, self._tls(), ctx.options.hubcache_upstream_timeout)
+        except upstream.UpstreamError as e:
+            self.result(host, None, str(e))
+            raise
+        self.result(host, resp.status)
+        return resp
+
+    async def _get(self, url: str, headers: list[tuple[str, str]]) -> upstream.UpstreamResponse:
+        return await self.request("GET", url, headers)
+
+    # -- accounts and the pull budget ---------------------------------------------------------
+
+    async def authorization(self, client_auth: str, repository: str) -> tuple[str, str]:
+        """(Authorization, account) for an upstream request on a client's behalf: the client's
+        own credentials with account "", or a token of the pool account with the most pull budget
+        left. Fails fast while the auth host backs off."""
+        if client_auth and not tokens.is_local(client_auth):
+            return client_auth, ""
+        assert self.tokens
+        account = self.budgets.choose(self.account_names(), time.time())
+        credential = next((c for c in self.accounts if c.account == account), None)
+        return f"Bearer {await self.tokens.token_for(repository, credential)}", account
+
+    def account_names(self) -> list[str]:
+        return [c.account for c in self.accounts] or [ANONYMOUS]
+
+    def budget_low(self) -> bool:
+        """Every account is below hubcache_budget_reserve: keep the last pulls, serve stale tags."""
+        now = time.time()
+        names = self.account_names()
+        if not self.budgets.all_below(names, ctx.options.hubcache_budget_reserve, now):
+            return False
+        window = max(self.budgets.accounts[a].window for a in names if a in self.budgets.accounts)
+        if now - self._reserve_warned > window:  # once per window
+            log.warning("hubcache: every account is below the pull reserve (%d): serving stale tags instead of pulling",
+                        ctx.options.hubcache_budget_reserve)
+            self._reserve_warned = now
+        return True
+
+    def observe_budget(self, account: str, method: str, status: int, headers) -> None:
+        """A manifest response upstream gave for `account` ("" = the client's own login: not ours)."""
+        if not account:
+            return
+        now = time.time()
+        self.budgets.observe(account, {k.lower(): v for k, v in headers.items()}, now)
+        if status == 429:
+            self.budgets.exhausted(account, now)
+            log.warning("hubcache: Docker Hub's pull limit reached for %s", account)
+        elif method == "GET" and status == 200:
+            self.budgets.spend(account)
+            self.metrics.pulls.labels(account).inc()
+        self.metrics.set_budget(account, self.budgets.left(account, now))
