@@ -75,3 +75,21 @@ def test_manifest_fault(fault, upstream, start_hubcache, certs, tmp_path):
     assert (tmp_path / "good" / "manifest.json").read_bytes() == img.manifest_bytes
     gets = [r for r in upstream.requests_since(mark) if r.host == REG and r.method == "GET" and "/manifests/" in r.path]
     assert len(gets) == 1
+
+
+@pytest.mark.parametrize("fault", BLOB_FAULTS, ids=list(BLOB_FAULTS))
+def test_manifest_transfer_fault(fault, upstream, start_hubcache, certs, tmp_path):
+    """The same transfer faults on manifests, injected by the registry host's front."""
+    name = "library/manifesttransfer" + str(list(BLOB_FAULTS).index(fault))
+    img = upstream.push_image(name, "1", [(100_000, next(_seeds))])
+    cut = {k: (200 if k in ("truncate_at", "stall_at") else v) for k, v in BLOB_FAULTS[fault].items()}
+    hub = start_hubcache("tcp_timeout=3")
+    for ref, pulled in (("1", f"docker.io/{name}:1"), (img.manifest_digest, f"docker.io/{name}@{img.manifest_digest}")):
+        with upstream.manifest_fault(ref, **cut):
+            res = skopeo_copy(pulled, tmp_path / f"bad-{ref[:8]}", proxy=hub.url, cert_dir=certs, timeout=60)
+        assert res.returncode != 0, pulled
+    mark = upstream.mark()
+    pulls_ok(f"docker.io/{name}:1", tmp_path / "good", hub, certs)
+    assert (tmp_path / "good" / "manifest.json").read_bytes() == img.manifest_bytes
+    gets = [r for r in upstream.requests_since(mark) if r.host == REG and r.method == "GET" and "/manifests/" in r.path]
+    assert len(gets) == 1  # nothing of the faulty transfers was stored

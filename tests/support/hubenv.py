@@ -409,6 +409,18 @@ class Upstream:
         finally:
             self.cdn_faults.write_text("{}")
 
+    @contextlib.contextmanager
+    def manifest_fault(self, reference: str, **fault):
+        """While inside, the registry host misbehaves on manifest GETs of `reference` (a tag or a
+        digest), with the faults of cdn_fault (applied by the front, hubfront.py)."""
+        self._rules["manifest_faults"] = {reference: fault}
+        self._write_rules()
+        try:
+            yield
+        finally:
+            self._rules["manifest_faults"] = {}
+            self._write_rules()
+
     def cdn_truncates(self, digest: str, after: int):
         return self.cdn_fault(digest, truncate_at=after)
 

@@ -92,6 +92,8 @@ class Rules:
         self.window = float(cfg.get("window") or DEFAULT_WINDOW)
         self.reset_at = float(cfg.get("reset_at") or 0)
         self.retry_after = cfg.get("retry_after")
+        # {reference (tag or digest): {truncate_at | stall_at [+ stall_seconds] | length_delta}}
+        self.manifest_faults: dict = cfg.get("manifest_faults") or {}
 
     def limit(self, account: str) -> int | None:
         return self.limits[account] if account in self.limits else self.limits.get("*")
@@ -184,8 +186,11 @@ class FrontHandler(httpsd.LoggedHandler):
             used = self.book.used(source, rules.since(time.time()))
             headers = limit_headers(limit, max(0, limit - used), rules.window, source)
         self.relayed = 0
+        fault = {}
+        if rules is not None and self.command == "GET":
+            fault = rules.manifest_faults.get(urlsplit(self.path).path.rsplit("/", 1)[-1], {})
         try:
-            self.relay(resp, headers)
+            self.relay(resp, headers, fault)
         finally:  # logged even if the client hung up: the pull was counted all the same
             conn.close()
             if pull_t is not None:
@@ -266,12 +271,20 @@ class FrontHandler(httpsd.LoggedHandler):
                 size -= len(piece)
             self.rfile.readline(1024)  # the CRLF after each chunk
 
-    def relay(self, resp: http.client.HTTPResponse, extra_headers: dict[str, str]) -> None:
-        """Pass distribution's response on as it arrives, counting body bytes in self.relayed."""
+    def relay(self, resp: http.client.HTTPResponse, extra_headers: dict[str, str], fault: dict | None = None) -> None:
+        """Pass distribution's response on as it arrives, counting body bytes in self.relayed.
+        A fault (tests of the proxy): declare a Content-Length off by length_delta (negative: send
+        only that much), or hang up after truncate_at bytes, or stop for stall_seconds after stall_at."""
+        fault = fault or {}
         self.send_response_only(resp.status, resp.reason)  # distribution's own Date, no Server
         length = resp.getheader("Content-Length")
         has_body = self.command != "HEAD" and resp.status not in (204, 304)
+        cut = fault.get("truncate_at", fault.get("stall_at"))
+        if length is not None and fault.get("length_delta", 0) < 0:
+            cut = int(length) + fault["length_delta"]
         for k, v in resp.getheaders():
+            if k.lower() == "content-length" and "length_delta" in fault:
+                v = str(int(v) + fault["length_delta"])
             if k.lower() not in HOP_BY_HOP:
                 self.send_header(k, v)
         for k, v in extra_headers.items():
@@ -280,12 +293,20 @@ class FrontHandler(httpsd.LoggedHandler):
         if chunked:
             self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
-        while has_body:
+        while has_body and (cut is None or self.relayed < cut):
             piece = resp.read1(CHUNK)
             if not piece:
                 break
+            if cut is not None:
+                piece = piece[: cut - self.relayed]
             self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece)
             self.relayed += len(piece)
+        if fault:
+            self.wfile.flush()
+            if "stall_at" in fault:
+                time.sleep(fault.get("stall_seconds", 30))
+            self.close_connection = True
+            return
         if chunked:
             self.wfile.write(b"0\r\n\r\n")
         if length is not None and has_body and self.relayed != int(length):
