@@ -56,6 +56,7 @@ class _State:
     account: str = ""  # the pool account (or "anonymous") hubcache sent this upstream as; "" = the client's own
     stale: Manifest | None = None  # what to serve if upstream refuses (429) a counted pull
     private: bool = False  # fetched with the client's own login: stored as private to its repository
+    answered_here: bool = False  # the request hook set the response: upstream was not asked
 
 
 class HubCache:
@@ -182,6 +183,7 @@ class HubCache:
         }[route.kind]
         await handler(flow, st)
         if flow.response:  # answered here
+            st.answered_here = True
             self._log(flow, st)
 
     async def server_connect(self, data) -> None:
@@ -231,7 +233,7 @@ class HubCache:
         st: _State | None = flow.metadata.get(META)
         if st is None or flow.response is None:
             return
-        if not st.local_stream and st.outcome != "hit":  # the answer came from upstream
+        if not st.local_stream and not st.answered_here:  # the answer came from upstream
             self.dockerhub.result(flow.request.host, flow.response.status_code)
             self.metrics.upstream.labels(st.route.kind.value).inc()
         if st.route.kind is Kind.MANIFEST and st.outcome == "miss":

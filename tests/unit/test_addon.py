@@ -109,3 +109,13 @@ def test_fuzzed_request_paths_never_crash_and_never_leave_the_registry_grammar(h
                                                     "MANIFEST_UNKNOWN", "BLOB_UNKNOWN", "UNAUTHORIZED"}
 
     check()
+
+
+def test_an_answer_made_here_does_not_end_the_back_off(hub_ctx):
+    hub, tctx = hub_ctx
+    hub.dockerhub.health.failed("registry", "connection refused", 1e12)
+    f = flow("/v2/library/x/manifests/1")
+    asyncio.run(hub.request(f))
+    assert f.response.status_code == 404  # refused here: upstream is backing off
+    asyncio.run(hub.response(f))
+    assert hub.dockerhub.unavailable("registry-1.docker.io")  # still backing off
