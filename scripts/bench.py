@@ -80,6 +80,90 @@ class RssSampler:
         return self.peak
 
 
+def extra_measurements(up, work: Path, certs: Path, bundle: Path, confdir: Path, start) -> dict:
+    """N concurrent cold pulls of one image, warm manifest latency, and docker daemon pulls."""
+    import subprocess as sp
+
+    from support.clients import client_env, proxied_request
+
+    out: dict = {"concurrent": {}, "docker": {}}
+    img = up.push_image("library/benchconc", "1", [(8 * MiB, 300 + i) for i in range(4)])
+    objects = 2 + len(img.layer_digests)  # manifest, config, layers
+    policy = work / "policy.json"
+    policy.write_text('{"default":[{"type":"insecureAcceptAnything"}]}')
+    for n in (1, 4, 16):
+        store = work / "stores" / f"conc-{n}"
+        hub = start("hubcache", store, name=f"conc-{n}")
+        (work / "conc").mkdir(parents=True, exist_ok=True)
+        mark = up.mark()
+        t0 = time.perf_counter()
+        procs = [sp.Popen(["skopeo", "--policy", str(policy), "copy", "--quiet", "--src-cert-dir", str(certs),
+                           "--src-no-creds", "docker://docker.io/library/benchconc:1", f"dir:{work / 'conc' / f'{n}-{i}'}"],
+                          env=client_env(hub.url), stdout=sp.DEVNULL, stderr=sp.PIPE) for i in range(n)]
+        failed = sum(1 for p in procs if p.wait() != 0)
+        if failed:
+            print(f"bench: a concurrent pull failed: {next(p.stderr.read() for p in procs if p.returncode)}", file=sys.stderr)
+        wall = time.perf_counter() - t0
+        reqs = up.requests_since(mark)
+        gets = sum(1 for r in reqs if r.method == "GET" and ("/manifests/" in r.path or "/blobs/" in r.path or r.host.startswith("production.")))
+        out["concurrent"][n] = {"wall_s": wall, "failed": failed, "upstream_gets": gets,
+                                "objects": objects, "peak_rss_mb": hub.peak_rss_mb()}
+        print(f"bench: {n} concurrent cold pulls: {wall:.2f} s, {gets} upstream GETs for {objects} objects"
+              f" (each fetched via registry and CDN), {failed} failed", file=sys.stderr)
+        if n == 16:
+            lat = []
+            for _ in range(200):  # a new CONNECT and TLS handshake each, as skopeo and dockerd do
+                t = time.perf_counter()
+                status, _, _ = proxied_request(hub.port, hub.ca_cert, "GET", "registry-1.docker.io",
+                                               "/v2/library/benchconc/manifests/1",
+                                               [("Accept", img.media_type)])
+                lat.append((time.perf_counter() - t) * 1000)
+                assert status == 200
+            lat.sort()
+            out["warm_manifest_ms"] = {"p50": lat[len(lat) // 2], "p99": lat[int(len(lat) * 0.99) - 1]}
+        hub.stop()
+        shutil.rmtree(store)
+        shutil.rmtree(work / "conc", ignore_errors=True)
+    try:
+        from support.engines import Docker, missing_engine
+    except ImportError:
+        return out
+    if missing_engine("docker"):
+        return out
+    store = work / "stores" / "docker"
+    for mode in MODES:
+        proxy = None
+        if mode == "mitmdump":
+            proxy = start("mitmdump", name="docker-mitmdump")
+        elif mode.startswith("hubcache"):
+            proxy = start("hubcache", store, name=f"docker-{mode}")
+        with Docker(work / f"docker-{mode}", proxy=proxy.url if proxy else "", ca_cert=bundle) as d:
+            t0 = time.perf_counter()
+            d.pull("docker.io/library/benchimage:1")
+            out["docker"][mode] = time.perf_counter() - t0
+        if proxy:
+            proxy.stop()
+        print(f"bench: docker pull {mode}: {out['docker'][mode]:.2f} s", file=sys.stderr)
+    shutil.rmtree(store, ignore_errors=True)
+    return out
+
+
+def print_extra(extra: dict) -> None:
+    print("\nconcurrent cold pulls of one image (4 x 8 MiB layers) through hubcache:")
+    print(f"{'N':>4}{'wall s':>9}{'x single':>10}{'upstream GETs':>15}{'objects':>9}{'failed':>8}{'peak RSS MiB':>14}")
+    base = extra["concurrent"][1]["wall_s"]
+    for n, r in extra["concurrent"].items():
+        print(f"{n:>4}{r['wall_s']:>9.2f}{r['wall_s'] / base:>10.2f}{r['upstream_gets']:>15}{r['objects']:>9}"
+              f"{r['failed']:>8}{r['peak_rss_mb']:>14.0f}")
+    if "warm_manifest_ms" in extra:
+        m = extra["warm_manifest_ms"]
+        print(f"warm manifest GET by tag, new connection each: p50 {m['p50']:.1f} ms, p99 {m['p99']:.1f} ms")
+    if extra.get("docker"):
+        d = extra["docker"]
+        print("docker daemon pull of the image: " + ", ".join(f"{k} {v:.2f} s" for k, v in d.items())
+              + f"; warm/mitmdump {d['hubcache-warm'] / d['mitmdump']:.2f}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--blob-mib", type=int, default=1024, help="size of the single large blob (default 1024)")
@@ -87,6 +171,8 @@ def main() -> int:
     ap.add_argument("--layer-mib", type=int, default=32, help="size of each of those layers (default 32)")
     ap.add_argument("--rounds", type=int, default=3, help="rounds, each running every mode once (default 3)")
     ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--skip-extra", action="store_true",
+                    help="only the blob and image table: no concurrency, latency or docker daemon runs")
     args = ap.parse_args()
     if why := missing_prerequisites():
         print(f"bench: cannot run: {why}", file=sys.stderr)
@@ -131,6 +217,9 @@ def main() -> int:
             print(f"bench: round {rnd + 1} {mode}: blob {wall:.2f} s, image {results[mode]['image_s'][-1]:.2f} s"
                   + (f", peak RSS {results[mode]['rss_mb'][-1]:.0f} MiB" if proxy else ""), file=sys.stderr)
 
+        extra = {}
+        if not args.skip_extra:
+            extra = extra_measurements(up, work, certs, bundle, confdir, start)
         for rnd in range(args.rounds):
             measure("direct", None, rnd)
             measure("mitmdump", start("mitmdump", name=f"mitmdump-{rnd}"), rnd)
@@ -160,7 +249,9 @@ def main() -> int:
     }
     for k, v in ratios.items():
         print(f"{k:<36}{v:6.2f}")
-    summary = {"blob_bytes": blob_bytes, "image_layers": args.layers, "layer_mib": args.layer_mib,
+    if extra:
+        print_extra(extra)
+    summary = {"extra": extra, "blob_bytes": blob_bytes, "image_layers": args.layers, "layer_mib": args.layer_mib,
                "rounds": args.rounds, "median": med, "ratios": ratios, "raw": results}
     print(json.dumps(summary))
     return 0
