@@ -20,7 +20,7 @@ from mitmproxy import ctx, exceptions, http
 from . import access, dockerhub, options, policy, responses, routes, tokens, upstream
 from .blobserver import PATH_PREFIX, BlobServer
 from .dockerhub import DockerHub
-from .ingest import Tee
+from .ingest import Backlog, Tee
 from .metrics import Metrics
 from .mediatypes import Accept, choose
 from .routes import Kind, Route
@@ -64,6 +64,7 @@ class HubCache:
         self.store: Store | None = None
         self.blobserver: BlobServer | None = None
         self.writer = ThreadPoolExecutor(1, thread_name_prefix="hubcache-writer")
+        self.backlog = Backlog()  # what all misses together may have waiting for the writer
         self.redirects: OrderedDict[tuple[str, str], tuple[str, str, bool]] = OrderedDict()
         self._hosts: dict[str, frozenset[str]] = {}
         self.metrics = Metrics()
@@ -219,7 +220,7 @@ class HubCache:
             length = resp.headers.get("content-length")
             expected = int(length) if length and length.isdigit() else None
             seen = access.seen_as(st.repository, st.private)
-            st.tee = Tee(self.store.begin_blob(st.digest, expected, seen), self.writer)
+            st.tee = Tee(self.store.begin_blob(st.digest, expected, seen), self.writer, self.backlog)
             resp.stream = st.tee
         elif st.route.kind is Kind.MANIFEST and flow.request.method == "GET" and resp.status_code == 200:
             length = resp.headers.get("content-length", "")

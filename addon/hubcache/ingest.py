@@ -16,14 +16,24 @@ from .store import BlobWriter, DigestMismatch, StoreError
 
 log = logging.getLogger("hubcache")
 
-MAX_BACKLOG = 16 * 1024 * 1024  # bytes handed to the writer but not yet written
+MAX_BACKLOG = 32 * 1024 * 1024  # bytes handed to the writer but not yet written, all tees together
 BLOCK = 1024 * 1024  # bytes per hand-over: fewer, larger jobs keep GIL hand-offs rare
 
 
+class Backlog:
+    """Bytes handed to the one writer thread and not yet written, by every tee together: with
+    many concurrent misses a per-tee bound would multiply. Touched only on the event loop."""
+
+    def __init__(self, limit: int = MAX_BACKLOG) -> None:
+        self.limit = limit
+        self.bytes = 0
+
+
 class Tee:
-    def __init__(self, writer: BlobWriter, executor: Executor) -> None:
+    def __init__(self, writer: BlobWriter, executor: Executor, backlog: Backlog | None = None) -> None:
         self._writer = writer
         self._executor = executor
+        self._shared = backlog or Backlog()
         self._held = b""
         self._block: list[bytes] = []
         self._block_bytes = 0
@@ -54,12 +64,16 @@ class Tee:
         self._block_bytes = 0
         self._backlog.append((self._executor.submit(self._writer.write, data), len(data)))
         self._backlog_bytes += len(data)
-        while self._backlog_bytes > MAX_BACKLOG:  # the disk is slower than the network: slow down
+        self._shared.bytes += len(data)
+        # The disk is slower than the network: wait for this tee's oldest block (the writer is
+        # first-in first-out, so everything handed over before it is written too).
+        while self._shared.bytes > self._shared.limit and self._backlog:
             self._pop_oldest()
 
     def _pop_oldest(self) -> None:
         fut, n = self._backlog.popleft()
         self._backlog_bytes -= n
+        self._shared.bytes -= n
         fut.result()
 
     def _finish(self) -> bytes:
@@ -85,4 +99,7 @@ class Tee:
         if self.stored:
             return
         self._finished = True
+        self._shared.bytes -= self._backlog_bytes  # no longer waited for
+        self._backlog.clear()
+        self._backlog_bytes = 0
         self._executor.submit(self._writer.abort)

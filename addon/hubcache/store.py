@@ -30,7 +30,7 @@ from .policy import TagRecord
 log = logging.getLogger("hubcache.store")
 
 CHUNK_SIZE = 256 * 1024  # large enough for few keys, small enough to keep LMDB's free list healthy
-BATCH_BYTES = 8 * 1024 * 1024  # chunks written per transaction
+BATCH_BYTES = 4 * 1024 * 1024  # chunks written per transaction (each concurrent miss holds up to this)
 EVICT_TO = 0.9  # after eviction, content is at most this share of the cap
 RELEASE_EVERY = 16 * 1024 * 1024  # bytes read or written between giving mapped pages back
 T = TypeVar("T")

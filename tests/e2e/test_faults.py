@@ -82,7 +82,9 @@ def test_manifest_transfer_fault(fault, upstream, start_hubcache, certs, tmp_pat
     """The same transfer faults on manifests, injected by the registry host's front."""
     name = "library/manifesttransfer" + str(list(BLOB_FAULTS).index(fault))
     img = upstream.push_image(name, "1", [(100_000, next(_seeds))])
-    cut = {k: (200 if k in ("truncate_at", "stall_at") else v) for k, v in BLOB_FAULTS[fault].items()}
+    # the same faults scaled to a manifest of a few hundred bytes
+    scaled = {"truncate_at": 200, "stall_at": 200, "length_delta": 50}
+    cut = {k: (scaled[k] * (1 if v > 0 else -1) if k in scaled else v) for k, v in BLOB_FAULTS[fault].items()}
     hub = start_hubcache("tcp_timeout=3")
     for ref, pulled in (("1", f"docker.io/{name}:1"), (img.manifest_digest, f"docker.io/{name}@{img.manifest_digest}")):
         with upstream.manifest_fault(ref, **cut):
