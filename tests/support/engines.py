@@ -189,6 +189,15 @@ class _Engine:
         return self.logfile.read_text(errors="replace") if self.logfile.exists() else ""
 
     def start(self):
+        """Start the engine; whatever was started is stopped again if that fails half-way."""
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start(self) -> None:
         raise NotImplementedError
 
     def stop(self) -> None:
@@ -271,14 +280,6 @@ class Docker(_Engine):
     @property
     def sock(self) -> Path:
         return self._short_dir() / "docker.sock"
-
-    def start(self) -> "Docker":
-        try:
-            self._start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
 
     def _start(self) -> None:
         for d in (self.workdir, self.data_root, self.client_config):
@@ -414,14 +415,6 @@ class Containerd(_Engine):
     def sock(self) -> Path:
         return self._short_dir() / "containerd.sock"
 
-    def start(self) -> "Containerd":
-        try:
-            self._start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
     def _start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.root.mkdir(exist_ok=True)
@@ -540,13 +533,6 @@ class Podman(_Engine):
         self.cert_dir = self.workdir / "certs.d"
         self.env: dict = {}
         self._mounted = False
-
-    def start(self) -> "Podman":
-        try:
-            return self._start()
-        except BaseException:
-            self.stop()
-            raise
 
     def _start(self) -> "Podman":
         w = self.workdir
