@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from urllib.parse import urljoin, urlsplit
 
+import lmdb
 from mitmproxy import ctx, exceptions, http
 
 from . import access, dockerhub, options, policy, responses, routes, tokens, upstream
@@ -24,7 +25,7 @@ from .ingest import Backlog, Tee
 from .metrics import Metrics
 from .mediatypes import Accept, choose
 from .routes import Kind, Route
-from .store import BlobInfo, DigestMismatch, Manifest, Store, StoreError, sha256_digest
+from .store import BlobInfo, Manifest, Store, StoreError, sha256_digest
 
 log = logging.getLogger("hubcache")
 
@@ -240,8 +241,7 @@ class HubCache:
         if st.route.kind is Kind.MANIFEST and st.outcome == "miss":
             self.dockerhub.observe_budget(st.account, flow.request.method, flow.response.status_code, flow.response.headers)
             if flow.response.status_code == 429 and st.stale is not None:
-                flow.response = responses.manifest(st.stale, flow.request.method == "HEAD", warning="stale: upstream answered 429")
-                st.outcome, st.note = "stale", "pull limit reached"
+                self._serve_stale(flow, st, st.stale, "pull limit reached: upstream answered 429")
         if st.tee is not None:
             if not st.tee.verified:
                 st.outcome = "rejected"
@@ -265,7 +265,7 @@ class HubCache:
         if flow.response is None and not st.local_stream and "client" not in msg.lower():
             self.dockerhub.result(flow.request.host, None, msg)
         if st.outcome != "rejected":
-            st.note = flow.error.msg if flow.error else "error"
+            st.note = msg or "error"
         self._log(flow, st)
 
     # -- handlers -----------------------------------------------------------------------------
@@ -396,8 +396,7 @@ class HubCache:
             if verdict == "miss":
                 st.stale = None
         if st.stale is not None and self.dockerhub.budget_low():  # the last pulls are kept for images not cached at all
-            flow.response = responses.manifest(st.stale, head, warning="stale: pull budget reserve reached")
-            st.outcome, st.note = "stale", "pull budget reserve"
+            self._serve_stale(flow, st, st.stale, "pull budget reserve reached")
             return
         await self._miss(flow, st)
 
@@ -436,13 +435,11 @@ class HubCache:
             headers = [("Accept", v) for v in flow.request.headers.get_all("accept")] + [("Authorization", auth)]
             resp = await self.dockerhub.request("HEAD", _url(flow), headers)
         except upstream.UpstreamError as e:
-            flow.response = responses.manifest(m, flow.request.method == "HEAD", warning=f"stale: {e}")
-            st.outcome, st.note = "stale", str(e)
+            self._serve_stale(flow, st, m, str(e))
             return True
         self.dockerhub.observe_budget(st.account, "HEAD", resp.status, resp.headers)
         if resp.status == 429 or resp.status >= 500:
-            flow.response = responses.manifest(m, flow.request.method == "HEAD", warning=f"stale: upstream answered {resp.status}")
-            st.outcome, st.note = "stale", f"upstream {resp.status}"
+            self._serve_stale(flow, st, m, f"upstream answered {resp.status}")
             return True
         if resp.status != 200:
             return False
@@ -509,13 +506,17 @@ class HubCache:
         """Not in the store: upstream, unless upstream is not to be asked now."""
         if why := self.dockerhub.unavailable(flow.request.host):
             if st.stale is not None:
-                flow.response = responses.manifest(st.stale, flow.request.method == "HEAD", warning=f"stale: {why}")
-                st.outcome, st.note = "stale", why
+                self._serve_stale(flow, st, st.stale, why)
                 return
             self._refuse_miss(flow, st, why)
             return
         st.outcome = "miss"
         await self._send_upstream(flow, st)
+
+    def _serve_stale(self, flow: http.HTTPFlow, st: _State, m: Manifest, why: str) -> None:
+        """What the store has for a tag, marked stale (Warning header, log outcome), and why."""
+        flow.response = responses.manifest(m, flow.request.method == "HEAD", warning=f"stale: {why}")
+        st.outcome, st.note = "stale", why
 
     def _refuse_miss(self, flow: http.HTTPFlow, st: _State, why: str) -> None:
         route = st.route
@@ -560,14 +561,21 @@ class HubCache:
             st.note = f"upstream manifest hashes to {digest}, expected {expected}" if len(body) <= MAX_MANIFEST else "manifest too large"
             flow.response = responses.oci_error(502, "MANIFEST_INVALID", f"hubcache refused the upstream manifest: {st.note}")
             return
+        store = self.store
+        seen = access.seen_as(route.repository, not st.account)  # no pool account: the client's own login
+        tag = None if route.by_digest else route.reference
+
+        def keep() -> None:  # on the writer thread, in one hand-over
+            store.put_manifest(digest, media_type, body, seen)
+            if tag is not None:
+                store.put_tag(route.repository, tag, media_type, digest, len(body), time.time())
+
         try:
-            seen = access.seen_as(route.repository, not st.account)  # no pool account: the client's own login
-            await self._in_writer(self.store.put_manifest, digest, media_type, body, seen)
-            if not route.by_digest:
-                await self._in_writer(self.store.put_tag, route.repository, route.reference, media_type, digest, len(body), time.time())
-            await self._in_writer(self.store.evict_if_needed)
-        except (DigestMismatch, OSError) as e:
+            await self._in_writer(keep)  # awaited: the client's next request must find it
+        except (StoreError, lmdb.Error, OSError) as e:  # a full disk: served, not kept
             st.note = f"not stored: {e}"
+            return
+        self.writer.submit(store.evict_if_needed)  # not on the client's time
 
     def _note_redirect(self, flow: http.HTTPFlow, st: _State) -> None:
         location = flow.response.headers.get("location", "") if flow.response else ""

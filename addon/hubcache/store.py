@@ -314,17 +314,17 @@ class Store:
 
     def read_blob(self, info: BlobInfo, start: int = 0, end: int | None = None) -> Iterator[bytes]:
         """Bytes [start, end) of a committed blob, chunk by chunk (copies; see send_blob)."""
-        pieces: list[bytes] = []
-        for piece in self._chunks_of(info, start, end, pieces.append, copy=True):
-            yield pieces.pop()
+        return self._chunks_of(info, start, end, None)
 
     def send_blob(self, info: BlobInfo, write: Callable[[memoryview], object], start: int = 0, end: int | None = None) -> Iterator[None]:
         """Hand bytes [start, end) to `write` straight from LMDB's map, without copying. Each piece
         is valid only during the call, which runs inside a read transaction: `write` must not
         block (a map resize waits for it). Yields after each piece, outside the transaction."""
-        return self._chunks_of(info, start, end, write, copy=False)
+        return self._chunks_of(info, start, end, write)
 
-    def _chunks_of(self, info: BlobInfo, start: int, end: int | None, write, copy: bool) -> Iterator[None]:
+    def _chunks_of(self, info: BlobInfo, start: int, end: int | None, write) -> Iterator:
+        """Walk the chunks of [start, end): hand each piece to `write` inside its read transaction
+        (no copy) and yield None, or, with no `write`, yield a copy of each piece."""
         end = info.size if end is None else min(end, info.size)
         self._pin(info.digest)  # not evicted while being read
         try:
@@ -334,18 +334,19 @@ class Store:
             while pos < end:
                 index, offset = divmod(pos, info.chunk_size)
                 key = _chunk_key(info.blob_id, index)
-                with self._gate.shared(), self._env.begin(buffers=not copy) as txn:
+                with self._gate.shared(), self._env.begin(buffers=write is not None) as txn:
                     chunk = txn.get(key, db=self._chunks)
                     if chunk is None:
                         raise StoreError(f"chunk {index} of {info.digest} is missing")
                     piece = chunk[offset : offset + (end - pos)]
-                    write(piece)
+                    if write is not None:
+                        write(piece)
                 pos += len(piece)
                 since_release += len(piece)
                 if since_release >= RELEASE_EVERY:
                     self.release_pages()
                     since_release = 0
-                yield
+                yield None if write is not None else piece
         finally:
             self._unpin(info.digest)
 
