@@ -1,6 +1,6 @@
-"""The mitmproxy hooks: recognise registry requests, answer from the store, tee misses into it.
+"""The mitmproxy hooks: recognise registry requests, answer from the store, fetch misses once.
 
-Decisions live in routes/policy/mediatypes, bytes in store/ingest/blobserver; this file wires them.
+Decisions live in routes/policy/mediatypes, bytes in store/flights/blobserver; this file wires them.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from urllib.parse import urljoin, urlsplit
 import lmdb
 from mitmproxy import ctx, exceptions, http
 
-from . import access, dockerhub, options, policy, responses, routes, tokens, upstream
+from . import access, dockerhub, fetch, options, policy, responses, routes, tokens, upstream
 from .blobserver import PATH_PREFIX, BlobServer
 from .dockerhub import DockerHub
-from .ingest import Backlog, Tee
+from .flights import Flight, Flights
 from .metrics import Metrics
 from .mediatypes import Accept, choose
 from .routes import Kind, Route
@@ -38,6 +38,7 @@ ALL_MANIFEST_TYPES = (
     "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, "
     "application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json"
 )
+NO_ROOM_SECONDS = 60  # a blob the store had no room for goes upstream unstored this long
 RECENTLY_OK = 60  # seconds after a good upstream answer in which connections are not probed first
 
 
@@ -48,10 +49,10 @@ class _State:
     route: Route
     outcome: str = "passthrough"
     started: float = field(default_factory=time.monotonic)
-    digest: str = ""  # a blob to tee into the store when upstream answers 200
+    digest: str = ""  # the blob a CDN request is for
     repository: str = ""
     local_stream: bool = False  # answered by the blob server
-    tee: Tee | None = None
+    flight: Flight | None = None  # the download this blob miss follows
     note: str = ""
     logged: bool = False
     account: str = ""  # the pool account (or "anonymous") hubcache sent this upstream as; "" = the client's own
@@ -65,7 +66,9 @@ class HubCache:
         self.store: Store | None = None
         self.blobserver: BlobServer | None = None
         self.writer = ThreadPoolExecutor(1, thread_name_prefix="hubcache-writer")
-        self.backlog = Backlog()  # what all misses together may have waiting for the writer
+        self.flights = Flights()  # blob downloads under way, by digest
+        self._manifest_flights: dict[tuple, asyncio.Task] = {}  # manifest GETs under way
+        self._no_room: dict[str, float] = {}  # digest -> until when it goes upstream unstored
         self.redirects: OrderedDict[tuple[str, str], tuple[str, str, bool]] = OrderedDict()
         self._hosts: dict[str, frozenset[str]] = {}
         self.metrics = Metrics()
@@ -89,7 +92,7 @@ class HubCache:
                 self.store = Store(ctx.options.hubcache_store, max_size=max_size)
             except (StoreError, OSError) as e:
                 raise exceptions.OptionsError(f"hubcache_store: {e}") from e
-            self.blobserver = BlobServer(self.store)
+            self.blobserver = BlobServer(self.store, self.flights.wait)
             log.info("hubcache: store %s (%d MiB in use)", ctx.options.hubcache_store, self.store.size() >> 20)
         if self.store:
             self.store.max_size = max_size
@@ -213,23 +216,8 @@ class HubCache:
         st: _State | None = flow.metadata.get(META)
         if st is None or flow.response is None:
             return
-        resp = flow.response
-        if st.local_stream:
-            resp.stream = True
-        elif st.digest and flow.request.method == "GET" and resp.status_code == 200 and "range" not in flow.request.headers:
-            assert self.store
-            length = resp.headers.get("content-length")
-            expected = int(length) if length and length.isdigit() else None
-            seen = access.seen_as(st.repository, st.private)
-            st.tee = Tee(self.store.begin_blob(st.digest, expected, seen), self.writer, self.backlog)
-            resp.stream = st.tee
-        elif st.route.kind is Kind.MANIFEST and flow.request.method == "GET" and resp.status_code == 200:
-            length = resp.headers.get("content-length", "")
-            if length.isdigit() and int(length) > MAX_MANIFEST:
-                self._refuse_streamed(flow, st, f"upstream manifest of {length} bytes is over the {MAX_MANIFEST} byte limit")
-            # else: buffered, verified and stored in the response hook
-        elif st.route.kind is not Kind.MANIFEST:
-            resp.stream = True
+        if st.local_stream or st.route.kind is not Kind.MANIFEST:
+            flow.response.stream = True
 
     async def response(self, flow: http.HTTPFlow) -> None:
         st: _State | None = flow.metadata.get(META)
@@ -238,18 +226,10 @@ class HubCache:
         if not st.local_stream and not st.answered_here:  # the answer came from upstream
             self.dockerhub.result(flow.request.host, flow.response.status_code)
             self.metrics.upstream.labels(st.route.kind.value).inc()
-        if st.route.kind is Kind.MANIFEST and st.outcome == "miss":
+        if st.route.kind is Kind.MANIFEST and st.outcome == "miss" and not st.answered_here:  # a HEAD upstream answered
             self.dockerhub.observe_budget(st.account, flow.request.method, flow.response.status_code, flow.response.headers)
             if flow.response.status_code == 429 and st.stale is not None:
                 self._serve_stale(flow, st, st.stale, "pull limit reached: upstream answered 429")
-        if st.tee is not None:
-            if not st.tee.verified:
-                st.outcome = "rejected"
-                st.note = st.tee.failure
-                flow.kill()
-            elif not st.tee.stored:
-                st.note = "not stored"
-        elif st.route.kind is Kind.MANIFEST and st.outcome == "miss":
             await self._manifest_arrived(flow, st)
         elif st.route.kind is Kind.BLOB and flow.response.status_code in (301, 302, 303, 307, 308):
             self._note_redirect(flow, st)
@@ -259,12 +239,12 @@ class HubCache:
         st: _State | None = flow.metadata.get(META)
         if st is None:
             return
-        if st.tee is not None:
-            st.tee.abort()
         msg = flow.error.msg if flow.error else ""
         if flow.response is None and not st.local_stream and "client" not in msg.lower():
             self.dockerhub.result(flow.request.host, None, msg)
-        if st.outcome != "rejected":
+        if st.flight is not None and st.flight.done and st.flight.failure:  # the download failed
+            st.outcome, st.note = ("rejected" if st.flight.rejected else "error"), st.flight.failure
+        elif st.outcome != "rejected":
             st.note = msg or "error"
         self._log(flow, st)
 
@@ -469,8 +449,11 @@ class HubCache:
         if verdict == "refused":
             return
         st.digest, st.repository = st.route.reference, st.route.repository
-        await self._miss(flow, st)
-        st.private = not st.account
+        if flow.request.method != "GET":  # HEAD: upstream answers, nothing to store
+            await self._miss(flow, st)
+            st.private = not st.account
+            return
+        await self._blob_miss(flow, st)
 
     async def _cdn(self, flow: http.HTTPFlow, st: _State) -> None:
         assert self.store
@@ -485,21 +468,113 @@ class HubCache:
         st.digest, st.repository = digest, repository
         if why := self.dockerhub.unavailable(flow.request.host):
             self._refuse_miss(flow, st, why)
-        else:
+        elif flow.request.method != "GET":
             st.outcome = "miss"
+        else:
+            await self._blob_miss(flow, st)
+
+    async def _blob_miss(self, flow: http.HTTPFlow, st: _State) -> None:
+        """A GET of a blob the store lacks: join the download of it under way, or start one.
+        Either way the blob server sends the client the bytes as they reach the store."""
+        cdn = st.route.kind is Kind.CDN
+        if self._no_room.get(st.digest, 0) > time.monotonic():
+            await self._unstored(flow, st, cdn)
+            return
+        flight = self.flights.get(st.digest)
+        if flight is None or (flight.owner and not cdn and flight.owner != _owner(flow, st)):
+            if why := self.dockerhub.unavailable(flow.request.host):
+                self._refuse_miss(flow, st, why)
+                return
+            headers: list[tuple[str, str]] = []
+            if not cdn:  # a CDN URL carries its own signature; the registry wants a token
+                try:
+                    headers.append(("Authorization", await self._upstream_auth(flow, st)))
+                except upstream.UpstreamError as e:
+                    self._refuse_miss(flow, st, f"no upstream token could be had: {e}")
+                    return
+                st.private = not st.account
+            owner = ("cdn " + flow.request.path) if cdn and st.private else _owner(flow, st) if st.private else ""
+            flight = self.flights.get(st.digest)  # one may have started while the token came
+            if flight is None or (flight.owner and flight.owner != owner):
+                if flight is not None:  # a download with someone else's login: not shared, not stored
+                    if headers:
+                        flow.request.headers["authorization"] = headers[0][1]
+                    st.outcome, st.note = "miss", "private download of another client under way"
+                    return
+                flight = self._start_flight(_url(flow), headers, st, owner)
+            else:
+                st.note = "joined a download under way"
+        else:
+            st.note = "joined a download under way"
+        st.flight = flight
+        head = await flight.head()
+        st.outcome = "miss"
+        if head.no_room:
+            self._no_room[st.digest] = time.monotonic() + NO_ROOM_SECONDS
+            await self._unstored(flow, st, cdn)
+        elif head.status == 200:
+            self._point_at_blobserver(flow, st, st.digest, head.blob_id)
+        elif head.status == 0:
+            self._refuse_miss(flow, st, head.error)
+        else:  # upstream's own answer (401, 404, 429...), as upstream gave it
+            flow.response = http.Response.make(head.status, head.body, head.headers)
+            st.note = f"upstream answered {head.status}"
+
+    async def _unstored(self, flow: http.HTTPFlow, st: _State, cdn: bool) -> None:
+        """The store has no room for this blob: the client gets it from upstream, passed through."""
+        st.outcome, st.note = "miss", "not stored: no room in the store"
+        if not cdn:
+            await self._send_upstream(flow, st)
+
+    def _start_flight(self, url: str, headers: list[tuple[str, str]], st: _State, owner: str) -> Flight:
+        assert self.store
+        store, digest, dh = self.store, st.digest, self.dockerhub
+        loop = asyncio.get_running_loop()
+        tls, timeout, connect_timeout = dh.tls(), ctx.options.tcp_timeout, ctx.options.hubcache_connect_timeout
+        seen = access.seen_as(st.repository, st.private)
+
+        def opener() -> fetch.Response:
+            return fetch.get(url, headers, tls, timeout, dh.unavailable, connect_timeout)
+
+        def record(hops: list[fetch.Hop]) -> None:  # on the event loop
+            for hop in hops:
+                dh.result(hop.host, hop.status, hop.error)
+                if hop.status is not None:
+                    self.metrics.upstream.labels("blob").inc()
+
+        def ended(f: Flight) -> None:  # on the flight's thread
+            self.flights.end(f)
+            if f.stored:
+                log.info("hubcache: stored %s (%d bytes) for %s", digest, f.received, st.repository)
+                self.writer.submit(store.evict_if_needed)
+            elif f.failure.startswith("not stored"):
+                self._no_room[digest] = time.monotonic() + NO_ROOM_SECONDS
+                log.warning("hubcache: %s %s", digest, f.failure)
+            else:
+                log.warning("hubcache: download of %s failed: %s", digest, f.failure)
+
+        flight = Flight(
+            digest, opener, lambda size: store.begin_blob(digest, size, seen), owner=owner, room=store.room_for,
+            on_hops=lambda hops: loop.call_soon_threadsafe(record, hops), on_end=ended,
+        )
+        return self.flights.add(flight).start()
 
     def _serve_blob(self, flow: http.HTTPFlow, st: _State, info: BlobInfo) -> None:
         st.outcome = "hit"
         if flow.request.method == "HEAD":
             flow.response = responses.blob_head(info)
             return
+        self._point_at_blobserver(flow, st, info.digest)
+
+    def _point_at_blobserver(self, flow: http.HTTPFlow, st: _State, digest: str, pending: bytes = b"") -> None:
+        """mitmproxy streams the loopback blob server's answer to the client: the blob from the
+        store, or (`pending`: the blob id of a download under way) its bytes as they arrive."""
         assert self.blobserver
-        # Point the flow at the loopback blob server; mitmproxy streams its answer to the client.
         req = flow.request
         req.scheme = "http"
         req.data.host = "127.0.0.1"
         req.data.port = self.blobserver.port
-        req.path = PATH_PREFIX + info.digest
+        req.path = PATH_PREFIX + digest + (f"?pending={pending.hex()}" if pending else "")
         st.local_stream = True
 
     async def _miss(self, flow: http.HTTPFlow, st: _State) -> None:
@@ -511,7 +586,10 @@ class HubCache:
             self._refuse_miss(flow, st, why)
             return
         st.outcome = "miss"
-        await self._send_upstream(flow, st)
+        if st.route.kind is Kind.MANIFEST and flow.request.method == "GET":
+            await self._manifest_miss(flow, st)
+        else:
+            await self._send_upstream(flow, st)
 
     def _serve_stale(self, flow: http.HTTPFlow, st: _State, m: Manifest, why: str) -> None:
         """What the store has for a tag, marked stale (Warning header, log outcome), and why."""
@@ -539,31 +617,78 @@ class HubCache:
     # -- after upstream answered ------------------------------------------------------------
 
     async def _manifest_arrived(self, flow: http.HTTPFlow, st: _State) -> None:
+        """A HEAD for a tag that upstream answered: remember what the tag points to."""
         assert self.store and flow.response
         resp, route = flow.response, st.route
-        if resp.status_code != 200:
+        if resp.status_code != 200 or flow.request.method != "HEAD" or route.by_digest:
             return
         media_type = resp.headers.get("content-type", "").split(";")[0].strip()
         claimed = resp.headers.get("docker-content-digest", "")
-        if not media_type:
-            st.note = "no Content-Type: not stored"
+        size = resp.headers.get("content-length", "")
+        if routes.is_digest(claimed) and media_type and size.isdigit():
+            await self._in_writer(self.store.put_tag, route.repository, route.reference, media_type, claimed, int(size), time.time())
+
+    async def _manifest_miss(self, flow: http.HTTPFlow, st: _State) -> None:
+        """GET a manifest upstream, once for all clients asking the same thing at the same time
+        (same URL, same Accept, same login or the pool): one counted pull instead of many."""
+        try:
+            auth = await self._upstream_auth(flow, st)
+        except upstream.UpstreamError as e:
+            self._refuse_or_stale(flow, st, f"no upstream token could be had: {e}")
             return
-        if flow.request.method == "HEAD":
-            size = resp.headers.get("content-length", "")
-            if not route.by_digest and routes.is_digest(claimed) and media_type and size.isdigit():
-                await self._in_writer(self.store.put_tag, route.repository, route.reference, media_type, claimed, int(size), time.time())
+        accept = tuple(flow.request.headers.get_all("accept"))
+        key = (_url(flow), accept, _owner(flow, st) if not st.account else "")
+        task = self._manifest_flights.get(key)
+        if task is None:
+            headers = [("Accept", v) for v in accept] + [("Authorization", auth)]
+            seen = access.seen_as(st.route.repository, not st.account)  # no pool account: the client's own login
+            task = asyncio.get_running_loop().create_task(self._fetch_manifest(st.route, _url(flow), headers, st.account, seen))
+            self._manifest_flights[key] = task
+            task.add_done_callback(lambda t: self._manifest_flights.pop(key, None))
+        else:
+            st.note = "joined a fetch under way"
+        try:
+            got = await asyncio.shield(task)
+        except upstream.BodyTooLarge:
+            self._reject_manifest(flow, st, f"upstream manifest is over the {MAX_MANIFEST} byte limit")
             return
-        body = resp.get_content(strict=False) or b""
+        except upstream.UpstreamError as e:
+            self._refuse_or_stale(flow, st, str(e))
+            return
+        if isinstance(got, Manifest):
+            flow.response = responses.manifest(got, False)
+            return
+        if isinstance(got, str):  # upstream sent a manifest that does not match its digest
+            self._reject_manifest(flow, st, got)
+            return
+        if got.status == 429 and st.stale is not None:
+            self._serve_stale(flow, st, st.stale, "pull limit reached: upstream answered 429")
+            return
+        headers = {k: v for k, v in got.headers.items() if k not in _NOT_RELAYED}
+        flow.response = http.Response.make(got.status, got.body, headers)
+        st.note = f"upstream answered {got.status}"
+
+    async def _fetch_manifest(self, route: Route, url: str, headers: list[tuple[str, str]], account: str,
+                              seen: str) -> "Manifest | str | upstream.UpstreamResponse":
+        """One upstream GET of a manifest: the verified, stored Manifest; a reason (str) when
+        upstream's bytes were refused; or upstream's answer when it was not a 200."""
+        assert self.store
+        resp = await self.dockerhub.request("GET", url, headers, kind="manifest")
+        self.dockerhub.observe_budget(account, "GET", resp.status, resp.headers)
+        if resp.status != 200:
+            return resp
+        body = resp.body
+        media_type = resp.header("content-type").split(";")[0].strip()
+        claimed = resp.header("docker-content-digest")
         digest = sha256_digest(body)
         expected = route.reference if route.by_digest else (claimed or digest)
-        if len(body) > MAX_MANIFEST or digest != expected or (claimed and claimed != digest):
-            st.outcome = "rejected"
-            st.note = f"upstream manifest hashes to {digest}, expected {expected}" if len(body) <= MAX_MANIFEST else "manifest too large"
-            flow.response = responses.oci_error(502, "MANIFEST_INVALID", f"hubcache refused the upstream manifest: {st.note}")
-            return
-        store = self.store
-        seen = access.seen_as(route.repository, not st.account)  # no pool account: the client's own login
-        tag = None if route.by_digest else route.reference
+        if digest != expected or (claimed and claimed != digest):
+            return f"upstream manifest hashes to {digest}, expected {expected}"
+        m = Manifest(digest, media_type, body)
+        if not media_type:
+            log.warning("hubcache: upstream manifest %s has no Content-Type: served, not stored", digest)
+            return m
+        store, tag = self.store, None if route.by_digest else route.reference
 
         def keep() -> None:  # on the writer thread, in one hand-over
             store.put_manifest(digest, media_type, body, seen)
@@ -573,9 +698,20 @@ class HubCache:
         try:
             await self._in_writer(keep)  # awaited: the client's next request must find it
         except (StoreError, lmdb.Error, OSError) as e:  # a full disk: served, not kept
-            st.note = f"not stored: {e}"
-            return
+            log.warning("hubcache: manifest %s not stored: %s", digest, e)
+            return m
         self.writer.submit(store.evict_if_needed)  # not on the client's time
+        return m
+
+    def _refuse_or_stale(self, flow: http.HTTPFlow, st: _State, why: str) -> None:
+        if st.stale is not None:
+            self._serve_stale(flow, st, st.stale, why)
+        else:
+            self._refuse_miss(flow, st, why)
+
+    def _reject_manifest(self, flow: http.HTTPFlow, st: _State, why: str) -> None:
+        flow.response = responses.oci_error(502, "MANIFEST_INVALID", f"hubcache refused the upstream manifest: {why}")
+        st.outcome, st.note = "rejected", why
 
     def _note_redirect(self, flow: http.HTTPFlow, st: _State) -> None:
         location = flow.response.headers.get("location", "") if flow.response else ""
@@ -588,16 +724,6 @@ class HubCache:
         self.redirects[((target.hostname or "").lower(), path)] = (st.route.reference, st.route.repository, not st.account)
         while len(self.redirects) > MAX_REDIRECTS:
             self.redirects.popitem(last=False)
-
-    def _refuse_streamed(self, flow: http.HTTPFlow, st: _State, why: str) -> None:
-        """Answer an OCI error instead of an upstream body that is already on its way: the body
-        is drained and dropped, the error body goes out at its end."""
-        err = responses.oci_error(502, "MANIFEST_INVALID", f"hubcache refused the upstream manifest: {why}")
-        body = err.content or b""
-        err.headers["content-length"] = str(len(body))
-        err.stream = lambda chunk: b"" if chunk else body
-        flow.response = err
-        st.outcome, st.note = "rejected", why
 
     # -- logging ------------------------------------------------------------------------------
 
@@ -619,6 +745,16 @@ class HubCache:
         if st.note:
             line += f" ({st.note})"
         (log.warning if st.outcome in ("rejected", "error", "stale") else log.info)("hubcache: %s", line)
+
+
+_NOT_RELAYED = {"connection", "keep-alive", "transfer-encoding", "content-length", "content-encoding", "te",
+                "trailer", "upgrade", "set-cookie"}
+
+
+def _owner(flow: http.HTTPFlow, st: _State) -> str:
+    """Who may share a download made with a client's own login: the same login, same repository."""
+    auth = flow.request.headers.get("authorization", "")
+    return hashlib.sha256(f"{auth}\n{st.route.repository or st.repository}".encode()).hexdigest()
 
 
 def _url(flow: http.HTTPFlow) -> str:

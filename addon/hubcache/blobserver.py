@@ -3,23 +3,30 @@
 mitmproxy's `Response.make` needs the whole body in memory; instead the addon points a hit's flow
 at this server and mitmproxy streams the answer like any upstream response (memory stays flat).
 Each connection gets a thread; reads are short LMDB read transactions, one per chunk.
+It also serves blobs still being downloaded (flights.py), following their bytes into the store.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import socket
 import threading
+import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs
 
 from .routes import is_digest
-from .store import Store, StoreError
+from .store import CHUNK_SIZE, BlobInfo, Store, StoreError
 
 log = logging.getLogger("hubcache")
 
-PATH_PREFIX = "/_hubcache/blobs/"
+PATH_PREFIX = "/_hubcache/blobs/"  # + digest; "?pending=<blob id hex>" for one still downloading
 SEND_BUFFER = 4 * 1024 * 1024
+IDLE_LIMIT = 300  # seconds without progress after which a follower gives up on a download
+WAIT_SLICE = 0.05  # a follower re-checks the store at least this often
 _RANGE_RE = re.compile(r"bytes=(\d*)-(\d*)")
 
 
@@ -63,40 +70,103 @@ class _Handler(BaseHTTPRequestHandler):
     def do_HEAD(self) -> None:
         self._serve(send_body=False)
 
+    def _error(self, status: int, code: str, message: str, send_body: bool, extra: dict[str, str] | None = None) -> None:
+        body = json.dumps({"errors": [{"code": code, "message": message}]}).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        for k, v in (extra or {}).items():
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if send_body:
+            self.wfile.write(body)
+
     def _serve(self, send_body: bool) -> None:
-        digest = self.path[len(PATH_PREFIX) :] if self.path.startswith(PATH_PREFIX) else ""
-        info = self.server.store.blob_info(digest) if is_digest(digest) else None
-        if info is None:  # evicted between the decision and this request
-            body = b'{"errors":[{"code":"BLOB_UNKNOWN","message":"blob unknown to registry"}]}'
-            self.send_response(404)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            if send_body:
-                self.wfile.write(body)
+        path, _, query = self.path.partition("?")
+        digest = path[len(PATH_PREFIX) :] if path.startswith(PATH_PREFIX) else ""
+        pending = parse_qs(query).get("pending", [""])[0]
+        try:
+            blob_id = bytes.fromhex(pending)
+        except ValueError:
+            blob_id = b""
+        if not is_digest(digest):
+            self._error(404, "BLOB_UNKNOWN", "blob unknown to registry", send_body)
             return
-        rng = parse_range(self.headers.get("Range"), info.size)
+        store = self.server.store
+        info = store.blob_info(digest)
+        size = info.size if info else -1
+        if info is None and blob_id:
+            size = self._await_size(digest, blob_id)
+            if size < 0 and (info := store.blob_info(digest)) is not None:
+                size = info.size
+        if size < 0:  # evicted between the decision and this request, or its download failed
+            self._error(404 if not blob_id else 502, "BLOB_UNKNOWN",
+                        "blob unknown to registry" if not blob_id else "hubcache's download of this blob failed", send_body)
+            return
+        rng = parse_range(self.headers.get("Range"), size)
         if rng == "invalid":
-            body = b'{"errors":[{"code":"RANGE_INVALID","message":"requested range not satisfiable"}]}'
-            self.send_response(416)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Range", f"bytes */{info.size}")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            if send_body:
-                self.wfile.write(body)
+            self._error(416, "RANGE_INVALID", "requested range not satisfiable", send_body, {"Content-Range": f"bytes */{size}"})
             return
-        start, end = rng if isinstance(rng, tuple) else (0, info.size)
+        start, end = rng if isinstance(rng, tuple) else (0, size)
         self.send_response(206 if isinstance(rng, tuple) else 200)
         self.send_header("Content-Type", "application/octet-stream")
-        self.send_header("Docker-Content-Digest", info.digest)
-        self.send_header("Etag", f'"{info.digest}"')
+        self.send_header("Docker-Content-Digest", digest)
+        self.send_header("Etag", f'"{digest}"')
         self.send_header("Content-Length", str(end - start))
         if isinstance(rng, tuple):
-            self.send_header("Content-Range", f"bytes {start}-{end - 1}/{info.size}")
+            self.send_header("Content-Range", f"bytes {start}-{end - 1}/{size}")
         self.end_headers()
         if not send_body:
             return
+        try:
+            if info is not None:
+                self._send(info, start, end)
+            else:
+                self._follow(digest, blob_id, size, start, end)
+        except StoreError as e:
+            log.warning("hubcache: serving %s stopped: %s", digest, e)
+            self.close_connection = True
+
+    def _await_size(self, digest: str, blob_id: bytes) -> int:
+        """The size of a blob being downloaded (-1 when its download failed). Upstream did not
+        always say it up front (no Content-Length): then only the end of the download tells."""
+        store, idle_since = self.server.store, time.monotonic()
+        while True:
+            state, _, size = store.progress(digest, blob_id)
+            if state == "gone":
+                return -1
+            if size >= 0:
+                return size
+            if time.monotonic() - idle_since > IDLE_LIMIT:
+                return -1
+            self.server.wait(digest, WAIT_SLICE)
+
+    def _follow(self, digest: str, blob_id: bytes, size: int, start: int, end: int) -> None:
+        """Send [start, end) of a blob still being downloaded, as its bytes reach the store. The
+        last byte waits for the store to publish the blob, i.e. for its digest to match."""
+        store = self.server.store
+        pos, idle_since = start, time.monotonic()
+        while pos < end:
+            state, written, _ = store.progress(digest, blob_id)
+            if state == "published":
+                self._send(BlobInfo(digest, size, blob_id, CHUNK_SIZE), pos, end)
+                return
+            if state == "gone":
+                info = store.blob_info(digest)  # another download may have published the same bytes
+                if info is None:
+                    raise StoreError("its download failed")
+                self._send(info, pos, end)
+                return
+            avail = min(written, size - 1, end)
+            if avail > pos:
+                self._send(BlobInfo(digest, size, blob_id, CHUNK_SIZE), pos, avail)
+                pos, idle_since = avail, time.monotonic()
+                continue
+            if time.monotonic() - idle_since > IDLE_LIMIT:
+                raise StoreError(f"no progress for {IDLE_LIMIT} s")
+            self.server.wait(digest, WAIT_SLICE)
+
+    def _send(self, info: BlobInfo, start: int, end: int) -> None:
         sock = self.connection
         leftover: list[bytes] = []
 
@@ -109,13 +179,9 @@ class _Handler(BaseHTTPRequestHandler):
             if sent < len(piece):
                 leftover.append(bytes(piece[sent:]))
 
-        try:
-            for _ in self.server.store.send_blob(info, write, start, end):
-                while leftover:  # outside the transaction: a slow client holds nothing up
-                    sock.sendall(leftover.pop())
-        except StoreError as e:
-            log.error("hubcache: serving %s failed: %s", digest, e)
-            self.close_connection = True
+        for _ in self.server.store.send_blob(info, write, start, end):
+            while leftover:  # outside the transaction: a slow client holds nothing up
+                sock.sendall(leftover.pop())
 
     def log_message(self, format: str, *args: object) -> None:
         pass
@@ -124,12 +190,14 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     store: Store
+    wait: Callable[[str, float], None]  # (digest, timeout): until a download makes progress
 
 
 class BlobServer:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, wait: Callable[[str, float], None] | None = None) -> None:
         self._server = _Server(("127.0.0.1", 0), _Handler)
         self._server.store = store
+        self._server.wait = wait or (lambda digest, timeout: time.sleep(min(timeout, 0.02)))
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, name="hubcache-blobserver", daemon=True)
         self._thread.start()

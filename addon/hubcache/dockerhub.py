@@ -1,5 +1,6 @@
 """Docker Hub as hubcache speaks to it: which of its hosts are up, which account a pull goes as,
-pull tokens, and hubcache's own requests (token fetches, HEAD revalidation and confirmation).
+pull tokens, and hubcache's own requests (tokens, manifests, HEAD revalidation and confirmation;
+blob downloads go through fetch.py with the same TLS settings and availability check).
 
 Every upstream request hubcache makes itself goes through `request`, which refuses while offline
 or backing off, bounds the time, and remembers how it went.
@@ -77,18 +78,22 @@ class DockerHub:
 
     # -- hubcache's own requests --------------------------------------------------------------
 
-    def _tls(self) -> upstream.TLSSettings:
+    def tls(self) -> upstream.TLSSettings:
         o = ctx.options
         return upstream.TLSSettings(o.ssl_insecure, o.ssl_verify_upstream_trusted_ca, o.ssl_verify_upstream_trusted_confdir)
 
-    async def request(self, method: str, url: str, headers: list[tuple[str, str]]) -> upstream.UpstreamResponse:
-        """One request of hubcache's own, unless the host is backing off; the outcome is remembered."""
+    async def request(self, method: str, url: str, headers: list[tuple[str, str]], kind: str = "") -> upstream.UpstreamResponse:
+        """One request of hubcache's own, unless the host is backing off; the outcome is remembered.
+        `kind` labels it in the upstream request metric."""
         host = urlsplit(url).hostname or ""
         if why := self.unavailable(host):
             raise upstream.UpstreamError(why)
-        self.metrics.upstream.labels("token" if method == "GET" else "revalidate").inc()
+        self.metrics.upstream.labels(kind or ("token" if method == "GET" else "revalidate")).inc()
         try:
-            resp = await upstream.request(method, url, headers, self._tls(), ctx.options.hubcache_upstream_timeout)
+            resp = await upstream.request(method, url, headers, self.tls(), ctx.options.hubcache_upstream_timeout)
+        except upstream.TransferError as e:  # the host answered; this one transfer failed
+            self.result(host, e.status)
+            raise
         except upstream.UpstreamError as e:
             self.result(host, None, str(e))
             raise

@@ -202,6 +202,12 @@ class Store:
                 self._env.set_mapsize(seen * 2)
                 log.info("store map grown to %d MiB", seen * 2 >> 20)
 
+    def room_for(self, size: int) -> bool:
+        """Whether the file system has room for `size` more bytes of content (with the slack a
+        write needs: a batch in flight, LMDB's page overhead)."""
+        st = os.statvfs(self.path)
+        return st.f_bavail * st.f_frsize >= size + size // 16 + 2 * BATCH_BYTES
+
     def map_size(self) -> int:
         return self._env.info()["map_size"]
 
@@ -321,6 +327,27 @@ class Store:
         is valid only during the call, which runs inside a read transaction: `write` must not
         block (a map resize waits for it). Yields after each piece, outside the transaction."""
         return self._chunks_of(info, start, end, write)
+
+    def progress(self, digest: str, blob_id: bytes) -> tuple[str, int, int]:
+        """How a blob being written under `blob_id` is getting on: ("published", size, size),
+        ("pending", bytes written so far, size or -1 when unknown), or ("gone", 0, 0) when the
+        write failed or was dropped (or another write published the digest)."""
+
+        def op(txn: lmdb.Transaction) -> tuple[str, int, int]:
+            raw = txn.get(digest.encode(), db=self._blobs)
+            if raw is not None:
+                r = json.loads(raw)
+                if bytes.fromhex(r["id"]) == blob_id:
+                    return ("published", r["size"], r["size"])
+                return ("gone", 0, 0)
+            raw = txn.get(blob_id, db=self._pending)
+            if raw is None:
+                return ("gone", 0, 0)
+            r = json.loads(raw)
+            size = r.get("size")
+            return ("pending", r.get("flushed", 0), -1 if size is None else size)
+
+        return self._read(op)
 
     def _chunks_of(self, info: BlobInfo, start: int, end: int | None, write) -> Iterator:
         """Walk the chunks of [start, end): hand each piece to `write` inside its read transaction
@@ -549,6 +576,7 @@ class BlobWriter:
         self._registered = False
         self._done = False
         self._failed: Exception | None = None  # storing failed; hashing goes on so the client is still checked
+        self._started = time.time()
 
     def write(self, data: bytes) -> None:
         self._hash.update(data)
@@ -582,20 +610,39 @@ class BlobWriter:
         self._batch_bytes += len(chunk)
         self._index += 1
 
+    @property
+    def failed(self) -> Exception | None:
+        """Why storing failed (the bytes are still hashed), or None."""
+        return self._failed
+
+    def register(self) -> None:
+        """Make the write visible as in progress (readers can follow it with Store.progress)."""
+        if not self._registered:
+            self._flush()
+
+    def flush(self) -> None:
+        """Write the whole chunks received so far, so that readers following the blob get them."""
+        if self._batch and not self._failed:
+            self._flush()
+
     def _flush(self) -> None:
         batch, self._batch, self._batch_bytes = self._batch, [], 0
         store = self.store
-        pending = json.dumps({"digest": self.digest, "started": time.time()}).encode()
+        # What readers of an unfinished blob need: its size, and how many bytes are written.
+        pending = json.dumps({
+            "digest": self.digest, "started": self._started, "size": self.expected_size,
+            "flushed": self._index * CHUNK_SIZE, "chunk_size": CHUNK_SIZE,
+        }).encode()
 
         def op(txn: lmdb.Transaction) -> None:
-            if not self._registered:
-                txn.put(self.blob_id, pending, db=store._pending)
+            txn.put(self.blob_id, pending, db=store._pending)
             for key, chunk in batch:
                 txn.put(key, chunk, db=store._chunks)
 
         store._write(op)
         self._registered = True
-        store.release_pages()
+        if batch:
+            store.release_pages()
 
     def commit(self) -> None:
         """Verify and publish. Raises DigestMismatch (and drops everything) when the bytes are wrong."""

@@ -1,4 +1,4 @@
-"""hubcache's own upstream requests: token fetches and HEAD revalidation.
+"""hubcache's own upstream requests with small bodies: tokens, manifests, HEAD revalidation.
 
 They use the same TLS settings as mitmproxy's upstream connections (`ssl_insecure`,
 `ssl_verify_upstream_trusted_ca`, `ssl_verify_upstream_trusted_confdir`; certifi's bundle when
@@ -23,6 +23,19 @@ USER_AGENT = "hubcache"
 
 class UpstreamError(Exception):
     """The upstream could not be reached or answered something unusable."""
+
+
+class BodyTooLarge(UpstreamError):
+    """The upstream answered with a body over MAX_BODY bytes."""
+
+
+class TransferError(UpstreamError):
+    """The upstream answered (`status`), but its body broke off or stalled: a fault of this one
+    transfer, not a sign that the host is down."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass(frozen=True)
@@ -61,11 +74,16 @@ async def request(
     tls: TLSSettings,
     timeout: float,
 ) -> UpstreamResponse:
+    answered: list[int] = []  # the status, once the response head is in
     try:
-        return await asyncio.wait_for(_request(method, url, headers, tls), timeout)
+        return await asyncio.wait_for(_request(method, url, headers, tls, answered), timeout)
     except TimeoutError as e:
+        if answered:
+            raise TransferError(f"{method} {_redact(url)}: body stalled (not complete within {timeout:g} s)", answered[0]) from e
         raise UpstreamError(f"{method} {_redact(url)}: no answer within {timeout:g} s") from e
     except (OSError, ssl.SSLError, h11.ProtocolError) as e:
+        if answered:
+            raise TransferError(f"{method} {_redact(url)}: body broke off: {e}", answered[0]) from e
         raise UpstreamError(f"{method} {_redact(url)}: {e}") from e
 
 
@@ -75,7 +93,8 @@ def _redact(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}{parts.path}"
 
 
-async def _request(method: str, url: str, headers: list[tuple[str, str]], tls: TLSSettings) -> UpstreamResponse:
+async def _request(method: str, url: str, headers: list[tuple[str, str]], tls: TLSSettings,
+                   answered: list[int]) -> UpstreamResponse:
     parts = urlsplit(url)
     if parts.scheme != "https" or not parts.hostname:
         raise UpstreamError(f"refusing a non-HTTPS upstream URL: {_redact(url)}")
@@ -103,6 +122,7 @@ async def _request(method: str, url: str, headers: list[tuple[str, str]], tls: T
                 continue
             if isinstance(event, h11.Response):
                 status = event.status_code
+                answered.append(status)
                 for name, value in event.headers:
                     key = name.decode("latin-1").lower()
                     val = value.decode("latin-1")
@@ -110,7 +130,7 @@ async def _request(method: str, url: str, headers: list[tuple[str, str]], tls: T
             elif isinstance(event, h11.Data):
                 body += event.data
                 if len(body) > MAX_BODY:
-                    raise UpstreamError(f"{method} {_redact(url)}: body over {MAX_BODY} bytes")
+                    raise BodyTooLarge(f"{method} {_redact(url)}: body over {MAX_BODY} bytes")
             elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
                 break
         return UpstreamResponse(status, resp_headers, bytes(body))

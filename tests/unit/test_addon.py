@@ -1,6 +1,7 @@
 """The hooks on their own, with mitmproxy's test helpers: what is answered locally, and how."""
 
 import asyncio
+import hashlib
 import json
 
 import pytest
@@ -80,16 +81,47 @@ def test_other_hosts_are_left_alone(hub):
 
 
 def test_oversized_upstream_manifest_is_refused_with_an_oci_error(hub):
-    f = flow("/v2/library/x/manifests/1")
-    asyncio.run(hub.request(f))
-    f.request.headers["authorization"] = "Bearer upstream"  # as if hubcache had sent it upstream
-    f.response = tutils.tresp(status_code=200, headers=[(b"content-type", b"application/json"),
-                                                        (b"content-length", str(5 << 20).encode())], content=b"")
-    hub.responseheaders(f)
-    body = f.response.stream(b"x" * 65536) + f.response.stream(b"")  # upstream bytes dropped, error at the end
-    err = json.loads(body)["errors"][0]
-    assert f.response.status_code == 502 and err["code"] == "MANIFEST_INVALID" and "limit" in err["message"]
-    assert int(f.response.headers["content-length"]) == len(body)
+    from hubcache import upstream
+
+    async def auth(client_auth, repository):
+        return "Bearer upstream", "anonymous"
+
+    async def too_large(method, url, headers, kind=""):
+        raise upstream.BodyTooLarge(f"{method} {url}: body over {upstream.MAX_BODY} bytes")
+
+    hub.dockerhub.authorization, hub.dockerhub.request = auth, too_large
+    r = run(hub, flow("/v2/library/x/manifests/1"))
+    err = json.loads(r.content)["errors"][0]
+    assert r.status_code == 502 and err["code"] == "MANIFEST_INVALID" and "limit" in err["message"]
+
+
+def test_concurrent_manifest_misses_make_one_upstream_request(hub):
+    from hubcache import upstream
+
+    body = b'{"schemaVersion":2}'
+    digest = "sha256:" + hashlib.sha256(body).hexdigest()
+    calls = []
+
+    async def auth(client_auth, repository):
+        return "Bearer upstream", "anonymous"
+
+    async def get(method, url, headers, kind=""):
+        calls.append(url)
+        await asyncio.sleep(0.2)  # the others arrive meanwhile
+        return upstream.UpstreamResponse(200, {"content-type": "application/vnd.oci.image.manifest.v1+json",
+                                               "docker-content-digest": digest}, body)
+
+    hub.dockerhub.authorization, hub.dockerhub.request = auth, get
+
+    async def many():
+        flows = [flow("/v2/library/x/manifests/1") for _ in range(8)]
+        await asyncio.gather(*(hub.request(f) for f in flows))
+        return flows
+
+    flows = asyncio.run(many())
+    assert len(calls) == 1
+    assert all(f.response.status_code == 200 and f.response.content == body for f in flows)
+    assert all(f.response.headers["docker-content-digest"] == digest for f in flows)
 
 
 def test_fuzzed_request_paths_never_crash_and_never_leave_the_registry_grammar(hub):

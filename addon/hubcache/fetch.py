@@ -1,0 +1,193 @@
+"""A blocking, streaming HTTPS GET for fetch threads: hubcache's own blob downloads.
+
+Blob misses are fetched by hubcache itself, not by the client that asked first, so that the
+download survives that client and can be shared (flights.py). This runs on a thread of its own:
+TLS decryption, hashing and store writes then stay off mitmproxy's event loop.
+
+Same TLS settings as every other upstream connection (upstream.ssl_context) and the same name
+resolution as mitmproxy (the system resolver through getaddrinfo). Redirects are followed to
+other hosts (Docker Hub's blob 307 to its CDN) without the Authorization header, as Docker's own
+clients do; only HTTPS targets are followed.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from urllib.parse import urljoin, urlsplit
+
+import h11
+
+from .upstream import USER_AGENT, TLSSettings, UpstreamError, _redact, ssl_context
+
+MAX_REDIRECTS = 5
+READ_SIZE = 256 * 1024
+MAX_ERROR_BODY = 64 * 1024  # of a non-200 answer that is relayed to clients
+
+
+class FetchError(UpstreamError):
+    """A fetch failed; `hops` says which hosts were asked and how they answered."""
+
+    def __init__(self, message: str, hops: list["Hop"] | None = None) -> None:
+        super().__init__(message)
+        self.hops = hops or []
+
+
+@dataclass
+class Hop:
+    """One request of a fetch: where it went and how it was answered (None: no answer)."""
+
+    host: str
+    status: int | None
+    error: str = ""
+
+
+@dataclass
+class Response:
+    status: int
+    headers: dict[str, str]  # lower-case names
+    url: str
+    hops: list[Hop] = field(default_factory=list)
+    _sock: ssl.SSLSocket | None = None
+    _conn: h11.Connection | None = None
+
+    def header(self, name: str, default: str = "") -> str:
+        return self.headers.get(name.lower(), default)
+
+    def iter_body(self, idle: Callable[[], None] = lambda: None, tick: float = 0.1) -> Iterator[bytes]:
+        """The body as it arrives. `idle()` is called whenever no byte came for `tick` seconds
+        (the caller hands on what it has meanwhile). Raises FetchError on a broken transfer, or
+        when no byte came for the read timeout (a stall)."""
+        assert self._sock and self._conn
+        stall_limit = self._sock.gettimeout() or 60.0
+        self._sock.settimeout(tick)
+        try:
+            while True:
+                event = self._conn.next_event()
+                if event is h11.NEED_DATA:
+                    quiet = 0.0
+                    while True:
+                        try:
+                            data = self._sock.recv(READ_SIZE)
+                            break
+                        except TimeoutError:
+                            quiet += tick
+                            if quiet >= stall_limit:
+                                raise
+                            idle()
+                    self._conn.receive_data(data)
+                elif isinstance(event, h11.Data):
+                    yield event.data
+                elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
+                    return
+        except TimeoutError as e:
+            raise self._broke(f"GET {_redact(self.url)}: no data for too long (stalled)") from e
+        except (OSError, ssl.SSLError, h11.ProtocolError) as e:
+            raise self._broke(f"GET {_redact(self.url)}: transfer broke off: {e or type(e).__name__}") from e
+
+    def _broke(self, why: str) -> "FetchError":
+        # The host answered: a body that breaks off or stalls is a fault of this transfer, and
+        # does not make hubcache back off the host (its hops were already reported).
+        return FetchError(why)
+
+    def read_small(self, limit: int = MAX_ERROR_BODY) -> bytes:
+        """The body of a (short) non-200 answer, cut at `limit`."""
+        out = bytearray()
+        try:
+            for data in self.iter_body():
+                out += data
+                if len(out) >= limit:
+                    break
+        except UpstreamError:
+            pass
+        return bytes(out[:limit])
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+
+def get(
+    url: str,
+    headers: list[tuple[str, str]],
+    tls: TLSSettings,
+    timeout: float,
+    allowed: Callable[[str], str | None] = lambda host: None,
+    connect_timeout: float | None = None,
+) -> Response:
+    """GET `url`, following redirects; the returned response's body is not read yet.
+
+    `allowed(host)` returns why a host may not be asked now (offline, backing off), or None.
+    `timeout` bounds every read (a stalled transfer fails after it), `connect_timeout` (default:
+    `timeout`) the TCP connect.
+    """
+    hops: list[Hop] = []
+    for _ in range(MAX_REDIRECTS + 1):
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        if parts.scheme != "https" or not host:
+            raise FetchError(f"refusing a non-HTTPS upstream URL: {_redact(url)}", hops)
+        if why := allowed(host):
+            raise FetchError(why, hops)
+        try:
+            resp = _request(url, headers, tls, timeout, connect_timeout or timeout)
+        except UpstreamError as e:
+            hops.append(Hop(host, None, str(e)))
+            raise FetchError(str(e), hops) from e
+        hops.append(Hop(host, resp.status))
+        resp.hops = hops
+        location = resp.header("location")
+        if resp.status in (301, 302, 303, 307, 308) and location:
+            resp.close()
+            target = urljoin(url, location)
+            if (urlsplit(target).hostname or "").lower() != host.lower():
+                headers = [(k, v) for k, v in headers if k.lower() != "authorization"]
+            url = target
+            continue
+        return resp
+    raise FetchError(f"GET {_redact(url)}: more than {MAX_REDIRECTS} redirects", hops)
+
+
+def _request(url: str, headers: list[tuple[str, str]], tls: TLSSettings, timeout: float, connect_timeout: float) -> Response:
+    parts = urlsplit(url)
+    host, port = parts.hostname or "", parts.port or 443
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    try:
+        raw = socket.create_connection((host, port), timeout=connect_timeout)
+    except TimeoutError as e:
+        raise UpstreamError(f"GET {_redact(url)}: cannot connect to {host}:{port}: timed out") from e
+    except OSError as e:
+        raise UpstreamError(f"GET {_redact(url)}: cannot connect to {host}:{port}: {e}") from e
+    try:
+        raw.settimeout(timeout)
+        sock = ssl_context(tls).wrap_socket(raw, server_hostname=host)
+        conn = h11.Connection(h11.CLIENT)
+        host_header = host if port == 443 else f"{host}:{port}"
+        all_headers = [("Host", host_header), ("User-Agent", USER_AGENT), ("Connection", "close"), *headers]
+        sock.sendall(conn.send(h11.Request(method="GET", target=target, headers=all_headers)) + conn.send(h11.EndOfMessage()))
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                conn.receive_data(sock.recv(READ_SIZE))
+                continue
+            if isinstance(event, h11.Response):
+                break
+            if isinstance(event, h11.ConnectionClosed):
+                raise UpstreamError(f"GET {_redact(url)}: connection closed before an answer")
+    except UpstreamError:
+        raw.close()
+        raise
+    except TimeoutError as e:
+        raw.close()
+        raise UpstreamError(f"GET {_redact(url)}: no answer within {timeout:g} s") from e
+    except (OSError, ssl.SSLError, h11.ProtocolError) as e:
+        raw.close()
+        raise UpstreamError(f"GET {_redact(url)}: {e or type(e).__name__}") from e
+    resp_headers: dict[str, str] = {}
+    for name, value in event.headers:
+        key, val = name.decode("latin-1").lower(), value.decode("latin-1")
+        resp_headers[key] = f"{resp_headers[key]}, {val}" if key in resp_headers else val
+    return Response(event.status_code, resp_headers, url, _sock=sock, _conn=conn)

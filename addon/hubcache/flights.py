@@ -1,0 +1,212 @@
+"""Single flight for blob misses: one upstream download per digest, however many clients ask.
+
+A flight is hubcache's own download of one blob, on a thread of its own (fetch.py): it follows
+Docker Hub's 307 to the CDN, hashes, and writes the bytes into the store as a pending blob
+(BlobWriter), flushing at least every FLUSH_SECONDS so that readers see them soon. Every client
+that wants the blob meanwhile, the one that started the flight included, is served by the blob
+server, which follows the pending blob in the store (Store.progress): a late joiner gets what is
+already written at once, then the rest as it arrives. The last byte goes out only after the
+store published the blob, i.e. after sha256 and size matched.
+
+The flight does not belong to any client: when they all go away it still finishes and stores the
+blob. When it fails, the pending blob is dropped, every follower's connection is cut short, and
+the flight leaves the table, so the next request starts a fresh one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from .store import BlobWriter, DigestMismatch, StoreError
+from .upstream import UpstreamError
+
+log = logging.getLogger("hubcache")
+
+FLUSH_SECONDS = 0.1  # longest a received byte waits before followers can have it
+
+
+@dataclass(frozen=True)
+class Head:
+    """How upstream answered a flight: 200 with the blob's size (-1: not said), or another status
+    whose small body is relayed to clients, or status 0 when no answer could be had (`error`)."""
+
+    status: int
+    size: int = -1
+    blob_id: bytes = b""
+    no_room: bool = False  # 200, but the store has no room for it: clients go upstream themselves
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes = b""
+    error: str = ""
+
+
+class Flight:
+    """One download. Created on the event loop; runs on its own thread."""
+
+    def __init__(
+        self,
+        digest: str,
+        opener: Callable[[], object],
+        begin: Callable[[int | None], BlobWriter],
+        *,
+        room: Callable[[int], bool] = lambda size: True,
+        owner: str = "",
+        on_hops: Callable[[list], None] = lambda hops: None,
+        on_stored: Callable[[], None] = lambda: None,
+        on_end: Callable[["Flight"], None] = lambda f: None,
+    ) -> None:
+        self.digest = digest
+        self.owner = owner  # "" for a pool-account download anyone may join; else whose login it used
+        self._opener = opener  # () -> fetch.Response (or an object shaped like one)
+        self._begin = begin  # expected size -> BlobWriter
+        self._room = room  # size -> whether the store can take it
+        self._on_hops = on_hops
+        self._on_stored = on_stored
+        self._on_end = on_end
+        self._loop = asyncio.get_running_loop()
+        self._head: asyncio.Future[Head] = self._loop.create_future()
+        self._cond = threading.Condition()
+        self.done = False
+        self.stored = False
+        self.failure = ""
+        self.rejected = False  # the bytes did not match the digest
+        self.received = 0
+        self._thread = threading.Thread(target=self._run, name=f"hubcache-fetch-{digest[7:19]}", daemon=True)
+
+    def start(self) -> "Flight":
+        self._thread.start()
+        return self
+
+    async def head(self) -> Head:
+        """Upstream's answer; waiting for it does not tie the flight to the waiter."""
+        return await asyncio.shield(self._head)
+
+    def wait(self, timeout: float) -> None:
+        """Block until more bytes are written or the flight ends (for the blob server's threads)."""
+        with self._cond:
+            if not self.done:
+                self._cond.wait(timeout)
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+    # -- the flight's thread ------------------------------------------------------------------
+
+    def _set_head(self, head: Head) -> None:
+        def set_it() -> None:
+            if not self._head.done():
+                self._head.set_result(head)
+
+        self._loop.call_soon_threadsafe(set_it)
+
+    def _notify(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    def _run(self) -> None:
+        writer: BlobWriter | None = None
+        resp = None
+        try:
+            resp = self._opener()
+            self._on_hops(list(getattr(resp, "hops", [])))
+            if resp.status != 200:
+                headers = {k: v for k, v in resp.headers.items() if k not in _HOP_BY_HOP}
+                self._set_head(Head(resp.status, headers=headers, body=resp.read_small()))
+                self.failure = f"upstream answered {resp.status}"
+                return
+            length = resp.header("content-length")
+            size = int(length) if length.isdigit() else None
+            if size is not None and not self._room(size):
+                self.failure = f"not stored: no room for {size} bytes"
+                self._set_head(Head(200, size, no_room=True))
+                return
+            writer = self._begin(size)
+            writer.register()  # followers can find it before the first byte
+            self._set_head(Head(200, -1 if size is None else size, writer.blob_id))
+            last_flush = time.monotonic()
+
+            def idle() -> None:  # upstream paused: followers get everything received so far
+                nonlocal last_flush
+                writer.flush()
+                last_flush = time.monotonic()
+                self._notify()
+
+            for data in resp.iter_body(idle, FLUSH_SECONDS):
+                writer.write(data)
+                self.received += len(data)
+                if writer.failed:  # a full disk: stop here, followers are cut short
+                    raise StoreError(str(writer.failed))
+                if time.monotonic() - last_flush >= FLUSH_SECONDS:
+                    writer.flush()
+                    last_flush = time.monotonic()
+                    self._notify()
+            writer.commit()  # verifies sha256 and size; publishes
+            self.stored = True
+            self._on_stored()
+        except DigestMismatch as e:
+            self.failure, self.rejected = str(e), True
+            log.warning("hubcache: %s refused: %s", self.digest, e)
+        except UpstreamError as e:
+            self.failure = str(e)
+            self._on_hops(list(getattr(e, "hops", [])))
+            self._set_head(Head(0, error=str(e)))
+            if writer is not None:
+                writer.abort()
+        except StoreError as e:
+            self.failure = f"not stored: {e}"
+            log.warning("hubcache: %s: %s", self.digest, self.failure)
+            if writer is not None:
+                writer.abort()
+        except BaseException as e:  # never leave followers waiting on a dead thread
+            self.failure = f"internal error: {e!r}"
+            log.exception("hubcache: fetching %s failed", self.digest)
+            if writer is not None:
+                writer.abort()
+        finally:
+            if resp is not None:
+                resp.close()
+            self._set_head(Head(0, error=self.failure or "fetch ended without an answer"))
+            self.done = True
+            self._notify()
+            self._on_end(self)
+
+
+_HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "te", "trailer", "upgrade",
+               "proxy-authenticate", "set-cookie"}
+
+
+class Flights:
+    """The flights under way, by digest. Touched from the event loop (start, get, end)
+    and read by blob server threads (waiter wake-ups)."""
+
+    def __init__(self) -> None:
+        self._flights: dict[str, Flight] = {}
+        self._lock = threading.Lock()
+
+    def get(self, digest: str) -> Flight | None:
+        with self._lock:
+            return self._flights.get(digest)
+
+    def add(self, flight: Flight) -> Flight:
+        with self._lock:
+            self._flights[flight.digest] = flight
+        return flight
+
+    def end(self, flight: Flight) -> None:
+        with self._lock:
+            if self._flights.get(flight.digest) is flight:
+                del self._flights[flight.digest]
+
+    def __len__(self) -> int:
+        return len(self._flights)
+
+    def wait(self, digest: str, timeout: float) -> None:
+        flight = self.get(digest)
+        if flight is None:
+            time.sleep(min(timeout, 0.02))
+        else:
+            flight.wait(timeout)

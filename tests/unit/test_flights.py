@@ -1,0 +1,206 @@
+"""Flights and the blob server together, with a scripted upstream: followers get the bytes as they
+are written, the last byte only after the digest matched, and a failed download reaches them as a
+cut-short body, never as a complete wrong one."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import http.client
+import os
+import threading
+import time
+
+import pytest
+
+from hubcache.blobserver import PATH_PREFIX, BlobServer
+from hubcache.flights import Flight, Flights
+from hubcache.store import Store
+from hubcache.upstream import UpstreamError
+
+MiB = 1 << 20
+
+
+class ScriptedResponse:
+    """Shaped like fetch.Response: the body comes in pieces, each released by the test."""
+
+    def __init__(self, status: int, body: bytes, *, piece: int = 256 * 1024, gated: bool = False,
+                 fail_at: int | None = None, length: int | None = None) -> None:
+        self.status = status
+        self.headers = {"content-length": str(len(body) if length is None else length)}
+        self.hops = []
+        self._body, self._piece, self._fail_at = body, piece, fail_at
+        self.released = threading.Semaphore(0 if gated else 10**6)
+
+    def header(self, name: str, default: str = "") -> str:
+        return self.headers.get(name, default)
+
+    def iter_body(self, idle=lambda: None, tick: float = 0.1):
+        for i in range(0, len(self._body), self._piece):
+            while not self.released.acquire(timeout=tick):
+                idle()
+            if self._fail_at is not None and i >= self._fail_at:
+                raise UpstreamError("transfer broke off")
+            yield self._body[i : i + self._piece]
+
+    def read_small(self) -> bytes:
+        return self._body[:65536]
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture
+def served(tmp_path):
+    store = Store(tmp_path / "s")
+    flights = Flights()
+    server = BlobServer(store, flights.wait)
+    yield store, flights, server
+    server.stop()
+    store.close()
+
+
+def blob(n: int) -> tuple[bytes, str]:
+    data = os.urandom(n)
+    return data, "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def start(store, flights, digest, resp) -> Flight:
+    f = Flight(digest, lambda: resp, lambda size: store.begin_blob(digest, size, "P:library/x"), on_end=flights.end)
+    return flights.add(f).start()
+
+
+class Follower(threading.Thread):
+    """A client of the blob server that records how many bytes it had when."""
+
+    def __init__(self, port: int, path: str) -> None:
+        super().__init__(daemon=True)
+        self.port, self.path = port, path
+        self.got = bytearray()
+        self.status = 0
+        self.error: Exception | None = None
+        self.start()
+
+    def run(self) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        try:
+            conn.request("GET", self.path)
+            resp = conn.getresponse()
+            self.status = resp.status
+            while piece := resp.read1(65536):
+                self.got += piece
+            if resp.length:  # http.client raises nothing for a short read1 loop: check the length
+                raise http.client.IncompleteRead(bytes(self.got), resp.length)
+        except Exception as e:  # noqa: BLE001 - recorded for the test to look at
+            self.error = e
+        finally:
+            conn.close()
+
+
+def wait_for(cond, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_followers_get_bytes_as_they_arrive_and_the_end_only_when_verified(served):
+    store, flights, server = served
+    data, digest = blob(3 * MiB)
+
+    async def go():
+        resp = ScriptedResponse(200, data, gated=True)
+        flight = start(store, flights, digest, resp)
+        head = await flight.head()
+        assert head.status == 200 and head.size == len(data)
+        path = f"{PATH_PREFIX}{digest}?pending={head.blob_id.hex()}"
+        first = Follower(server.port, path)
+        for _ in range(8):  # 2 MiB of 3
+            resp.released.release()
+        wait_for(lambda: len(first.got) >= 1 * MiB)  # streamed before the download ends
+        late = Follower(server.port, path)
+        wait_for(lambda: len(late.got) >= 1 * MiB)  # a late joiner gets what is written at once
+        assert not flight.done and len(first.got) < len(data)
+        for _ in range(4):
+            resp.released.release()
+        for f in (first, late):
+            f.join(10)
+            assert f.error is None and f.status == 200 and bytes(f.got) == data
+        flight.join(10)
+        assert flight.stored and flights.get(digest) is None
+        assert b"".join(store.read_blob(store.blob_info(digest))) == data
+
+    asyncio.run(go())
+
+
+def test_a_download_that_does_not_match_its_digest_cuts_every_follower_short(served):
+    store, flights, server = served
+    data, digest = blob(2 * MiB)
+    tampered = data[:-1] + bytes([data[-1] ^ 1])
+
+    async def go():
+        resp = ScriptedResponse(200, tampered, gated=True)
+        flight = start(store, flights, digest, resp)
+        head = await flight.head()
+        followers = [Follower(server.port, f"{PATH_PREFIX}{digest}?pending={head.blob_id.hex()}") for _ in range(3)]
+        for _ in range(8):
+            resp.released.release()
+        for f in followers:
+            f.join(10)
+            assert f.status == 200 and isinstance(f.error, http.client.IncompleteRead)
+            assert len(f.got) < len(data)  # never the whole length: the client knows it failed
+        flight.join(10)
+        assert flight.rejected and not flight.stored
+        assert store.blob_info(digest) is None and store.recover() == 0  # nothing half-written left
+        assert flights.get(digest) is None  # the next request starts afresh
+
+    asyncio.run(go())
+
+
+def test_a_broken_transfer_reaches_followers_and_leaves_nothing(served):
+    store, flights, server = served
+    data, digest = blob(2 * MiB)
+
+    async def go():
+        resp = ScriptedResponse(200, data, gated=True, fail_at=1 * MiB)
+        flight = start(store, flights, digest, resp)
+        head = await flight.head()
+        f = Follower(server.port, f"{PATH_PREFIX}{digest}?pending={head.blob_id.hex()}")
+        for _ in range(4):
+            resp.released.release()
+        wait_for(lambda: len(f.got) >= 512 * 1024)
+        resp.released.release()  # the piece at which upstream breaks off
+        f.join(10)
+        flight.join(10)
+        assert isinstance(f.error, http.client.IncompleteRead) and len(f.got) < len(data)
+        assert "broke off" in flight.failure and store.blob_info(digest) is None and store.recover() == 0
+
+    asyncio.run(go())
+
+
+def test_the_download_finishes_and_is_stored_with_nobody_following(served):
+    store, flights, _ = served
+    data, digest = blob(1 * MiB + 5)
+
+    async def go():
+        flight = start(store, flights, digest, ScriptedResponse(200, data))
+        await flight.head()
+        flight.join(10)
+        assert flight.stored and b"".join(store.read_blob(store.blob_info(digest))) == data
+
+    asyncio.run(go())
+
+
+def test_an_upstream_refusal_is_relayed_and_nothing_is_written(served):
+    store, flights, _ = served
+
+    async def go():
+        resp = ScriptedResponse(404, b'{"errors":[{"code":"BLOB_UNKNOWN"}]}')
+        resp.headers["content-type"] = "application/json"
+        flight = start(store, flights, "sha256:" + "a" * 64, resp)
+        head = await flight.head()
+        assert head.status == 404 and b"BLOB_UNKNOWN" in head.body and head.headers["content-type"] == "application/json"
+        flight.join(10)
+        assert store.recover() == 0
+
+    asyncio.run(go())
