@@ -80,14 +80,19 @@ class CDNHandler(httpsd.LoggedHandler):
             sent = 0
             if self.command == "GET":
                 # faults: hang up after truncate_at bytes; or stop sending for stall_seconds after
-                # stall_at bytes; or, with a negative length_delta, send only what was declared
+                # stall_at bytes, then hang up (or, with resume, send the rest: a slow but whole
+                # transfer); or, with a negative length_delta, send only what was declared
                 cut = fault.get("truncate_at", fault.get("stall_at"))
                 if fault.get("length_delta", 0) < 0:
                     cut = end - start + fault["length_delta"]
-                sent = self._stream(f, start, end if cut is None else min(end, start + cut))
+                first = end if cut is None else min(end, start + cut)
+                sent = self._stream(f, start, first)
                 if "stall_at" in fault:
                     time.sleep(fault.get("stall_seconds", 30))
-                    self.close_connection = True
+                    if fault.get("resume") and sent == first - start:
+                        sent += self._stream(f, first, end)
+                    else:
+                        self.close_connection = True
             self.record(status, sent, complete=sent == end - start or self.command == "HEAD")
 
     def _stream(self, f, start: int, end: int) -> int:

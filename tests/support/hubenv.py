@@ -402,7 +402,8 @@ class Upstream:
     def cdn_fault(self, digest: str, **fault):
         """While inside, the CDN misbehaves on this blob: truncate_at=N (promise the whole blob,
         send N bytes, hang up), stall_at=N [stall_seconds=S] (send N bytes, then nothing for S
-        seconds), length_delta=D (declare a Content-Length off by D; negative: send only that)."""
+        seconds, then hang up; with resume=True send the rest instead: slow but whole),
+        length_delta=D (declare a Content-Length off by D; negative: send only that)."""
         self.cdn_faults.write_text(json.dumps({digest.split(":", 1)[1]: fault}))
         try:
             yield

@@ -1,0 +1,386 @@
+"""Single flight: clients that want the same object at the same time share one upstream transfer.
+
+What a user sees is checked: every copy's bytes (against a direct pull or the digest), clients'
+errors, and the requests the upstream saw (its own logs, never the proxy's). Blob clients are curl
+processes (the registry URL with a token from the token endpoint, 307s followed), so that a test
+can kill one by its PID mid-body; the CDN is slowed down with a stall that resumes
+(Upstream.cdn_fault(..., resume=True)) so that clients overlap on one transfer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import subprocess
+import threading
+import time
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from support.clients import client_env, dir_files, proxied_request, pull_ok
+from support.loadgen import Client
+
+pytestmark = pytest.mark.e2e
+MiB = 1 << 20
+REG, AUTH, CDN = "registry-1.docker.io", "auth.docker.io", "production.cloudflare.docker.com"
+_seeds = itertools.count(31000)
+
+
+def layers(*sizes: int) -> list[tuple[int, int]]:
+    return [(size, next(_seeds)) for size in sizes]
+
+
+def hexd(digest: str) -> str:
+    return digest.split(":", 1)[1]
+
+
+def count(reqs, host: str, method: str | None = None, contains: str = "") -> int:
+    return sum(1 for r in reqs if r.host == host and (method is None or r.method == method) and contains in r.path)
+
+
+def cdn_gets(reqs, digest: str) -> list:
+    return [r for r in reqs if r.host == CDN and r.method == "GET" and hexd(digest) in r.path]
+
+
+def seen_since(upstream, mark: int) -> list[str]:
+    """The upstream requests since `mark`, short: "HOST METHOD PATH"."""
+    return [f"{r.host} {r.method} {r.path[:90]}" for r in upstream.requests_since(mark)]
+
+
+def token_fetches(reqs, repo: str) -> int:
+    """Token requests on the auth host whose scope names `repo`."""
+    n = 0
+    for r in reqs:
+        if r.host == AUTH:
+            scopes = " ".join(parse_qs(urlsplit(r.path).query).get("scope", []))
+            n += f"repository:{repo}:" in scopes
+    return n
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(8 * MiB):
+            h.update(chunk)
+    return "sha256:" + h.hexdigest()
+
+
+class CurlBlob:
+    """`curl -L` GET of /v2/<repo>/blobs/<digest> on the registry host through hubcache: its own
+    process, so a test can kill it by PID; the body goes to a file as it arrives."""
+
+    def __init__(self, hub, repo: str, digest: str, token: str, out: Path) -> None:
+        self.out = out
+        self.err = out.with_name(out.name + ".err")
+        with open(self.err, "wb") as err:
+            self.proc = subprocess.Popen(
+                ["curl", "-sS", "-f", "-L", "--max-time", "120", "--proxy", hub.url, "--cacert", str(hub.ca_cert),
+                 "-H", f"Authorization: Bearer {token}", "-o", str(out), f"https://{REG}/v2/{repo}/blobs/{digest}"],
+                env=client_env(None), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+            )
+        self.started = time.monotonic()
+
+    def received(self) -> int:
+        try:
+            return self.out.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def wait(self, timeout: float = 90) -> int:
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()  # SIGKILL to this PID: the client vanishes mid-body
+        self.proc.wait()
+
+    def stderr(self) -> str:
+        return self.err.read_text(errors="replace").strip()
+
+    def sha256(self) -> str:
+        return sha256_file(self.out) if self.out.exists() else ""
+
+
+@pytest.fixture
+def curl(tmp_path):
+    """curl(hub, repo, digest, token, name) starts a CurlBlob; every one still running at the end
+    is killed by its PID."""
+    started: list[CurlBlob] = []
+
+    def start(hub, repo: str, digest: str, token: str, name: str) -> CurlBlob:
+        c = CurlBlob(hub, repo, digest, token, tmp_path / name)
+        started.append(c)
+        return c
+
+    yield start
+    for c in started:
+        c.kill()
+
+
+def wait_until(cond, timeout: float, step: float = 0.02) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(step)
+    return cond()
+
+
+def token_for(hub, repo: str) -> str:
+    """A pull token as a client gets it: from the token endpoint, through the proxy."""
+    return Client(hub.port, hub.ca_cert).token(repo)
+
+
+# -- the fake CDN's slow transfer, which the tests below rely on --------------------------------
+
+def test_cdn_stall_with_resume_is_slow_but_whole(upstream, tmp_path):
+    """Set-up check, no proxy: stall_at + resume sends the first part, pauses, then the rest."""
+    img = upstream.push_image("library/sfstallcheck", "1", layers(3 * MiB))
+    layer, size = img.layer_digests[0], img.layer_sizes[0]
+    path = "/docker/registry/v2/blobs/sha256/{}/{}/data".format(hexd(layer)[:2], hexd(layer))
+    out = tmp_path / "blob"
+    with upstream.cdn_fault(layer, stall_at=1 * MiB, stall_seconds=1.5, resume=True):
+        t0 = time.monotonic()
+        res = subprocess.run(["curl", "-sS", "-f", "--max-time", "30", "--cacert", str(upstream.ca_cert),
+                              "-o", str(out), f"https://{CDN}{path}"],
+                             env=client_env(None), capture_output=True, text=True, timeout=60)
+        took = time.monotonic() - t0
+    assert res.returncode == 0, res.stderr
+    assert sha256_file(out) == layer and out.stat().st_size == size
+    assert took >= 1.5
+
+
+# -- 1. many pulls of one cold image ----------------------------------------------------------
+
+def test_sixteen_concurrent_cold_pulls_fetch_each_object_once(upstream, start_hubcache, certs, tmp_path):
+    repo = "library/sfconcurrent"
+    img = upstream.push_image(repo, "1", layers(8 * MiB, 8 * MiB, 8 * MiB, 8 * MiB))
+    direct = dir_files(pull_ok(f"docker.io/{repo}:1", tmp_path / "direct", None, certs))
+    hub = start_hubcache()
+    policy = tmp_path / "policy.json"
+    policy.write_text('{"default": [{"type": "insecureAcceptAnything"}]}\n')
+    mark = upstream.mark()
+    procs: list[subprocess.Popen] = []
+    try:
+        for i in range(16):  # all started at once, none waiting for another
+            with open(tmp_path / f"pull-{i}.err", "wb") as err:
+                procs.append(subprocess.Popen(
+                    ["skopeo", "--policy", str(policy), "copy", "--quiet", "--src-cert-dir", str(certs),
+                     "--src-no-creds", f"docker://docker.io/{repo}:1", f"dir:{tmp_path / f'pull-{i}'}"],
+                    env=client_env(hub.url), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+                ))
+        codes = [p.wait(timeout=300) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    for i, rc in enumerate(codes):
+        assert rc == 0, f"pull {i} failed: {(tmp_path / f'pull-{i}.err').read_text()}"
+    for i in range(16):
+        assert dir_files(tmp_path / f"pull-{i}") == direct, f"pull {i} differs from a direct pull"
+
+    reqs = upstream.requests_since(mark)
+    got = {"manifest GETs": count(reqs, REG, "GET", "/manifests/")}
+    for d in [img.config_digest, *img.layer_digests]:
+        got[f"registry GETs of {d[:19]}"] = count(reqs, REG, "GET", f"/blobs/{d}")
+        got[f"CDN GETs of {d[:19]}"] = len(cdn_gets(reqs, d))
+    assert got == dict.fromkeys(got, 1), "16 concurrent pulls: each object fetched once"
+    tokens = token_fetches(reqs, repo)
+    assert tokens <= 1, f"{tokens} upstream token fetches for one repository"
+
+
+# -- 2. many GETs of one tag manifest ---------------------------------------------------------
+
+def test_sixteen_concurrent_tag_manifest_gets_spend_one_pull(upstream, start_hubcache, tmp_path):
+    repo = "library/sfmanifest"
+    img = upstream.push_image(repo, "1", layers(100_000))
+    hub = start_hubcache()
+    token = token_for(hub, repo)
+    before = sum(upstream.pulls_by_account().values())
+    mark = upstream.mark()
+    n = 16
+    start = threading.Barrier(n)
+    results: list = [None] * n
+
+    def get(i: int) -> None:
+        try:
+            start.wait(timeout=30)
+            results[i] = proxied_request(hub.port, hub.ca_cert, "GET", REG, f"/v2/{repo}/manifests/1",
+                                         [("Accept", img.media_type), ("Authorization", f"Bearer {token}")])
+        except Exception as e:  # noqa: BLE001 - reported below
+            results[i] = e
+
+    threads = [threading.Thread(target=get, args=(i,), daemon=True) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    for i, res in enumerate(results):
+        assert isinstance(res, tuple), f"GET {i}: {res!r}"
+        status, headers, body = res
+        assert status == 200, f"GET {i}: {status} {body[:300]!r}"
+        assert headers.get("docker-content-digest") == img.manifest_digest, f"GET {i}: {headers}"
+        assert body == img.manifest_bytes, f"GET {i}: body differs"
+
+    gets = count(upstream.requests_since(mark), REG, "GET", "/manifests/")
+    pulls = sum(upstream.pulls_by_account().values()) - before
+    assert (gets, pulls) == (1, 1), f"16 GETs of one tag: {gets} upstream manifest GETs, {pulls} counted pulls"
+
+
+# -- 3. a late joiner gets what has already arrived at once --------------------------------------
+
+STALL = 5.0  # seconds the CDN pauses mid-blob
+JOIN_BOUND = 3.0  # seconds within which the late joiner must have 8 MiB (the stall ends later)
+
+
+def test_late_joiner_streams_what_has_arrived_at_once(upstream, start_hubcache, curl):
+    repo = "library/sflatejoiner"
+    img = upstream.push_image(repo, "1", layers(48 * MiB))
+    layer, size = img.layer_digests[0], img.layer_sizes[0]
+    hub = start_hubcache()
+    token = token_for(hub, repo)
+    mark = upstream.mark()
+    with upstream.cdn_fault(layer, stall_at=16 * MiB, stall_seconds=STALL, resume=True):
+        a = curl(hub, repo, layer, token, "a")
+        time.sleep(1.0)
+        b = curl(hub, repo, layer, token, "b")
+        reached = None  # when B had 8 MiB (time.time(), as in the upstream's logs)
+        if wait_until(lambda: b.received() >= 8 * MiB or b.proc.poll() is not None, JOIN_BOUND + STALL + 5):
+            if b.received() >= 8 * MiB:
+                reached = time.time()
+        took = time.monotonic() - b.started
+        rc_a, rc_b = a.wait(), b.wait()
+    assert rc_a == 0, a.stderr()
+    assert rc_b == 0, b.stderr()
+    assert a.sha256() == layer and b.sha256() == layer
+    assert a.received() == size and b.received() == size
+
+    reqs = upstream.requests_since(mark)
+    fetches = cdn_gets(reqs, layer)
+    assert fetches and all(r.t - r.extra["t0"] >= STALL for r in fetches), "the CDN did not stall: test set-up"
+    stall_over = min(r.extra["t0"] for r in fetches) + STALL  # the stall cannot have ended before this
+    assert reached is not None and took <= JOIN_BOUND, (
+        f"the late joiner had {b.received() if reached is None else 8 * MiB} bytes only after {took:.1f} s: "
+        f"it waited for the transfer instead of getting the 16 MiB already there")
+    assert reached < stall_over, f"the late joiner reached 8 MiB {reached - stall_over:.1f} s after the stall ended"
+    n = len(fetches)
+    assert n == 1, f"{n} CDN GETs for one blob wanted by two clients at once"
+
+
+# -- 4. a failure reaches every waiter; the next request fetches afresh -----------------------------
+
+def test_failure_reaches_every_waiter_and_the_next_get_fetches_afresh(upstream, start_hubcache, curl):
+    repo = "library/sffailure"
+    img = upstream.push_image(repo, "1", layers(24 * MiB))
+    layer, size = img.layer_digests[0], img.layer_sizes[0]
+    hub = start_hubcache()
+    token = token_for(hub, repo)
+    mark = upstream.mark()
+    # the CDN sends 4 MiB, pauses 3 s (all three clients are waiting by then), then hangs up
+    with upstream.cdn_fault(layer, stall_at=4 * MiB, stall_seconds=3):
+        waiters = []
+        for i in range(3):
+            waiters.append(curl(hub, repo, layer, token, f"waiter-{i}"))
+            time.sleep(0.5)
+        codes = [w.wait() for w in waiters]
+    for i, (w, rc) in enumerate(zip(waiters, codes)):
+        assert rc != 0, f"waiter {i}: curl succeeded with {w.received()} bytes of a cut transfer"
+        assert w.received() < size, f"waiter {i}: a whole body from a cut transfer"
+    n = len(cdn_gets(upstream.requests_since(mark), layer))
+    assert n == 1, f"three waiters of one transfer: {n} CDN GETs"
+
+    mark = upstream.mark()
+    again = curl(hub, repo, layer, token, "after")
+    assert again.wait() == 0, again.stderr()
+    assert again.sha256() == layer and again.received() == size
+    n = len(cdn_gets(upstream.requests_since(mark), layer))
+    assert n == 1, f"after the failure: {n} CDN GETs (1: fetched afresh, not served from the failed transfer)"
+
+    mark = upstream.mark()
+    stored = curl(hub, repo, layer, token, "stored")
+    assert stored.wait() == 0, stored.stderr()
+    assert stored.sha256() == layer
+    assert seen_since(upstream, mark) == []
+
+
+# -- 5. the client that started the transfer goes away ---------------------------------------
+
+def test_the_starting_client_going_away_leaves_the_joiner_its_blob(upstream, start_hubcache, curl):
+    """A starts the transfer, B joins, A is killed mid-body: B still gets the whole blob, from
+    the same upstream transfer."""
+    repo = "library/sfstartergone"
+    img = upstream.push_image(repo, "1", layers(32 * MiB))
+    layer, size = img.layer_digests[0], img.layer_sizes[0]
+    hub = start_hubcache()
+    token = token_for(hub, repo)
+    mark = upstream.mark()
+    with upstream.cdn_fault(layer, stall_at=8 * MiB, stall_seconds=3, resume=True):
+        a = curl(hub, repo, layer, token, "a")
+        time.sleep(0.5)
+        b = curl(hub, repo, layer, token, "b")
+        wait_until(lambda: a.received() >= MiB and b.received() >= MiB, 5)
+        assert 0 < a.received() < size, f"A is not mid-body: {a.received()} bytes"
+        a.kill()
+        rc_b = b.wait()
+    assert rc_b == 0, b.stderr()
+    assert b.sha256() == layer and b.received() == size
+    n = len(cdn_gets(upstream.requests_since(mark), layer))
+    assert n == 1, f"{n} CDN GETs for one blob wanted by two clients at once"
+
+
+def test_a_transfer_whose_only_client_went_away_is_stored_all_the_same(upstream, start_hubcache, curl):
+    """A alone is killed mid-body; once the upstream transfer has had time to end, the blob is
+    served from the store with no upstream request."""
+    repo = "library/sfalonegone"
+    img = upstream.push_image(repo, "1", layers(32 * MiB))
+    layer, size = img.layer_digests[0], img.layer_sizes[0]
+    hub = start_hubcache()
+    token = token_for(hub, repo)
+    mark = upstream.mark()
+    with upstream.cdn_fault(layer, stall_at=8 * MiB, stall_seconds=3, resume=True):
+        a = curl(hub, repo, layer, token, "a")
+        wait_until(lambda: a.received() >= MiB, 5)
+        assert 0 < a.received() < size, f"A is not mid-body: {a.received()} bytes"
+        a.kill()
+        # the CDN logs its GET when it has sent the whole blob, or when the other side hung up
+        wait_until(lambda: cdn_gets(upstream.requests_since(mark, settle=0), layer), 3 + 20, step=0.1)
+    transfer = [(r.status, r.bytes) for r in cdn_gets(upstream.requests_since(mark), layer)]
+    time.sleep(2)  # time for hubcache to verify and commit what it received
+    mark = upstream.mark()
+    c = curl(hub, repo, layer, token, "after")
+    assert c.wait() == 0, c.stderr()
+    assert c.sha256() == layer and c.received() == size
+    assert seen_since(upstream, mark) == [], (
+        f"not stored after its only client went away; the CDN transfer (status, bytes sent of {size}): {transfer}")
+
+
+# -- 6. a waiter that goes away disturbs nobody ------------------------------------------------
+
+def test_a_waiter_going_away_does_not_disturb_the_others(upstream, start_hubcache, curl):
+    repo = "library/sfwaitergone"
+    img = upstream.push_image(repo, "1", layers(32 * MiB))
+    layer, size = img.layer_digests[0], img.layer_sizes[0]
+    hub = start_hubcache()
+    token = token_for(hub, repo)
+    mark = upstream.mark()
+    with upstream.cdn_fault(layer, stall_at=8 * MiB, stall_seconds=3, resume=True):
+        a = curl(hub, repo, layer, token, "a")
+        time.sleep(0.5)
+        b = curl(hub, repo, layer, token, "b")
+        wait_until(lambda: b.received() >= MiB, 5)
+        assert 0 < b.received() < size, f"B is not mid-body: {b.received()} bytes"
+        b.kill()
+        rc_a = a.wait()
+    assert rc_a == 0, a.stderr()
+    assert a.sha256() == layer and a.received() == size
+    n = len(cdn_gets(upstream.requests_since(mark), layer))
+    assert n == 1, f"{n} CDN GETs for one blob wanted by two clients at once"
+
+    mark = upstream.mark()
+    c = curl(hub, repo, layer, token, "after")
+    assert c.wait() == 0, c.stderr()
+    assert c.sha256() == layer
+    assert seen_since(upstream, mark) == []
