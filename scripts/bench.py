@@ -4,12 +4,22 @@ Everything runs on this machine, in a network namespace of its own: the real dis
 set up like Docker Hub (tests/support/hubenv.py), curl for a single large blob, skopeo for a whole
 multi-layer image. Rounds interleave the modes so that machine noise hits them alike; medians and
 ratios are printed, and a JSON summary is the last line.
+
+Sections (all by default; --only picks one, --skip-extra keeps only the table):
+  table   a large blob with curl and a multi-layer image with skopeo, every mode, several rounds
+  extra   1/4/16 concurrent cold pulls, warm manifest latency, docker daemon pulls
+  memory  16 concurrent clients on 16 distinct 1 GiB blobs (mitmdump, hubcache cold, warm), then
+          16 slow clients (curl --limit-rate) on them: peak RSS of the proxy's whole process tree
+
+Every peak RSS is the summed VmRSS of the proxy process and all its descendants, sampled every
+0.1 s; VmHWM of the proxy process itself is reported beside it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import ssl
 import statistics
@@ -19,6 +29,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,6 +41,9 @@ from support.proxy import Proxy  # noqa: E402
 
 MiB = 1 << 20
 MODES = ("direct", "mitmdump", "hubcache-cold", "hubcache-warm")
+SECTIONS = ("table", "extra", "memory")
+CLIENT_ENV = {"PATH": "/usr/bin:/bin"}  # no proxy variables: curl gets its proxy with -x
+BIG_REPO = "library/benchbig"
 
 
 def anonymous_token(ca: Path, repository: str) -> str:
@@ -45,7 +59,7 @@ def curl_blob(url: str, token: str, bundle: Path, proxy: str | None) -> tuple[fl
     if proxy:
         cmd[1:1] = ["-x", proxy]
     t0 = time.perf_counter()
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env={"PATH": "/usr/bin:/bin"})
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=CLIENT_ENV)
     return time.perf_counter() - t0, int(out.stdout)
 
 
@@ -59,26 +73,164 @@ def skopeo_pull(ref: str, dest: Path, proxy: str | None, certs: Path) -> float:
     return wall
 
 
-class RssSampler:
-    """Samples the proxy's RssAnon (its own heap, as opposed to mapped file pages) every 20 ms."""
+# ----------------------------------------------------------------- memory of a process tree
 
-    def __init__(self, proxy: Proxy) -> None:
-        self.proxy, self.peak, self._stop = proxy, 0.0, threading.Event()
+PAGE_MIB = os.sysconf("SC_PAGE_SIZE") / MiB
+
+
+def _ppid(pid: str) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:  # gone meanwhile
+        return None
+    return int(stat[stat.rindex(")") + 2:].split()[1])  # after "pid (comm) state"
+
+
+def process_tree(root: int) -> list[int]:
+    """`root` and all its descendants, by the ppid in /proc/*/stat."""
+    children: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit() and (ppid := _ppid(name)) is not None:
+            children.setdefault(ppid, []).append(int(name))
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo.extend(children.get(pid, ()))
+    return tree
+
+
+def tree_rss_mib(root: int) -> tuple[float, float]:
+    """Summed (VmRSS, RssAnon) of `root`'s process tree, in MiB (from /proc/PID/statm)."""
+    rss = anon = 0
+    for pid in process_tree(root):
+        try:
+            fields = Path(f"/proc/{pid}/statm").read_text().split()
+        except OSError:
+            continue
+        rss += int(fields[1])
+        anon += int(fields[1]) - int(fields[2])  # resident minus file-backed and shmem
+    return rss * PAGE_MIB, anon * PAGE_MIB
+
+
+class TreeRssSampler:
+    """Samples the summed VmRSS and RssAnon of a process tree every `interval` s in a thread.
+
+    `over` is set once the RSS passes `limit_mib` (a guard: the machine is shared)."""
+
+    def __init__(self, pid: int, interval: float = 0.1, limit_mib: float | None = None) -> None:
+        self.pid, self.interval, self.limit = pid, interval, limit_mib
+        self.peak = self.peak_anon = 0.0
+        self.first: float | None = None
+        self.last: float | None = None
+        self.over = threading.Event()
+        self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
-        while not self._stop.wait(0.02):
-            try:
-                self.peak = max(self.peak, self.proxy.rss_mb().get("RssAnon", 0.0))
-            except (OSError, AssertionError):
+        while True:
+            rss, anon = tree_rss_mib(self.pid)
+            self.first = rss if self.first is None else self.first
+            self.last = rss
+            self.peak, self.peak_anon = max(self.peak, rss), max(self.peak_anon, anon)
+            if self.limit and rss > self.limit:
+                self.over.set()
+            if self._stop.wait(self.interval):
                 return
 
-    def stop(self) -> float:
+    def stop(self) -> dict:
         self._stop.set()
         self._thread.join()
-        return self.peak
+        return {"peak_rss_mb": self.peak, "peak_anon_mb": self.peak_anon,
+                "first_rss_mb": self.first, "last_rss_mb": self.last, "rss_limit_hit": self.over.is_set()}
 
+
+def sampled(proxy: Proxy, limit_mib: float | None = None) -> TreeRssSampler:
+    return TreeRssSampler(proxy.proc.pid, limit_mib=limit_mib)
+
+
+# ----------------------------------------------------------------- table: blob and image, every mode
+
+def push_table_content(up: Upstream, args) -> tuple[str, int]:
+    """The large blob (for the table) and the multi-layer image (table and docker pulls)."""
+    blob = ("", 0)
+    if "table" in args.sections:
+        print(f"bench: pushing a {args.blob_mib} MiB blob", file=sys.stderr)
+        big = up.push_image("library/benchblob", "1", [(args.blob_mib * MiB, 1)])
+        blob = (big.layer_digests[0], big.layer_sizes[0])
+    if "table" in args.sections or "extra" in args.sections:
+        print(f"bench: pushing a {args.layers} x {args.layer_mib} MiB image", file=sys.stderr)
+        up.push_image("library/benchimage", "1", [(args.layer_mib * MiB, 100 + i) for i in range(args.layers)])
+    return blob
+
+
+def table_rounds(up, work: Path, certs: Path, bundle: Path, start, blob: tuple[str, int], rounds: int) -> dict:
+    """Each round: direct, mitmdump, hubcache cold, hubcache warm; blob with curl, image with skopeo."""
+    digest, blob_bytes = blob
+    blob_url = f"https://registry-1.docker.io/v2/library/benchblob/blobs/{digest}"
+    results = {m: {"blob_s": [], "image_s": [], "rss_mb": [], "anon_mb": [], "hwm_mb": []} for m in MODES}
+
+    def measure(mode: str, proxy: Proxy | None, rnd: int) -> None:
+        sampler = sampled(proxy) if proxy else None
+        token = anonymous_token(up.ca_cert, "library/benchblob")
+        wall, size = curl_blob(blob_url, token, bundle, proxy.url if proxy else None)
+        assert size == blob_bytes, f"{mode}: got {size} bytes of {blob_bytes}"
+        results[mode]["blob_s"].append(wall)
+        results[mode]["image_s"].append(
+            skopeo_pull("docker.io/library/benchimage:1", work / f"pull-{mode}-{rnd}", proxy.url if proxy else None, certs)
+        )
+        if proxy:
+            results[mode]["hwm_mb"].append(proxy.peak_rss_mb())
+            mem = sampler.stop()
+            results[mode]["rss_mb"].append(mem["peak_rss_mb"])
+            results[mode]["anon_mb"].append(mem["peak_anon_mb"])
+            proxy.stop()
+        print(f"bench: round {rnd + 1} {mode}: blob {wall:.2f} s, image {results[mode]['image_s'][-1]:.2f} s"
+              + (f", peak tree RSS {results[mode]['rss_mb'][-1]:.0f} MiB" if proxy else ""), file=sys.stderr)
+
+    for rnd in range(rounds):
+        measure("direct", None, rnd)
+        measure("mitmdump", start("mitmdump", name=f"mitmdump-{rnd}"), rnd)
+        store = work / "stores" / f"round-{rnd}"
+        measure("hubcache-cold", start("hubcache", store, name=f"cold-{rnd}"), rnd)
+        measure("hubcache-warm", start("hubcache", store, name=f"warm-{rnd}"), rnd)
+        shutil.rmtree(store)
+    return results
+
+
+def table_summary(results: dict, blob_bytes: int, args) -> dict:
+    med = {m: {k: (statistics.median(v) if v else None) for k, v in r.items()} for m, r in results.items()}
+    ratios = {
+        "warm_image_time_vs_mitmdump": med["hubcache-warm"]["image_s"] / med["mitmdump"]["image_s"],
+        "warm_blob_throughput_vs_mitmdump": med["mitmdump"]["blob_s"] / med["hubcache-warm"]["blob_s"],
+        "cold_blob_throughput_vs_mitmdump": med["mitmdump"]["blob_s"] / med["hubcache-cold"]["blob_s"],
+        "warm_blob_throughput_vs_direct": med["direct"]["blob_s"] / med["hubcache-warm"]["blob_s"],
+    }
+    return {"blob_bytes": blob_bytes, "image_layers": args.layers, "layer_mib": args.layer_mib,
+            "rounds": args.rounds, "median": med, "ratios": ratios, "raw": results}
+
+
+def _mib(v: float | None) -> str:
+    return "-" if v is None else f"{v:.0f}"
+
+
+def print_table(t: dict) -> None:
+    med = t["median"]
+    print(f"\nblob {t['blob_bytes'] / MiB:.0f} MiB via curl; image {t['image_layers']} x {t['layer_mib']} MiB via skopeo; "
+          f"median of {t['rounds']} rounds; peak tree RSS/anon = summed over the proxy's process tree, "
+          f"VmHWM = the proxy process's own high-water mark")
+    print(f"{'mode':<15}{'blob MB/s':>11}{'blob s':>9}{'image s':>9}{'peak tree RSS MiB':>19}{'peak anon MiB':>15}"
+          f"{'VmHWM MiB':>11}")
+    for m in MODES:
+        r = med[m]
+        print(f"{m:<15}{t['blob_bytes'] / r['blob_s'] / 1e6:>11.0f}{r['blob_s']:>9.2f}{r['image_s']:>9.2f}"
+              f"{_mib(r['rss_mb']):>19}{_mib(r['anon_mb']):>15}{_mib(r['hwm_mb']):>11}")
+    for k, v in t["ratios"].items():
+        print(f"{k:<36}{v:6.2f}")
+
+
+# ----------------------------------------------------------------- extra: concurrency, latency, docker
 
 def extra_measurements(up, work: Path, certs: Path, bundle: Path, confdir: Path, start) -> dict:
     """N concurrent cold pulls of one image, warm manifest latency, and docker daemon pulls."""
@@ -94,6 +246,7 @@ def extra_measurements(up, work: Path, certs: Path, bundle: Path, confdir: Path,
     for n in (1, 4, 16):
         store = work / "stores" / f"conc-{n}"
         hub = start("hubcache", store, name=f"conc-{n}")
+        sampler = sampled(hub)
         (work / "conc").mkdir(parents=True, exist_ok=True)
         mark = up.mark()
         t0 = time.perf_counter()
@@ -104,10 +257,11 @@ def extra_measurements(up, work: Path, certs: Path, bundle: Path, confdir: Path,
         if failed:
             print(f"bench: a concurrent pull failed: {next(p.stderr.read() for p in procs if p.returncode)}", file=sys.stderr)
         wall = time.perf_counter() - t0
+        mem = sampler.stop()
         reqs = up.requests_since(mark)
         gets = sum(1 for r in reqs if r.method == "GET" and ("/manifests/" in r.path or "/blobs/" in r.path or r.host.startswith("production.")))
-        out["concurrent"][n] = {"wall_s": wall, "failed": failed, "upstream_gets": gets,
-                                "objects": objects, "peak_rss_mb": hub.peak_rss_mb()}
+        out["concurrent"][n] = {"wall_s": wall, "failed": failed, "upstream_gets": gets, "objects": objects,
+                                "peak_rss_mb": mem["peak_rss_mb"], "hwm_mb": hub.peak_rss_mb()}
         print(f"bench: {n} concurrent cold pulls: {wall:.2f} s, {gets} upstream GETs for {objects} objects"
               f" (each fetched via registry and CDN), {failed} failed", file=sys.stderr)
         if n == 16:
@@ -150,11 +304,12 @@ def extra_measurements(up, work: Path, certs: Path, bundle: Path, confdir: Path,
 
 def print_extra(extra: dict) -> None:
     print("\nconcurrent cold pulls of one image (4 x 8 MiB layers) through hubcache:")
-    print(f"{'N':>4}{'wall s':>9}{'x single':>10}{'upstream GETs':>15}{'objects':>9}{'failed':>8}{'peak RSS MiB':>14}")
+    print(f"{'N':>4}{'wall s':>9}{'x single':>10}{'upstream GETs':>15}{'objects':>9}{'failed':>8}"
+          f"{'peak tree RSS MiB':>19}{'VmHWM MiB':>11}")
     base = extra["concurrent"][1]["wall_s"]
     for n, r in extra["concurrent"].items():
         print(f"{n:>4}{r['wall_s']:>9.2f}{r['wall_s'] / base:>10.2f}{r['upstream_gets']:>15}{r['objects']:>9}"
-              f"{r['failed']:>8}{r['peak_rss_mb']:>14.0f}")
+              f"{r['failed']:>8}{r['peak_rss_mb']:>19.0f}{r['hwm_mb']:>11.0f}")
     if "warm_manifest_ms" in extra:
         m = extra["warm_manifest_ms"]
         print(f"warm manifest GET by tag, new connection each: p50 {m['p50']:.1f} ms, p99 {m['p99']:.1f} ms")
@@ -164,16 +319,268 @@ def print_extra(extra: dict) -> None:
               + f"; warm/mitmdump {d['hubcache-warm'] / d['mitmdump']:.2f}")
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__)
+# ----------------------------------------------------------------- memory: many big blobs, slow clients
+
+class Download:
+    """`curl URL | reader` through a proxy, started at once; `reader` is sha256sum or `wc -c`.
+
+    curl prints the bytes it received on stderr. Killed by PID in end()."""
+
+    def __init__(self, url: str, token: str, bundle: Path, proxy: str, reader: list[str], rate: str | None) -> None:
+        cmd = ["curl", "-sS", "-f", "-L", "-x", proxy, "--cacert", str(bundle), "-H", f"Authorization: Bearer {token}",
+               "-y", "60", "-Y", "1024",  # a stalled transfer (under 1 KiB/s for 60 s) fails instead of hanging
+               "-o", "-", "-w", "%{stderr}%{size_download}\n", url]
+        if rate:
+            cmd[1:1] = ["--limit-rate", rate]
+        self.curl = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=CLIENT_ENV)
+        try:
+            self.reader = subprocess.Popen(reader, stdin=self.curl.stdout, stdout=subprocess.PIPE, env=CLIENT_ENV)
+        except BaseException:
+            self.curl.kill()
+            self.curl.wait()
+            raise
+        self.curl.stdout.close()  # the reader holds the pipe now
+        self.done_at: float | None = None  # perf_counter() when curl was seen to exit by itself
+
+    def poll(self) -> bool:
+        """True once curl has exited (by itself)."""
+        if self.done_at is None and self.curl.poll() is not None:
+            self.done_at = time.perf_counter()
+        return self.done_at is not None
+
+    def end(self) -> tuple[int, int | None, str]:
+        """Kill curl if it still runs; then (curl's exit code, bytes curl received, reader's output)."""
+        if self.curl.poll() is None:
+            self.curl.kill()
+        rc = self.curl.wait()
+        err = self.curl.stderr.read().decode(errors="replace").strip().splitlines()
+        self.curl.stderr.close()
+        try:
+            out = self.reader.communicate(timeout=30)[0].decode().strip()
+        except subprocess.TimeoutExpired:
+            self.reader.kill()
+            out = self.reader.communicate()[0].decode().strip()
+        size = int(err[-1]) if err and err[-1].isdigit() else None
+        if rc and rc != -9 and err:
+            print(f"bench: curl exited {rc}: {' '.join(err[:-1])[:300]}", file=sys.stderr)
+        return rc, size, out
+
+
+def wait_downloads(downloads: list[Download], deadline: float, abort: threading.Event) -> None:
+    """Until every curl exited, the deadline passed or `abort` was set."""
+    while not all(d.poll() for d in downloads):
+        if time.perf_counter() > deadline or abort.is_set():
+            return
+        time.sleep(0.05)
+
+
+def start_downloads(blobs: list[tuple[str, int]], proxy: Proxy, token: str, bundle: Path, reader: list[str],
+                    rate: str | None = None) -> list[Download]:
+    downloads = []
+    try:
+        for digest, _ in blobs:
+            url = f"https://registry-1.docker.io/v2/{BIG_REPO}/blobs/{digest}"
+            downloads.append(Download(url, token, bundle, proxy.url, reader, rate))
+    except BaseException:
+        for d in downloads:
+            d.end()
+        raise
+    return downloads
+
+
+def fetch_all(proxy: Proxy, blobs: list[tuple[str, int]], token: str, bundle: Path, limit_mib: float) -> dict:
+    """Every blob at once, one curl each, as fast as they go; sizes and sha256 checked."""
+    sampler = sampled(proxy, limit_mib)
+    t0 = time.perf_counter()
+    downloads: list[Download] = []
+    ends = []
+    try:
+        downloads = start_downloads(blobs, proxy, token, bundle, ["sha256sum"])
+        total_mib = sum(size for _, size in blobs) / MiB
+        wait_downloads(downloads, t0 + 60 + total_mib / 5, sampler.over)  # a safety net: 5 MiB/s at least
+    finally:
+        ends = [d.end() for d in downloads]
+        mem = sampler.stop()
+        hwm = proxy.peak_rss_mb()
+    done = [d.done_at - t0 for d in downloads if d.done_at is not None]
+    wall = max(done) if len(done) == len(downloads) else time.perf_counter() - t0
+    received = sum(size or 0 for _, size, _ in ends)
+    verified = sum(1 for (digest, size), (rc, got, out) in zip(blobs, ends)
+                   if rc == 0 and got == size and out.split()[:1] == [digest.split(":", 1)[1]])
+    return {"clients": len(blobs), "wall_s": wall, "mb_s": received / wall / 1e6, "received_bytes": received,
+            "verified": verified, "failed": len(blobs) - verified, "first_done_s": min(done, default=None),
+            "last_done_s": max(done, default=None), "hwm_mb": hwm, **mem}
+
+
+AFTER_KILL_S = 2  # slow clients: sampling goes on this long after they were killed
+
+
+def trickle_all(proxy: Proxy, blobs: list[tuple[str, int]], token: str, bundle: Path, seconds: float, rate: str,
+                limit_mib: float) -> dict:
+    """Every blob at once through slow clients (curl --limit-rate) for `seconds`, then they are killed.
+
+    first_rss_mb is the tree RSS before the clients start, at_kill_rss_mb just before they are killed,
+    last_rss_mb AFTER_KILL_S later."""
+    sampler = sampled(proxy, limit_mib)
+    downloads: list[Download] = []
+    ends = []
+    try:
+        downloads = start_downloads(blobs, proxy, token, bundle, ["wc", "-c"], rate)
+        wait_downloads(downloads, time.perf_counter() + seconds, sampler.over)
+    finally:
+        early = sum(1 for d in downloads if d.poll())
+        at_kill = sampler.last
+        ends = [d.end() for d in downloads]
+        time.sleep(AFTER_KILL_S)  # how the proxy takes its clients' going is in the peak too
+        mem = sampler.stop()
+        hwm = proxy.peak_rss_mb()
+    received = sum(int(out) for _, _, out in ends if out.isdigit())
+    return {"clients": len(blobs), "seconds": seconds, "rate": rate, "received_bytes": received,
+            "exited_early": early, "hwm_mb": hwm, **mem, "at_kill_rss_mb": at_kill}
+
+
+def push_big_blobs(up: Upstream, n: int, mib: int) -> list[tuple[str, int]]:
+    """`n` distinct blobs of `mib` MiB as one-layer images BIG_REPO:0..n-1, pushed two at a time (one
+    builds its layer while the other's skopeo uploads); one repository, so one token reads them all."""
+    def push(i: int) -> tuple[str, int]:
+        info = up.push_image(BIG_REPO, str(i), [(mib * MiB, 5000 + i)])
+        return info.layer_digests[0], info.layer_sizes[0]
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(2) as pool:
+        blobs = list(pool.map(push, range(n)))
+    print(f"bench: pushed {n} x {mib} MiB in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    return blobs
+
+
+def check_disk(work: Path, n: int, mib: int) -> None:
+    """The registry's copy, one store's and two layers being built must fit, with 2 GiB to spare."""
+    need = (2 * n + 2) * mib * MiB + 2 * 1024 * MiB
+    free = shutil.disk_usage(work).free
+    if free < need:
+        raise SystemExit(f"bench: the memory section needs {need / 2**30:.1f} GiB free in {work}, "
+                         f"there are {free / 2**30:.1f}")
+
+
+def memory_section(up: Upstream, work: Path, bundle: Path, start, args) -> dict:
+    check_disk(work, args.big_n, args.big_mib)
+    print(f"bench: pushing {args.big_n} distinct {args.big_mib} MiB blobs", file=sys.stderr)
+    blobs = push_big_blobs(up, args.big_n, args.big_mib)
+    store = work / "stores" / "memory"
+    try:
+        return memory_phases(up, blobs, store, bundle, start, args)
+    finally:
+        shutil.rmtree(store, ignore_errors=True)
+        for digest, _ in blobs:
+            shutil.rmtree(up.blob_file(digest).parent, ignore_errors=True)
+
+
+def memory_phases(up: Upstream, blobs, store: Path, bundle: Path, start, args) -> dict:
+    """Fast clients: mitmdump, hubcache cold (fresh store), warm (same store, new process). Slow
+    clients: hubcache warm (that store), cold (a fresh one), mitmdump."""
+
+    def phase(kind: str, label: str, slow: bool, store_dir: Path | None = None) -> dict:
+        proxy = start(kind, store_dir, name=f"memory-{label}")
+        try:
+            token = anonymous_token(up.ca_cert, BIG_REPO)
+            if slow:
+                r = trickle_all(proxy, blobs, token, bundle, args.slow_seconds, args.slow_rate, args.rss_limit_mib)
+            else:
+                r = fetch_all(proxy, blobs, token, bundle, args.rss_limit_mib)
+        finally:
+            proxy.stop()
+        print_phase(label, r)
+        return r
+
+    fast, slow = {}, {}
+    fast["mitmdump"] = phase("mitmdump", "mitmdump", False)
+    fast["hubcache-cold"] = phase("hubcache", "hubcache-cold", False, store)
+    fast["hubcache-warm"] = phase("hubcache", "hubcache-warm", False, store)
+    slow["hubcache-warm"] = phase("hubcache", "slow-hubcache-warm", True, store)
+    shutil.rmtree(store)
+    slow["hubcache-cold"] = phase("hubcache", "slow-hubcache-cold", True, store)
+    shutil.rmtree(store)
+    slow["mitmdump"] = phase("mitmdump", "slow-mitmdump", True)
+    return {"blob_mib": args.big_mib, "clients": len(blobs), "fast": fast, "slow": slow,
+            "ratios": memory_ratios(fast, slow)}
+
+
+def memory_ratios(fast: dict, slow: dict) -> dict:
+    m, ms = fast["mitmdump"], slow["mitmdump"]
+    return {
+        "cold_throughput_vs_mitmdump": fast["hubcache-cold"]["mb_s"] / m["mb_s"],
+        "warm_throughput_vs_mitmdump": fast["hubcache-warm"]["mb_s"] / m["mb_s"],
+        "cold_peak_rss_vs_mitmdump": fast["hubcache-cold"]["peak_rss_mb"] / m["peak_rss_mb"],
+        "warm_peak_rss_vs_mitmdump": fast["hubcache-warm"]["peak_rss_mb"] / m["peak_rss_mb"],
+        "slow_cold_peak_rss_vs_mitmdump": slow["hubcache-cold"]["peak_rss_mb"] / ms["peak_rss_mb"],
+        "slow_warm_peak_rss_vs_mitmdump": slow["hubcache-warm"]["peak_rss_mb"] / ms["peak_rss_mb"],
+    }
+
+
+def print_phase(label: str, r: dict) -> None:
+    limit = ", STOPPED: tree RSS over --rss-limit-mib" if r["rss_limit_hit"] else ""
+    if "mb_s" in r:
+        print(f"bench: memory {label}: {r['wall_s']:.1f} s, {r['mb_s']:.0f} MB/s, peak tree RSS {r['peak_rss_mb']:.0f} MiB,"
+              f" {r['verified']}/{r['clients']} verified{limit}", file=sys.stderr)
+    else:
+        print(f"bench: memory {label}: peak tree RSS {r['peak_rss_mb']:.0f} MiB, {r['received_bytes'] / 1e6:.0f} MB"
+              f" received, {r['exited_early']} clients exited early{limit}", file=sys.stderr)
+
+
+def print_memory(mem: dict) -> None:
+    n, mib = mem["clients"], mem["blob_mib"]
+    print(f"\n{n} concurrent curl clients, each on its own {mib} MiB blob (sha256 of every body checked);"
+          f" peak tree RSS = summed VmRSS of the proxy's process tree, every 0.1 s")
+    print(f"{'mode':<15}{'wall s':>8}{'MB/s':>7}{'first done s':>14}{'peak tree RSS MiB':>19}{'peak anon MiB':>15}"
+          f"{'VmHWM MiB':>11}{'verified':>10}{'failed':>8}")
+    for m, r in mem["fast"].items():
+        print(f"{m:<15}{r['wall_s']:>8.1f}{r['mb_s']:>7.0f}{r['first_done_s'] or 0:>14.1f}{r['peak_rss_mb']:>19.0f}"
+              f"{r['peak_anon_mb']:>15.0f}{r['hwm_mb']:>11.0f}{r['verified']:>10}{r['failed']:>8}")
+    s = next(iter(mem["slow"].values()))
+    print(f"{n} slow clients (curl --limit-rate {s['rate']}) on the same blobs for {s['seconds']:.0f} s, then killed;"
+          f" tree RSS MiB before they start, peak, when killed, {AFTER_KILL_S} s after:")
+    print(f"{'mode':<15}{'before':>8}{'peak':>7}{'at kill':>9}{'after':>7}{'peak anon':>11}{'VmHWM':>7}"
+          f"{'received MB':>13}{'exited early':>14}")
+    for m, r in mem["slow"].items():
+        print(f"{m:<15}{r['first_rss_mb']:>8.0f}{r['peak_rss_mb']:>7.0f}{r['at_kill_rss_mb']:>9.0f}{r['last_rss_mb']:>7.0f}"
+              f"{r['peak_anon_mb']:>11.0f}{r['hwm_mb']:>7.0f}{r['received_bytes'] / 1e6:>13.0f}{r['exited_early']:>14}")
+    if any(r["rss_limit_hit"] for r in (*mem["fast"].values(), *mem["slow"].values())):
+        print("(a run was stopped early: its tree RSS went over --rss-limit-mib)")
+    for k, v in mem["ratios"].items():
+        print(f"{k:<36}{v:6.2f}")
+
+
+# ----------------------------------------------------------------- main
+
+def parse_args() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--blob-mib", type=int, default=1024, help="size of the single large blob (default 1024)")
     ap.add_argument("--layers", type=int, default=8, help="layers of the multi-layer image (default 8)")
     ap.add_argument("--layer-mib", type=int, default=32, help="size of each of those layers (default 32)")
     ap.add_argument("--rounds", type=int, default=3, help="rounds, each running every mode once (default 3)")
-    ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--workdir", type=Path, default=None, help="default: a temporary directory, removed at the end")
+    ap.add_argument("--only", choices=SECTIONS, help="run only this section")
     ap.add_argument("--skip-extra", action="store_true",
-                    help="only the blob and image table: no concurrency, latency or docker daemon runs")
+                    help="only the blob and image table: no concurrency, latency, docker daemon or memory runs")
+    ap.add_argument("--skip-memory", action="store_true", help="everything but the memory section")
+    ap.add_argument("--big-n", type=int, default=16, help="memory: distinct blobs and clients (default 16)")
+    ap.add_argument("--big-mib", type=int, default=1024, help="memory: size of each of those blobs (default 1024)")
+    ap.add_argument("--slow-rate", default="2M", help="memory: curl --limit-rate of the slow clients (default 2M)")
+    ap.add_argument("--slow-seconds", type=float, default=20, help="memory: how long slow clients run (default 20)")
+    ap.add_argument("--rss-limit-mib", type=float, default=4096,
+                    help="memory: stop a run once the proxy tree's RSS passes this (default 4096)")
     args = ap.parse_args()
+    if args.only:
+        args.sections = (args.only,)
+    elif args.skip_extra:
+        args.sections = ("table",)
+    else:
+        args.sections = tuple(s for s in SECTIONS if not (s == "memory" and args.skip_memory))
+    return args
+
+
+def main() -> int:
+    args = parse_args()
     if why := missing_prerequisites():
         print(f"bench: cannot run: {why}", file=sys.stderr)
         return 2
@@ -181,10 +588,9 @@ def main() -> int:
     up = Upstream(work / "upstream")
     up.start()
     proxies: list[Proxy] = []
+    summary: dict = {"sections": list(args.sections), "extra": {}}
     try:
-        print(f"bench: pushing a {args.blob_mib} MiB blob and a {args.layers} x {args.layer_mib} MiB image", file=sys.stderr)
-        big = up.push_image("library/benchblob", "1", [(args.blob_mib * MiB, 1)])
-        up.push_image("library/benchimage", "1", [(args.layer_mib * MiB, 100 + i) for i in range(args.layers)])
+        blob = push_table_content(up, args)
         from mitmproxy.certs import CertStore
 
         confdir = work / "confdir"
@@ -192,67 +598,32 @@ def main() -> int:
         certs = make_cert_dir(work / "certs", up.ca_cert, confdir / "mitmproxy-ca-cert.pem")
         bundle = work / "bundle.pem"
         bundle.write_bytes(up.ca_cert.read_bytes() + (confdir / "mitmproxy-ca-cert.pem").read_bytes())
-        blob_url = f"https://registry-1.docker.io/v2/library/benchblob/blobs/{big.layer_digests[0]}"
-        blob_bytes = big.layer_sizes[0]
-        results: dict[str, dict[str, list[float]]] = {m: {"blob_s": [], "image_s": [], "rss_mb": [], "anon_mb": []} for m in MODES}
 
         def start(kind: str, store: Path | None = None, name: str = "") -> Proxy:
             p = Proxy(work / "proxies" / name, up.ca_cert, confdir=confdir, kind=kind, store=store).start()
             proxies.append(p)
             return p
 
-        def measure(mode: str, proxy: Proxy | None, rnd: int) -> None:
-            sampler = RssSampler(proxy) if proxy else None
-            token = anonymous_token(up.ca_cert, "library/benchblob")
-            wall, size = curl_blob(blob_url, token, bundle, proxy.url if proxy else None)
-            assert size == blob_bytes, f"{mode}: got {size} bytes of {blob_bytes}"
-            results[mode]["blob_s"].append(wall)
-            results[mode]["image_s"].append(
-                skopeo_pull("docker.io/library/benchimage:1", work / f"pull-{mode}-{rnd}", proxy.url if proxy else None, certs)
-            )
-            if proxy:
-                results[mode]["rss_mb"].append(proxy.peak_rss_mb())
-                results[mode]["anon_mb"].append(sampler.stop())
-                proxy.stop()
-            print(f"bench: round {rnd + 1} {mode}: blob {wall:.2f} s, image {results[mode]['image_s'][-1]:.2f} s"
-                  + (f", peak RSS {results[mode]['rss_mb'][-1]:.0f} MiB" if proxy else ""), file=sys.stderr)
-
-        extra = {}
-        if not args.skip_extra:
-            extra = extra_measurements(up, work, certs, bundle, confdir, start)
-        for rnd in range(args.rounds):
-            measure("direct", None, rnd)
-            measure("mitmdump", start("mitmdump", name=f"mitmdump-{rnd}"), rnd)
-            store = work / "stores" / f"round-{rnd}"
-            measure("hubcache-cold", start("hubcache", store, name=f"cold-{rnd}"), rnd)
-            measure("hubcache-warm", start("hubcache", store, name=f"warm-{rnd}"), rnd)
-            shutil.rmtree(store)
+        if "extra" in args.sections:
+            summary["extra"] = extra_measurements(up, work, certs, bundle, confdir, start)
+        if "table" in args.sections:
+            results = table_rounds(up, work, certs, bundle, start, blob, args.rounds)
+            summary.update(table_summary(results, blob[1], args))
+        if "memory" in args.sections:
+            summary["memory"] = memory_section(up, work, bundle, start, args)
     finally:
         for p in proxies:
             p.stop()
         up.stop()
+        if args.workdir is None:
+            shutil.rmtree(work, ignore_errors=True)
 
-    med = {m: {k: (statistics.median(v) if v else None) for k, v in r.items()} for m, r in results.items()}
-    print(f"\nblob {blob_bytes / MiB:.0f} MiB via curl; image {args.layers} x {args.layer_mib} MiB via skopeo; "
-          f"median of {args.rounds} rounds; peak RSS = VmHWM of the proxy process")
-    print(f"{'mode':<15}{'blob MB/s':>11}{'blob s':>9}{'image s':>9}{'peak RSS MiB':>14}{'peak anon MiB':>15}")
-    for m in MODES:
-        r = med[m]
-        rss = f"{r['rss_mb']:.0f}" if r["rss_mb"] is not None else "-"
-        anon = f"{r['anon_mb']:.0f}" if r["anon_mb"] is not None else "-"
-        print(f"{m:<15}{blob_bytes / r['blob_s'] / 1e6:>11.0f}{r['blob_s']:>9.2f}{r['image_s']:>9.2f}{rss:>14}{anon:>15}")
-    ratios = {
-        "warm_image_time_vs_mitmdump": med["hubcache-warm"]["image_s"] / med["mitmdump"]["image_s"],
-        "warm_blob_throughput_vs_mitmdump": med["mitmdump"]["blob_s"] / med["hubcache-warm"]["blob_s"],
-        "cold_blob_throughput_vs_mitmdump": med["mitmdump"]["blob_s"] / med["hubcache-cold"]["blob_s"],
-        "warm_blob_throughput_vs_direct": med["direct"]["blob_s"] / med["hubcache-warm"]["blob_s"],
-    }
-    for k, v in ratios.items():
-        print(f"{k:<36}{v:6.2f}")
-    if extra:
-        print_extra(extra)
-    summary = {"extra": extra, "blob_bytes": blob_bytes, "image_layers": args.layers, "layer_mib": args.layer_mib,
-               "rounds": args.rounds, "median": med, "ratios": ratios, "raw": results}
+    if "table" in args.sections:
+        print_table(summary)
+    if summary.get("extra"):
+        print_extra(summary["extra"])
+    if "memory" in summary:
+        print_memory(summary["memory"])
     print(json.dumps(summary))
     return 0
 
