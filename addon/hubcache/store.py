@@ -32,7 +32,7 @@ log = logging.getLogger("hubcache.store")
 CHUNK_SIZE = 256 * 1024  # large enough for few keys, small enough to keep LMDB's free list healthy
 BATCH_BYTES = 4 * 1024 * 1024  # chunks written per transaction (each concurrent miss holds up to this)
 EVICT_TO = 0.9  # after eviction, content is at most this share of the cap
-RELEASE_EVERY = 16 * 1024 * 1024  # bytes read or written between giving mapped pages back
+RELEASE_EVERY = 16 * 1024 * 1024  # bytes read or written (by all threads together) between giving mapped pages back
 T = TypeVar("T")
 
 
@@ -172,6 +172,7 @@ class Store:
         self._pin_lock = threading.Lock()
         self._touched: dict[str, int] = {}
         self._touch_lock = threading.Lock()
+        self._since_release = 0
         self._mapping: tuple[int, list[tuple[int, int]]] = (0, [])  # (map size, address ranges)
 
     def close(self) -> None:
@@ -210,6 +211,16 @@ class Store:
 
     def map_size(self) -> int:
         return self._env.info()["map_size"]
+
+    def _touched_pages(self, n: int) -> None:
+        """Count bytes of the map touched; past RELEASE_EVERY, by all readers and writers
+        together, give the pages back (a per-reader count would let N readers hold N times it)."""
+        with self._touch_lock:
+            self._since_release += n
+            if self._since_release < RELEASE_EVERY:
+                return
+            self._since_release = 0
+        self.release_pages()
 
     def release_pages(self) -> None:
         """Unmap data.mdb pages this process touched (see pages.py); RSS stays flat."""
@@ -357,7 +368,6 @@ class Store:
         try:
             self.touch(info.digest)
             pos = start
-            since_release = 0
             while pos < end:
                 index, offset = divmod(pos, info.chunk_size)
                 key = _chunk_key(info.blob_id, index)
@@ -369,10 +379,7 @@ class Store:
                     if write is not None:
                         write(piece)
                 pos += len(piece)
-                since_release += len(piece)
-                if since_release >= RELEASE_EVERY:
-                    self.release_pages()
-                    since_release = 0
+                self._touched_pages(len(piece))
                 yield None if write is not None else piece
         finally:
             self._unpin(info.digest)
@@ -396,11 +403,14 @@ class Store:
         ids = self._read(lambda txn: [k for k, _ in txn.cursor(db=self._pending)])
         for blob_id in ids:
             self._write(lambda txn, b=blob_id: self._drop_chunks(txn, b))
+            self.release_pages()
         if ids:
             log.info("store: removed %d interrupted blob writes", len(ids))
         return len(ids)
 
     def _drop_chunks(self, txn: lmdb.Transaction, blob_id: bytes) -> None:
+        """Delete a blob's chunks. Freeing their overflow pages reads them through the map:
+        callers give the pages back afterwards (release_pages)."""
         cur = txn.cursor(db=self._chunks)
         if cur.set_range(blob_id):
             while cur.key()[:8] == blob_id:
@@ -512,6 +522,7 @@ class Store:
         for blob_id in self._read(orphans):
             report["orphan_chunks"] += 1
             self._write(lambda txn, b=blob_id: self._drop_chunks(txn, b))
+            self.release_pages()
 
         def total(txn: lmdb.Transaction) -> None:
             size = sum(json.loads(v)["size"] for _, v in txn.cursor(db=self._blobs))
@@ -552,6 +563,7 @@ class Store:
             txn.delete(key, db=self._repos)
 
         self._write(op)
+        self.release_pages()
         log.info("store: evicted %s", digest)
 
 
@@ -641,8 +653,7 @@ class BlobWriter:
 
         store._write(op)
         self._registered = True
-        if batch:
-            store.release_pages()
+        store._touched_pages(sum(len(c) for _, c in batch))
 
     def commit(self) -> None:
         """Verify and publish. Raises DigestMismatch (and drops everything) when the bytes are wrong."""
@@ -695,6 +706,7 @@ class BlobWriter:
         self._batch_bytes = 0
         if self._registered:
             self.store._write(lambda txn: self.store._drop_chunks(txn, self.blob_id))
+            self.store.release_pages()
             self._registered = False
 
 
