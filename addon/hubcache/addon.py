@@ -8,6 +8,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
+import ssl
+import tempfile
 import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
@@ -16,10 +19,12 @@ from functools import partial
 from urllib.parse import urljoin, urlsplit
 
 import lmdb
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from mitmproxy import ctx, exceptions, http
 
 from . import access, dockerhub, fetch, options, policy, responses, routes, tokens, upstream
-from .blobserver import PATH_PREFIX, BlobServer
+from .blobserver import DIRECT_HOST, BlobServer
 from .dockerhub import DockerHub
 from .flights import Flight, Flights
 from .metrics import Metrics
@@ -53,6 +58,7 @@ class _State:
     repository: str = ""
     local_stream: bool = False  # answered by the blob server
     flight: Flight | None = None  # the download this blob miss follows
+    direct_bytes: int = 0  # redirected to the blob server's TLS listener: the size it sends
     note: str = ""
     logged: bool = False
     account: str = ""  # the pool account (or "anonymous") hubcache sent this upstream as; "" = the client's own
@@ -92,7 +98,7 @@ class HubCache:
                 self.store = Store(ctx.options.hubcache_store, max_size=max_size)
             except (StoreError, OSError) as e:
                 raise exceptions.OptionsError(f"hubcache_store: {e}") from e
-            self.blobserver = BlobServer(self.store, self.flights.wait)
+            self.blobserver = BlobServer(self.store, self.flights.wait, _direct_tls())
             log.info("hubcache: store %s (%d MiB in use)", ctx.options.hubcache_store, self.store.size() >> 20)
         if self.store:
             self.store.max_size = max_size
@@ -172,6 +178,9 @@ class HubCache:
         req = flow.request
         if req.scheme != "https":  # never answer for, or send a token over, plain HTTP
             return
+        if req.host.lower() == DIRECT_HOST and self.blobserver:  # intercepted after all (allow_hosts set so)
+            req.scheme, req.data.host, req.data.port = "http", "127.0.0.1", self.blobserver.port
+            return
         route = routes.classify(req.host, req.method, req.path, **self._hosts)
         if route is None:
             return
@@ -197,6 +206,12 @@ class HubCache:
         if not data.server.address or not self._hosts:
             return
         host, port = data.server.address[0], data.server.address[1]
+        if host.lower() == DIRECT_HOST:  # a redirected client's tunnel: to the blob server's TLS listener
+            if self.blobserver and self.blobserver.tls_port:
+                data.server.address = ("127.0.0.1", self.blobserver.tls_port)
+            else:
+                data.server.error = f"{DIRECT_HOST} is served only while hubcache's TLS listener runs"
+            return
         if self.dockerhub.health_key(host) != dockerhub.REGISTRY and host.lower() not in self._hosts["auth_hosts"] | self._hosts["cdn_hosts"]:
             return
         if why := self.dockerhub.unavailable(host):
@@ -513,7 +528,7 @@ class HubCache:
             self._no_room[st.digest] = time.monotonic() + NO_ROOM_SECONDS
             await self._unstored(flow, st, cdn)
         elif head.status == 200:
-            self._point_at_blobserver(flow, st, st.digest, head.blob_id)
+            self._hand_out(flow, st, st.digest, head.size, head.blob_id)
         elif head.status == 0:
             self._refuse_miss(flow, st, head.error)
         else:  # upstream's own answer (401, 404, 429...), as upstream gave it
@@ -550,8 +565,9 @@ class HubCache:
             elif f.failure.startswith("not stored"):
                 self._no_room[digest] = time.monotonic() + NO_ROOM_SECONDS
                 log.warning("hubcache: %s %s", digest, f.failure)
-            else:
-                log.warning("hubcache: download of %s failed: %s", digest, f.failure)
+            else:  # the log's outcome words: rejected (bytes did not match), error (no complete transfer)
+                log.warning("hubcache: %-11s download of blob %s %s failed: %s", "rejected" if f.rejected else "error",
+                            st.repository, digest, f.failure)
 
         flight = Flight(
             digest, opener, lambda size: store.begin_blob(digest, size, seen), owner=owner, room=store.room_for,
@@ -564,17 +580,26 @@ class HubCache:
         if flow.request.method == "HEAD":
             flow.response = responses.blob_head(info)
             return
-        self._point_at_blobserver(flow, st, info.digest)
+        self._hand_out(flow, st, info.digest, info.size)
 
-    def _point_at_blobserver(self, flow: http.HTTPFlow, st: _State, digest: str, pending: bytes = b"") -> None:
-        """mitmproxy streams the loopback blob server's answer to the client: the blob from the
-        store, or (`pending`: the blob id of a download under way) its bytes as they arrive."""
+    def _hand_out(self, flow: http.HTTPFlow, st: _State, digest: str, size: int, pending: bytes = b"") -> None:
+        """Have the blob server send a blob: from the store, or (`pending`: the blob id of a
+        download under way) its bytes as they arrive. A large one by a redirect to the TLS
+        listener, which mitmproxy only tunnels; else through mitmproxy, which streams the plain
+        listener's answer to the client."""
         assert self.blobserver
+        path = self.blobserver.path(digest, pending)
+        least = options.direct_min(ctx.options.hubcache_direct_min)
+        if self.blobserver.tls_port and least is not None and size >= max(least, 1):
+            flow.response = http.Response.make(307, b"", {"Location": f"https://{DIRECT_HOST}{path}",
+                                                          "Docker-Content-Digest": digest})
+            st.direct_bytes = size
+            return
         req = flow.request
         req.scheme = "http"
         req.data.host = "127.0.0.1"
         req.data.port = self.blobserver.port
-        req.path = PATH_PREFIX + digest + (f"?pending={pending.hex()}" if pending else "")
+        req.path = path
         st.local_stream = True
 
     async def _miss(self, flow: http.HTTPFlow, st: _State) -> None:
@@ -735,8 +760,8 @@ class HubCache:
         if flow.response is not None and not flow.error and flow.request.method == "GET":
             length = flow.response.headers.get("content-length", "")
             source = "store" if st.outcome in ("hit", "revalidated", "stale") else "upstream" if st.outcome == "miss" else ""
-            if source and length.isdigit():
-                self.metrics.bytes.labels(source).inc(int(length))
+            if source and (st.direct_bytes or length.isdigit()):
+                self.metrics.bytes.labels(source).inc(st.direct_bytes or int(length))
         route = st.route
         status = flow.response.status_code if flow.response and not flow.error else "-"
         what = " ".join(x for x in (route.kind.value, route.repository or st.repository, route.reference or st.digest) if x)
@@ -749,6 +774,26 @@ class HubCache:
 
 _NOT_RELAYED = {"connection", "keep-alive", "transfer-encoding", "content-length", "content-encoding", "te",
                 "trailer", "upgrade", "set-cookie"}
+
+
+def _direct_tls() -> ssl.SSLContext | None:
+    """The TLS listener's context: a certificate for DIRECT_HOST from mitmproxy's own CA, which
+    the clients trust already. None when mitmproxy has no CA loaded (tests without a master)."""
+    try:
+        certstore = ctx.master.addons.get("tlsconfig").certstore
+        entry = certstore.get_cert(DIRECT_HOST, [x509.DNSName(DIRECT_HOST)])
+    except AttributeError:
+        return None
+    key = entry.privatekey.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+                                         serialization.NoEncryption())
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.set_alpn_protocols(["http/1.1"])
+    with tempfile.TemporaryDirectory() as d:  # ssl loads keys from files only; private dir, gone at once
+        pem = os.path.join(d, "direct.pem")
+        with open(os.open(pem, os.O_WRONLY | os.O_CREAT, 0o600), "wb") as f:
+            f.write(entry.cert.to_pem() + key)
+        context.load_cert_chain(pem)
+    return context
 
 
 def _owner(flow: http.HTTPFlow, st: _State) -> str:

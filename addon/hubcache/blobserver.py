@@ -1,17 +1,27 @@
-"""A loopback HTTP server inside the proxy process that serves blob hits from the store.
+"""Loopback servers inside the proxy process that serve blobs from the store.
 
-mitmproxy's `Response.make` needs the whole body in memory; instead the addon points a hit's flow
-at this server and mitmproxy streams the answer like any upstream response (memory stays flat).
-Each connection gets a thread; reads are short LMDB read transactions, one per chunk.
-It also serves blobs still being downloaded (flights.py), following their bytes into the store.
+mitmproxy's `Response.make` needs the whole body in memory; instead the addon points a blob's
+flow at the plain listener and mitmproxy streams the answer like any upstream response (memory
+stays flat). Larger blobs go faster by the TLS listener: the client is redirected to DIRECT_HOST,
+which mitmproxy does not intercept but only tunnels (the addon's server_connect hook sends that
+tunnel here), so TLS towards the client is done by OpenSSL on this server's threads instead of
+twice in Python on mitmproxy's event loop. Its certificate is made by mitmproxy's CA.
+
+Each connection gets a thread; reads are short LMDB read transactions, one per chunk. Blobs still
+being downloaded (flights.py) are served by following their bytes into the store. Every URL is
+signed by the addon and expires: nobody else on the host can read the store through these ports.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import logging
+import os
 import re
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -25,6 +35,9 @@ log = logging.getLogger("hubcache")
 
 PATH_PREFIX = "/_hubcache/blobs/"  # + digest; "?pending=<blob id hex>" for one still downloading
 SEND_BUFFER = 4 * 1024 * 1024
+DIRECT_HOST = "blobs.hubcache.invalid"  # never resolves: only the proxy knows where it is
+URL_TTL = 600  # seconds a signed blob URL is good for
+TLS_TIMEOUT = 60  # seconds a TLS client may take for its handshake or between reads
 IDLE_LIMIT = 300  # seconds without progress after which a follower gives up on a download
 WAIT_SLICE = 0.05  # a follower re-checks the store at least this often
 _RANGE_RE = re.compile(r"bytes=(\d*)-(\d*)")
@@ -84,6 +97,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _serve(self, send_body: bool) -> None:
         path, _, query = self.path.partition("?")
         digest = path[len(PATH_PREFIX) :] if path.startswith(PATH_PREFIX) else ""
+        if not self.server.signed(digest, query):
+            self._error(403, "DENIED", "this blob URL is not hubcache's, or it expired", send_body)
+            return
         pending = parse_qs(query).get("pending", [""])[0]
         try:
             blob_id = bytes.fromhex(pending)
@@ -168,6 +184,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send(self, info: BlobInfo, start: int, end: int) -> None:
         sock = self.connection
+        if isinstance(sock, ssl.SSLSocket):  # OpenSSL encrypts a copy, outside the transaction
+            for piece in self.server.store.read_blob(info, start, end):
+                sock.sendall(piece)
+            return
         leftover: list[bytes] = []
 
         def write(piece: memoryview) -> None:
@@ -191,17 +211,61 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     store: Store
     wait: Callable[[str, float], None]  # (digest, timeout): until a download makes progress
+    signed: Callable[[str, str], bool]  # (digest, query): a URL the addon made, not expired
+
+
+class _TLSServer(_Server):
+    def __init__(self, address, handler, context: ssl.SSLContext) -> None:
+        self.context = context
+        super().__init__(address, handler)
+
+    def finish_request(self, request, client_address) -> None:  # on the connection's own thread
+        try:
+            request.settimeout(TLS_TIMEOUT)
+            conn = self.context.wrap_socket(request, server_side=True)
+        except (OSError, ssl.SSLError) as e:
+            log.debug("hubcache: TLS handshake with a blob client failed: %s", e)
+            return
+        try:
+            self.RequestHandlerClass(conn, client_address, self)
+        finally:
+            conn.close()
 
 
 class BlobServer:
-    def __init__(self, store: Store, wait: Callable[[str, float], None] | None = None) -> None:
-        self._server = _Server(("127.0.0.1", 0), _Handler)
-        self._server.store = store
-        self._server.wait = wait or (lambda digest, timeout: time.sleep(min(timeout, 0.02)))
-        self.port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, name="hubcache-blobserver", daemon=True)
-        self._thread.start()
+    """The plain listener (`port`, for flows mitmproxy forwards) and, given a TLS context, the
+    TLS listener (`tls_port`, for clients redirected to DIRECT_HOST)."""
+
+    def __init__(self, store: Store, wait: Callable[[str, float], None] | None = None,
+                 tls: ssl.SSLContext | None = None) -> None:
+        self._secret = os.urandom(32)
+        self._servers: list[_Server] = [_Server(("127.0.0.1", 0), _Handler)]
+        if tls is not None:
+            self._servers.append(_TLSServer(("127.0.0.1", 0), _Handler, tls))
+        for server in self._servers:
+            server.store = store
+            server.wait = wait or (lambda digest, timeout: time.sleep(min(timeout, 0.02)))
+            server.signed = self._valid
+            threading.Thread(target=server.serve_forever, name="hubcache-blobserver", daemon=True).start()
+        self.port = self._servers[0].server_address[1]
+        self.tls_port = self._servers[1].server_address[1] if tls is not None else 0
+
+    def path(self, digest: str, pending: bytes = b"") -> str:
+        """A signed path for `digest` (`pending`: the blob id of its download under way)."""
+        query = f"exp={int(time.time()) + URL_TTL}" + (f"&pending={pending.hex()}" if pending else "")
+        return f"{PATH_PREFIX}{digest}?{query}&sig={self._sign(digest, query)}"
+
+    def _sign(self, digest: str, query: str) -> str:
+        return hmac.new(self._secret, f"{digest}?{query}".encode(), hashlib.sha256).hexdigest()[:32]
+
+    def _valid(self, digest: str, query: str) -> bool:
+        signed, _, sig = query.rpartition("&sig=")
+        if not hmac.compare_digest(sig, self._sign(digest, signed)):
+            return False
+        exp = parse_qs(signed).get("exp", ["0"])[0]
+        return exp.isdigit() and int(exp) >= time.time()
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        for server in self._servers:
+            server.shutdown()
+            server.server_close()

@@ -26,6 +26,11 @@ def parse_size(value: str) -> int:
     return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
 
 
+def direct_min(value: str) -> int | None:
+    """hubcache_direct_min: bytes, or None for off."""
+    return None if value.strip().lower() == "off" else parse_size(value)
+
+
 def parse_time(value: str) -> float | None:
     """'' -> None; '2026-11-27T10:00:00Z' (UTC; seconds optional) or epoch seconds -> epoch seconds."""
     value = value.strip()
@@ -53,6 +58,8 @@ def allow_hosts_pattern(hosts: Sequence[str], suffixes: Sequence[str] = ()) -> s
 def load(loader) -> None:
     add = loader.add_option
     add("hubcache_store", str, os.path.join(DEFAULT_HOME, "store"), "Directory of hubcache's LMDB store.")
+    add("hubcache_direct_min", str, "2m", "Blobs of at least this size are sent by hubcache's own TLS listener through a plain tunnel "
+        "(the client is redirected to " + "blobs.hubcache.invalid" + "): faster than mitmproxy's TLS. off: never.")
     add("hubcache_max_size", str, "0", "Size cap of the store (e.g. 50g); least recently used content is evicted. 0: no cap.")
     add("hubcache_tag_ttl", int, 300, "Seconds a tag's manifest is served without asking upstream; after that it is revalidated with a HEAD.")
     add("hubcache_registry_hosts", Sequence[str], list(REGISTRY_HOSTS), "Registry host names served by hubcache (all one registry).")
@@ -79,6 +86,11 @@ def check(opts) -> int:
         max_size = parse_size(opts.hubcache_max_size)
     except ValueError as e:
         raise exceptions.OptionsError(f"hubcache_max_size: {e}") from e
+    if opts.hubcache_direct_min.strip().lower() != "off":
+        try:
+            parse_size(opts.hubcache_direct_min)
+        except ValueError as e:
+            raise exceptions.OptionsError(f"hubcache_direct_min: {e} (or off)") from e
     if opts.hubcache_tag_ttl < 0:
         raise exceptions.OptionsError(f"hubcache_tag_ttl must be >= 0, not {opts.hubcache_tag_ttl}")
     if opts.hubcache_metrics_listen and not re.fullmatch(r"[^\s:]*:\d{1,5}", opts.hubcache_metrics_listen):

@@ -39,19 +39,55 @@ def test_serves_blob_and_ranges(tmp_path):
     srv = BlobServer(s)
     try:
         conn = http.client.HTTPConnection("127.0.0.1", srv.port)
-        conn.request("GET", PATH_PREFIX + d)
+        conn.request("GET", srv.path(d))
         r = conn.getresponse()
         assert (r.status, r.getheader("Docker-Content-Digest"), r.read()) == (200, d, data)
-        conn.request("GET", PATH_PREFIX + d, headers={"Range": "bytes=300000-"})
+        conn.request("GET", srv.path(d), headers={"Range": "bytes=300000-"})
         r = conn.getresponse()
         assert (r.status, r.read()) == (206, data[300000:])
-        conn.request("GET", PATH_PREFIX + "sha256:" + "0" * 64)
+        conn.request("GET", srv.path("sha256:" + "0" * 64))
         r = conn.getresponse()
         assert r.status == 404 and b"BLOB_UNKNOWN" in r.read()
-        conn.request("GET", PATH_PREFIX + "../../etc/passwd")
+        for unsigned in (PATH_PREFIX + d, PATH_PREFIX + "../../etc/passwd", srv.path(d).replace("exp=", "exp=9")):
+            conn.request("GET", unsigned)  # not a URL hubcache made (or one altered): nothing from the store
+            r = conn.getresponse()
+            assert r.status == 403 and b"DENIED" in r.read()
+    finally:
+        srv.stop()
+        s.close()
+
+
+def test_tls_listener_serves_signed_urls_with_a_certificate_of_the_proxy_ca(tmp_path):
+    import ssl
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from mitmproxy.certs import CertStore
+
+    from hubcache.blobserver import DIRECT_HOST
+
+    s = Store(tmp_path / "s")
+    data = os.urandom(3 << 20)
+    d = "sha256:" + hashlib.sha256(data).hexdigest()
+    w = s.begin_blob(d, len(data), "r")
+    w.write(data)
+    w.commit()
+    cs = CertStore.from_store(tmp_path / "ca", "mitmproxy", 2048)
+    entry = cs.get_cert(DIRECT_HOST, [x509.DNSName(DIRECT_HOST)])
+    pem = tmp_path / "direct.pem"
+    pem.write_bytes(entry.cert.to_pem() + entry.privatekey.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()))
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(pem)
+    srv = BlobServer(s, tls=server_ctx)
+    try:
+        client_ctx = ssl.create_default_context(cafile=str(tmp_path / "ca" / "mitmproxy-ca-cert.pem"))
+        raw = __import__("socket").create_connection(("127.0.0.1", srv.tls_port))
+        conn = http.client.HTTPSConnection(DIRECT_HOST, context=client_ctx)
+        conn.sock = client_ctx.wrap_socket(raw, server_hostname=DIRECT_HOST)  # verified as DIRECT_HOST
+        conn.request("GET", srv.path(d))
         r = conn.getresponse()
-        assert r.status == 404
-        r.read()
+        assert (r.status, r.read()) == (200, data)
     finally:
         srv.stop()
         s.close()

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from hubcache.blobserver import PATH_PREFIX, BlobServer
+from hubcache.blobserver import BlobServer
 from hubcache.flights import Flight, Flights
 from hubcache.store import Store
 from hubcache.upstream import UpstreamError
@@ -113,7 +113,7 @@ def test_followers_get_bytes_as_they_arrive_and_the_end_only_when_verified(serve
         flight = start(store, flights, digest, resp)
         head = await flight.head()
         assert head.status == 200 and head.size == len(data)
-        path = f"{PATH_PREFIX}{digest}?pending={head.blob_id.hex()}"
+        path = server.path(digest, head.blob_id)
         first = Follower(server.port, path)
         for _ in range(8):  # 2 MiB of 3
             resp.released.release()
@@ -142,7 +142,7 @@ def test_a_download_that_does_not_match_its_digest_cuts_every_follower_short(ser
         resp = ScriptedResponse(200, tampered, gated=True)
         flight = start(store, flights, digest, resp)
         head = await flight.head()
-        followers = [Follower(server.port, f"{PATH_PREFIX}{digest}?pending={head.blob_id.hex()}") for _ in range(3)]
+        followers = [Follower(server.port, server.path(digest, head.blob_id)) for _ in range(3)]
         for _ in range(8):
             resp.released.release()
         for f in followers:
@@ -165,7 +165,7 @@ def test_a_broken_transfer_reaches_followers_and_leaves_nothing(served):
         resp = ScriptedResponse(200, data, gated=True, fail_at=1 * MiB)
         flight = start(store, flights, digest, resp)
         head = await flight.head()
-        f = Follower(server.port, f"{PATH_PREFIX}{digest}?pending={head.blob_id.hex()}")
+        f = Follower(server.port, server.path(digest, head.blob_id))
         for _ in range(4):
             resp.released.release()
         wait_for(lambda: len(f.got) >= 512 * 1024)
