@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlencode, urlsplit
 
+from .blobserver import DIRECT_HOST
+
 REGISTRY = "registry-1.docker.io"
 DEFAULT_PROXY = "http://127.0.0.1:3128"
 DEFAULT_IMAGE = "library/hello-world:latest"
@@ -216,7 +218,7 @@ def judge_docker(env: dict[str, str] | None, source: str, proxies: dict[str, str
         return Check(name, False, f"no HTTPS_PROXY in {source} and no proxies in daemon.json",
                      f"add the systemd drop-in /etc/systemd/system/docker.service.d/http-proxy.conf "
                      f"({GUIDE}), then `{restart}`")
-    for host in (REGISTRY, "docker.io"):
+    for host in (REGISTRY, "docker.io", DIRECT_HOST):  # DIRECT_HOST: where large blob downloads are redirected
         if entry := no_proxy_match(no, host):
             return Check(name, False, f"{where} is {https}, but NO_PROXY entry {entry!r} sends {host} around it",
                          f"remove {entry!r} from NO_PROXY, then `{restart}`")

@@ -36,7 +36,8 @@ class CDNHandler(httpsd.LoggedHandler):
             return {}
         parts = path.rstrip("/").split("/")
         hexd = parts[-2] if len(parts) >= 2 else ""
-        return json.loads(self.faults.read_text() or "{}").get(hexd, {})
+        faults = json.loads(self.faults.read_text() or "{}")
+        return faults.get(hexd, faults.get("*", {}))  # "*": every blob (e.g. a rate)
 
     def do_HEAD(self):
         self.do_GET()
@@ -86,7 +87,7 @@ class CDNHandler(httpsd.LoggedHandler):
                 if fault.get("length_delta", 0) < 0:
                     cut = end - start + fault["length_delta"]
                 first = end if cut is None else min(end, start + cut)
-                sent = self._stream(f, start, first)
+                sent = self._stream(f, start, first, fault.get("rate"))
                 if "stall_at" in fault:
                     time.sleep(fault.get("stall_seconds", 30))
                     if fault.get("resume") and sent == first - start:
@@ -95,10 +96,12 @@ class CDNHandler(httpsd.LoggedHandler):
                         self.close_connection = True
             self.record(status, sent, complete=sent == end - start or self.command == "HEAD")
 
-    def _stream(self, f, start: int, end: int) -> int:
-        """Copy [start, end) to the client; returns bytes sent (less if it hung up)."""
+    def _stream(self, f, start: int, end: int, rate: float | None = None) -> int:
+        """Copy [start, end) to the client, at most `rate` bytes/s when given (an internet
+        link rather than loopback); returns bytes sent (less if it hung up)."""
         f.seek(start)
         sent = 0
+        t0 = time.monotonic()
         try:
             while sent < end - start:
                 chunk = f.read(min(CHUNK, end - start - sent))
@@ -106,6 +109,8 @@ class CDNHandler(httpsd.LoggedHandler):
                     break  # file shrank under us (a test tampering with it)
                 self.wfile.write(chunk)
                 sent += len(chunk)
+                if rate and (ahead := sent / rate - (time.monotonic() - t0)) > 0:
+                    time.sleep(ahead)
         except (ConnectionError, TimeoutError, OSError):
             self.close_connection = True
         if sent < end - start:

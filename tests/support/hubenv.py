@@ -411,6 +411,16 @@ class Upstream:
             self.cdn_faults.write_text("{}")
 
     @contextlib.contextmanager
+    def cdn_rate(self, bytes_per_second: float):
+        """While inside, the CDN sends every blob at most this fast per connection: a runner's
+        internet link to Docker Hub's CDN instead of loopback."""
+        self.cdn_faults.write_text(json.dumps({"*": {"rate": bytes_per_second}}))
+        try:
+            yield
+        finally:
+            self.cdn_faults.write_text("{}")
+
+    @contextlib.contextmanager
     def manifest_fault(self, reference: str, **fault):
         """While inside, the registry host misbehaves on manifest GETs of `reference` (a tag or a
         digest), with the faults of cdn_fault (applied by the front, hubfront.py)."""

@@ -115,6 +115,11 @@ def test_judge_docker_no_proxy_covering_hub_fails():
     assert c.ok is False and "'.docker.io'" in c.detail and "remove '.docker.io'" in c.fix
 
 
+def test_judge_docker_no_proxy_covering_the_blob_redirect_host_fails():
+    c = doctor.judge_docker({"HTTPS_PROXY": "http://hub:3128", "NO_PROXY": "localhost,.invalid"}, "env", None, "http://hub:3128")
+    assert c.ok is False and "blobs.hubcache.invalid" in c.detail and "remove '.invalid'" in c.fix
+
+
 def test_judge_docker_daemon_json_wins_over_environment():
     c = doctor.judge_docker({"HTTPS_PROXY": "http://old:3128"}, "env", {"https-proxy": "http://hub:3128"}, "http://hub:3128")
     assert c.ok is True and "daemon.json" in c.detail and "http://hub:3128" in c.detail
