@@ -10,6 +10,8 @@ Sections (all by default; --only picks one, --skip-extra keeps only the table):
   extra   1/4/16 concurrent cold pulls, warm manifest latency, docker daemon pulls
   memory  16 concurrent clients on 16 distinct 1 GiB blobs (mitmdump, hubcache cold, warm), then
           16 slow clients (curl --limit-rate) on them: peak RSS of the proxy's whole process tree
+  load    50 clients for 60 s mixing hits, misses (groups asking for one cold image at once), HEADs
+          and tags, every body's sha256 checked; `hubcache verify` on the store afterwards
 
 Every peak RSS is the summed VmRSS of the proxy process and all its descendants, sampled every
 0.1 s; VmHWM of the proxy process itself is reported beside it.
@@ -41,7 +43,7 @@ from support.proxy import Proxy  # noqa: E402
 
 MiB = 1 << 20
 MODES = ("direct", "mitmdump", "hubcache-cold", "hubcache-warm")
-SECTIONS = ("table", "extra", "memory")
+SECTIONS = ("table", "extra", "memory", "load")
 CLIENT_ENV = {"PATH": "/usr/bin:/bin"}  # no proxy variables: curl gets its proxy with -x
 BIG_REPO = "library/benchbig"
 
@@ -585,6 +587,59 @@ def print_memory(mem: dict) -> None:
 
 # ----------------------------------------------------------------- main
 
+# ----------------------------------------------------------------- load: many clients, every answer checked
+
+def load_section(up: Upstream, work: Path, start, args) -> dict:
+    """The load of tests/e2e/test_load.py (stored images, images pulled for the first time by groups
+    of clients at once, HEADs, tags), timed, with every body's sha256 checked; then `hubcache
+    verify` on the stopped proxy's store."""
+    import re
+
+    from support.loadgen import Image, Plan, prime, run_load
+
+    seeds = iter(range(52000, 53000))
+
+    def push(name: str, sizes) -> Image:
+        return Image.from_info(up.push_image(name, "1", [(n, next(seeds)) for n in sizes]))
+
+    warm_sizes = [(64 << 10, 1 * MiB, 4 * MiB), (256 << 10, 2 * MiB, 8 * MiB), (128 << 10, 512 << 10, 6 * MiB), (32 * MiB,)]
+    cold_sizes = [(64 << 10, 2 * MiB, 8 * MiB), (128 << 10, 4 * MiB), (32 * MiB, 256 << 10), (512 << 10, 1 * MiB, 6 * MiB),
+                  (64 << 10, 3 * MiB), (192 << 10, 8 * MiB)]
+    print(f"bench: load: pushing {len(warm_sizes) + len(cold_sizes)} images", file=sys.stderr)
+    warm = [push(f"library/benchloadwarm{i}", s) for i, s in enumerate(warm_sizes)]
+    cold = [push(f"library/benchloadcold{i}", s) for i, s in enumerate(cold_sizes)]
+    store = work / "stores" / "load"
+    hub = start("hubcache", store, name="load")
+    prime(hub.port, hub.ca_cert, warm)
+    sampler = sampled(hub, args.rss_limit_mib)
+    print(f"bench: load: {args.load_clients} clients for {args.load_seconds:g} s", file=sys.stderr)
+    result = run_load(hub.port, hub.ca_cert, Plan(warm, cold, miss_groups=2, miss_group_size=5),
+                      clients=args.load_clients, seconds=args.load_seconds)
+    result["peak_rss_mb"] = sampler.stop()["peak_rss_mb"]
+    result["alive"] = hub.proc.poll() is None
+    hub.stop()
+    out = subprocess.run([str(ROOT / ".venv" / "bin" / "hubcache"), "verify", "--store", str(store)],
+                         capture_output=True, text=True, timeout=600)
+    bad = re.search(r"(\d+) did not match", out.stdout)
+    orphans = re.search(r"(\d+) orphaned chunk sets", out.stdout)
+    result["verify"] = {"bad": int(bad[1]) if bad else None, "orphan_chunk_sets": int(orphans[1]) if orphans else None}
+    shutil.rmtree(store, ignore_errors=True)
+    return result
+
+
+def print_load(r: dict) -> None:
+    total = r["total"]
+    print(f"\nload: {r['clients']} clients, {total} requests in {r['seconds']} s ({total / r['seconds']:.0f}/s,"
+          f" {r['bytes'] / r['seconds'] / 1e6:.0f} MB/s of bodies); errors {r['errors']}, corrupt bodies {r['corrupt']},"
+          f" cold images pulled {r.get('cold_images_pulled')}, hubcache alive {r['alive']}, peak tree RSS {r['peak_rss_mb']:.0f} MiB;"
+          f" verify afterwards: {r['verify']['bad']} bad, {r['verify']['orphan_chunk_sets']} orphaned chunk sets")
+    lat = r.get("latency_ms_by_kind", {})
+    print(f"{'kind':<22}{'requests':>10}{'p50 ms':>9}{'p99 ms':>9}")
+    for kind, n in sorted(r["requests"].items()):
+        k = lat.get(kind, {})
+        print(f"{kind:<22}{n:>10}{k.get('p50', 0):>9.1f}{k.get('p99', 0):>9.1f}")
+
+
 def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--blob-mib", type=int, default=1024, help="size of the single large blob (default 1024)")
@@ -602,6 +657,8 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--slow-seconds", type=float, default=20, help="memory: how long slow clients run (default 20)")
     ap.add_argument("--link-mbps", type=float, default=40,
                     help="extra: pace of each CDN connection for the second run of concurrent pulls, MB/s (default 40)")
+    ap.add_argument("--load-clients", type=int, default=50, help="load: concurrent clients (default 50)")
+    ap.add_argument("--load-seconds", type=float, default=60, help="load: how long (default 60)")
     ap.add_argument("--rss-limit-mib", type=float, default=4096,
                     help="memory: stop a run once the proxy tree's RSS passes this (default 4096)")
     args = ap.parse_args()
@@ -646,6 +703,8 @@ def main() -> int:
             summary.update(table_summary(results, blob[1], args))
         if "memory" in args.sections:
             summary["memory"] = memory_section(up, work, bundle, start, args)
+        if "load" in args.sections:
+            summary["load"] = load_section(up, work, start, args)
     finally:
         for p in proxies:
             p.stop()
@@ -659,6 +718,8 @@ def main() -> int:
         print_extra(summary["extra"])
     if "memory" in summary:
         print_memory(summary["memory"])
+    if "load" in summary:
+        print_load(summary["load"])
     print(json.dumps(summary))
     return 0
 
