@@ -8,9 +8,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import os
 import ssl
-import tempfile
 import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
@@ -19,18 +17,17 @@ from functools import partial
 from urllib.parse import urljoin, urlsplit
 
 import lmdb
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 from mitmproxy import ctx, exceptions, http
 
-from . import access, dockerhub, fetch, options, policy, responses, routes, tokens, upstream
-from .blobserver import DIRECT_HOST, BlobServer
+from . import access, dockerhub, fetch, manifests, options, policy, responses, routes, tokens, upstream
+from .blobserver import DIRECT_HOST, BlobServer, tls_context
 from .dockerhub import DockerHub
 from .flights import Flight, Flights
 from .metrics import Metrics
 from .mediatypes import Accept, choose
 from .routes import Kind, Route
-from .store import BlobInfo, Manifest, Store, StoreError, sha256_digest
+from .shared import Shared
+from .store import BlobInfo, Manifest, Store, StoreError
 
 log = logging.getLogger("hubcache")
 
@@ -73,7 +70,7 @@ class HubCache:
         self.blobserver: BlobServer | None = None
         self.writer = ThreadPoolExecutor(1, thread_name_prefix="hubcache-writer")
         self.flights = Flights()  # blob downloads under way, by digest
-        self._manifest_flights: dict[tuple, asyncio.Task] = {}  # manifest GETs under way
+        self._manifest_fetches: Shared = Shared()  # manifest GETs under way
         self._no_room: dict[str, float] = {}  # digest -> until when it goes upstream unstored
         self.redirects: OrderedDict[tuple[str, str], tuple[str, str, bool]] = OrderedDict()
         self._hosts: dict[str, frozenset[str]] = {}
@@ -663,23 +660,19 @@ class HubCache:
             return
         accept = tuple(flow.request.headers.get_all("accept"))
         key = (_url(flow), accept, _owner(flow, st) if not st.account else "")
-        task = self._manifest_flights.get(key)
-        if task is None:
-            headers = [("Accept", v) for v in accept] + [("Authorization", auth)]
-            seen = access.seen_as(st.route.repository, not st.account)  # no pool account: the client's own login
-            task = asyncio.get_running_loop().create_task(self._fetch_manifest(st.route, _url(flow), headers, st.account, seen))
-            self._manifest_flights[key] = task
-            task.add_done_callback(lambda t: self._manifest_flights.pop(key, None))
-        else:
-            st.note = "joined a fetch under way"
+        headers = [("Accept", v) for v in accept] + [("Authorization", auth)]
+        seen = access.seen_as(st.route.repository, not st.account)  # no pool account: the client's own login
         try:
-            got = await asyncio.shield(task)
+            got, joined = await self._manifest_fetches.run(
+                key, lambda: self._fetch_manifest(st.route, _url(flow), headers, st.account, seen))
         except upstream.BodyTooLarge:
             self._reject_manifest(flow, st, f"upstream manifest is over the {MAX_MANIFEST} byte limit")
             return
         except upstream.UpstreamError as e:
             self._refuse_or_stale(flow, st, str(e))
             return
+        if joined:
+            st.note = "joined a fetch under way"
         if isinstance(got, Manifest):
             flow.response = responses.manifest(got, False)
             return
@@ -702,28 +695,23 @@ class HubCache:
         self.dockerhub.observe_budget(account, "GET", resp.status, resp.headers)
         if resp.status != 200:
             return resp
-        body = resp.body
-        media_type = resp.header("content-type").split(";")[0].strip()
-        claimed = resp.header("docker-content-digest")
-        digest = sha256_digest(body)
-        expected = route.reference if route.by_digest else (claimed or digest)
-        if digest != expected or (claimed and claimed != digest):
-            return f"upstream manifest hashes to {digest}, expected {expected}"
-        m = Manifest(digest, media_type, body)
-        if not media_type:
-            log.warning("hubcache: upstream manifest %s has no Content-Type: served, not stored", digest)
+        m = manifests.check(route, resp.header("content-type"), resp.header("docker-content-digest"), resp.body)
+        if isinstance(m, str):
+            return m
+        if not m.media_type:
+            log.warning("hubcache: upstream manifest %s has no Content-Type: served, not stored", m.digest)
             return m
         store, tag = self.store, None if route.by_digest else route.reference
 
         def keep() -> None:  # on the writer thread, in one hand-over
-            store.put_manifest(digest, media_type, body, seen)
+            store.put_manifest(m.digest, m.media_type, m.body, seen)
             if tag is not None:
-                store.put_tag(route.repository, tag, media_type, digest, len(body), time.time())
+                store.put_tag(route.repository, tag, m.media_type, m.digest, len(m.body), time.time())
 
         try:
             await self._in_writer(keep)  # awaited: the client's next request must find it
         except (StoreError, lmdb.Error, OSError) as e:  # a full disk: served, not kept
-            log.warning("hubcache: manifest %s not stored: %s", digest, e)
+            log.warning("hubcache: manifest %s not stored: %s", m.digest, e)
             return m
         self.writer.submit(store.evict_if_needed)  # not on the client's time
         return m
@@ -777,23 +765,13 @@ _NOT_RELAYED = {"connection", "keep-alive", "transfer-encoding", "content-length
 
 
 def _direct_tls() -> ssl.SSLContext | None:
-    """The TLS listener's context: a certificate for DIRECT_HOST from mitmproxy's own CA, which
-    the clients trust already. None when mitmproxy has no CA loaded (tests without a master)."""
+    """The TLS listener's context, from mitmproxy's CA; None when mitmproxy has none loaded
+    (tests without a master)."""
     try:
         certstore = ctx.master.addons.get("tlsconfig").certstore
-        entry = certstore.get_cert(DIRECT_HOST, [x509.DNSName(DIRECT_HOST)])
     except AttributeError:
         return None
-    key = entry.privatekey.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
-                                         serialization.NoEncryption())
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.set_alpn_protocols(["http/1.1"])
-    with tempfile.TemporaryDirectory() as d:  # ssl loads keys from files only; private dir, gone at once
-        pem = os.path.join(d, "direct.pem")
-        with open(os.open(pem, os.O_WRONLY | os.O_CREAT, 0o600), "wb") as f:
-            f.write(entry.cert.to_pem() + key)
-        context.load_cert_chain(pem)
-    return context
+    return tls_context(certstore) if certstore is not None else None
 
 
 def _owner(flow: http.HTTPFlow, st: _State) -> str:

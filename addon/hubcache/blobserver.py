@@ -22,6 +22,7 @@ import os
 import re
 import socket
 import ssl
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -41,6 +42,25 @@ TLS_TIMEOUT = 60  # seconds a TLS client may take for its handshake or between r
 IDLE_LIMIT = 300  # seconds without progress after which a follower gives up on a download
 WAIT_SLICE = 0.05  # a follower re-checks the store at least this often
 _RANGE_RE = re.compile(r"bytes=(\d*)-(\d*)")
+
+
+def tls_context(certstore) -> ssl.SSLContext:
+    """The TLS listener's context: a certificate for DIRECT_HOST made by mitmproxy's CertStore
+    (the CA clients already trust for the registry hosts)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    entry = certstore.get_cert(DIRECT_HOST, [x509.DNSName(DIRECT_HOST)])
+    key = entry.privatekey.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+                                         serialization.NoEncryption())
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.set_alpn_protocols(["http/1.1"])
+    with tempfile.TemporaryDirectory() as d:  # ssl loads keys from files only: a private dir, gone at once
+        pem = os.path.join(d, "direct.pem")
+        with open(os.open(pem, os.O_WRONLY | os.O_CREAT, 0o600), "wb") as f:
+            f.write(entry.cert.to_pem() + key)
+        context.load_cert_chain(pem)
+    return context
 
 
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None | str:

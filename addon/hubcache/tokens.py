@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import secrets
 import time
@@ -10,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from urllib.parse import urlencode
 
 from .credentials import Credential
+from .shared import Shared
 from .upstream import UpstreamError, UpstreamResponse
 
 LOCAL_PREFIX = "hubcache."
@@ -44,7 +44,7 @@ class UpstreamTokens:
         self.realm = realm
         self.service = service
         self._cache: dict[tuple[str, str], tuple[str, float]] = {}
-        self._inflight: dict[tuple[str, str], asyncio.Future[str]] = {}
+        self._fetches: Shared[str] = Shared()  # one token fetch per account and scope, however many clients wait
 
     async def token_for(self, repository: str, credential: Credential | None = None) -> str:
         """A pull token for `repository`, as `credential`'s account (anonymous when None)."""
@@ -53,21 +53,13 @@ class UpstreamTokens:
         cached = self._cache.get(key)
         if cached and cached[1] > time.time():
             return cached[0]
-        if key in self._inflight:  # one token fetch per account and scope, however many clients wait
-            return await asyncio.shield(self._inflight[key])
-        fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self._inflight[key] = fut
-        try:
-            token = await self._fetch_token(scope, credential)
-            self._cache[key] = token
-            fut.set_result(token[0])
-            return token[0]
-        except BaseException as e:
-            fut.set_exception(e)
-            fut.exception()  # mark retrieved: waiters, if any, get it through shield
-            raise
-        finally:
-            del self._inflight[key]
+        token, _ = await self._fetches.run(key, lambda: self._fetch_and_keep(key, scope, credential))
+        return token
+
+    async def _fetch_and_keep(self, key: tuple[str, str], scope: str, credential: Credential | None) -> str:
+        token = await self._fetch_token(scope, credential)
+        self._cache[key] = token
+        return token[0]
 
     async def _fetch_token(self, scope: str, credential: Credential | None) -> tuple[str, float]:
         # The stored secret goes to the configured realm (https, checked by the options) and

@@ -60,11 +60,9 @@ def test_serves_blob_and_ranges(tmp_path):
 def test_tls_listener_serves_signed_urls_with_a_certificate_of_the_proxy_ca(tmp_path):
     import ssl
 
-    from cryptography import x509
-    from cryptography.hazmat.primitives import serialization
     from mitmproxy.certs import CertStore
 
-    from hubcache.blobserver import DIRECT_HOST
+    from hubcache.blobserver import DIRECT_HOST, tls_context
 
     s = Store(tmp_path / "s")
     data = os.urandom(3 << 20)
@@ -72,13 +70,7 @@ def test_tls_listener_serves_signed_urls_with_a_certificate_of_the_proxy_ca(tmp_
     w = s.begin_blob(d, len(data), "r")
     w.write(data)
     w.commit()
-    cs = CertStore.from_store(tmp_path / "ca", "mitmproxy", 2048)
-    entry = cs.get_cert(DIRECT_HOST, [x509.DNSName(DIRECT_HOST)])
-    pem = tmp_path / "direct.pem"
-    pem.write_bytes(entry.cert.to_pem() + entry.privatekey.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()))
-    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    server_ctx.load_cert_chain(pem)
+    server_ctx = tls_context(CertStore.from_store(tmp_path / "ca", "mitmproxy", 2048))
     srv = BlobServer(s, tls=server_ctx)
     try:
         client_ctx = ssl.create_default_context(cafile=str(tmp_path / "ca" / "mitmproxy-ca-cert.pem"))
