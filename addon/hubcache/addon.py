@@ -19,7 +19,7 @@ from urllib.parse import urljoin, urlsplit
 import lmdb
 from mitmproxy import ctx, exceptions, http
 
-from . import access, dockerhub, fetch, manifests, options, policy, responses, routes, tokens, upstream
+from . import access, dockerhub, fetch, manifests, options, pages, policy, responses, routes, tokens, upstream
 from .blobserver import DIRECT_HOST, BlobServer, tls_context
 from .dockerhub import DockerHub
 from .flights import Flight, Flights
@@ -84,6 +84,7 @@ class HubCache:
 
     def load(self, loader) -> None:
         options.load(loader)
+        pages.tune_malloc()  # before the flights' and blob server's threads allocate
 
     def configure(self, updated: set[str]) -> None:
         max_size = options.check(ctx.options)
