@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import struct
+import sys
 import threading
 import time
 from collections import Counter
@@ -30,7 +31,8 @@ from .policy import TagRecord
 log = logging.getLogger("hubcache.store")
 
 CHUNK_SIZE = 256 * 1024  # large enough for few keys, small enough to keep LMDB's free list healthy
-BATCH_BYTES = 4 * 1024 * 1024  # chunks written per transaction (each concurrent miss holds up to this)
+BATCH_BYTES = 4 * 1024 * 1024  # chunks a download hands over at once (each concurrent miss holds up to this)
+GROUP_BYTES = 16 * 1024 * 1024  # batches of several downloads committed in one transaction
 EVICT_TO = 0.9  # after eviction, content is at most this share of the cap
 RELEASE_EVERY = 16 * 1024 * 1024  # bytes read or written (by all threads together) between giving mapped pages back
 T = TypeVar("T")
@@ -113,6 +115,74 @@ class _Gate:
                 self._cond.notify_all()
 
 
+class _GroupCommit:
+    """Write transactions of many threads (the flights' chunk batches and commits) committed
+    together: LMDB runs one write transaction at a time and each commit waits for the disk
+    (fdatasync), so N concurrent downloads would otherwise queue for N syncs where one does.
+    Up to GROUP_BYTES of batches go in one transaction (its dirty pages are held in memory)."""
+
+    def __init__(self, store: "Store") -> None:
+        self._store = store
+        self._cond = threading.Condition()
+        self._queue: list[list] = []  # [fn, bytes, done event, result, error]
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def run(self, fn: Callable[[lmdb.Transaction], T], nbytes: int = 0) -> T:
+        """Run `fn` in a write transaction, maybe with others'; returns when it is committed."""
+        op = [fn, nbytes, threading.Event(), None, None]
+        with self._cond:
+            if self._closed:
+                raise StoreError("store closed")
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="hubcache-commit", daemon=True)
+                self._thread.start()
+            self._queue.append(op)
+            self._cond.notify()
+        op[2].wait()
+        if op[4] is not None:
+            raise op[4]
+        return op[3]
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _take(self) -> list[list] | None:
+        with self._cond:
+            while not self._queue and not self._closed:
+                self._cond.wait()
+            if not self._queue:
+                return None
+            group, size = [], 0
+            while self._queue and (not group or size + self._queue[0][1] <= GROUP_BYTES):
+                op = self._queue.pop(0)
+                group.append(op)
+                size += op[1]
+            return group
+
+    def _loop(self) -> None:
+        while (group := self._take()) is not None:
+            try:
+                results = self._store._write(lambda txn: [op[0](txn) for op in group])
+                for op, result in zip(group, results):
+                    op[3] = result
+            except BaseException:
+                if len(group) == 1:
+                    group[0][4] = sys.exc_info()[1]
+                else:  # one of them failed the transaction: each alone, so only it fails
+                    for op in group:
+                        try:
+                            op[3] = self._store._write(op[0])
+                        except BaseException as e:  # handed to its caller
+                            op[4] = e
+            for op in group:
+                op[2].set()
+
+
 class Store:
     def __init__(self, path: str | os.PathLike, *, max_size: int = 0, map_size: int = 256 << 20, readonly: bool = False) -> None:
         self.path = Path(path)
@@ -174,8 +244,10 @@ class Store:
         self._touch_lock = threading.Lock()
         self._since_release = 0
         self._mapping: tuple[int, list[tuple[int, int]]] = (0, [])  # (map size, address ranges)
+        self._group = _GroupCommit(self)
 
     def close(self) -> None:
+        self._group.close()
         if not self.readonly:
             self.flush_access()
         self._env.close()
@@ -651,7 +723,7 @@ class BlobWriter:
             for key, chunk in batch:
                 txn.put(key, chunk, db=store._chunks)
 
-        store._write(op)
+        store._group.run(op, len(batch) * CHUNK_SIZE)
         self._registered = True
         store._touched_pages(sum(len(c) for _, c in batch))
 
@@ -688,7 +760,7 @@ class BlobWriter:
             store._set_atime(txn, key, _now_ms())
 
         try:
-            store._write(op)
+            store._group.run(op, len(batch) * CHUNK_SIZE)
         except lmdb.Error as e:
             self._discard()
             raise StoreError(f"{self.digest} was not stored: {e}") from e

@@ -202,3 +202,31 @@ def test_history_command_reads_a_store_in_use(tmp_path):
     busy = subprocess.run([hubcache, "verify", "--store", tmp_path / "s"], capture_output=True, text=True)
     assert busy.returncode == 2 and "in use by pid" in busy.stderr
     s.close()
+
+
+def test_group_commit_joins_concurrent_writes_and_isolates_a_failing_one(tmp_path):
+    import threading
+
+    s = Store(tmp_path / "s")
+    results, errors = {}, {}
+
+    def put(i):
+        def op(txn):
+            if i == 3:
+                raise ValueError("this one is bad")
+            txn.put(b"k%d" % i, b"v", db=s._meta)
+            return i
+
+        try:
+            results[i] = s._group.run(op, 1 << 20)
+        except ValueError as e:
+            errors[i] = e
+
+    threads = [threading.Thread(target=put, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == [0, 1, 2, 4, 5, 6, 7] and list(errors) == [3]
+    assert all(s._read(lambda txn, i=i: txn.get(b"k%d" % i, db=s._meta)) == b"v" for i in results)
+    s.close()
