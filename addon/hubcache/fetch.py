@@ -23,7 +23,7 @@ import h11
 from .upstream import USER_AGENT, TLSSettings, UpstreamError, _redact, ssl_context
 
 MAX_REDIRECTS = 5
-READ_SIZE = 256 * 1024
+READ_SIZE = 64 * 1024  # a TLS record is at most 16 KiB: a larger buffer is only allocated, not filled
 MAX_ERROR_BODY = 64 * 1024  # of a non-200 answer that is relayed to clients
 
 
