@@ -31,8 +31,9 @@ from .policy import TagRecord
 log = logging.getLogger("hubcache.store")
 
 CHUNK_SIZE = 256 * 1024  # large enough for few keys, small enough to keep LMDB's free list healthy
-BATCH_BYTES = 4 * 1024 * 1024  # chunks a download hands over at once (each concurrent miss holds up to this)
-GROUP_BYTES = 16 * 1024 * 1024  # batches of several downloads committed in one transaction
+BATCH_BYTES = 4 * 1024 * 1024  # chunks a download hands over at once, when it is alone
+WRITE_BUDGET = 32 * 1024 * 1024  # what all concurrent downloads together hold in batches
+GROUP_BYTES = 8 * 1024 * 1024  # batches of several downloads committed in one transaction
 EVICT_TO = 0.9  # after eviction, content is at most this share of the cap
 RELEASE_EVERY = 16 * 1024 * 1024  # bytes read or written (by all threads together) between giving mapped pages back
 T = TypeVar("T")
@@ -245,6 +246,7 @@ class Store:
         self._since_release = 0
         self._mapping: tuple[int, list[tuple[int, int]]] = (0, [])  # (map size, address ranges)
         self._group = _GroupCommit(self)
+        self._writers = 0  # blob writes in progress (BlobWriter between register and commit/abort)
 
     def close(self) -> None:
         self._group.close()
@@ -274,6 +276,15 @@ class Store:
             if self._env.info()["map_size"] == seen:  # another thread may have grown it already
                 self._env.set_mapsize(seen * 2)
                 log.info("store map grown to %d MiB", seen * 2 >> 20)
+
+    def _count_writer(self, delta: int) -> None:
+        with self._touch_lock:
+            self._writers += delta
+
+    def batch_limit(self) -> int:
+        """Bytes a download may hold before handing them over: BATCH_BYTES alone, a share of
+        WRITE_BUDGET when many run at once (group commit keeps the syncs few either way)."""
+        return max(CHUNK_SIZE, min(BATCH_BYTES, WRITE_BUDGET // max(self._writers, 1)))
 
     def room_for(self, size: int) -> bool:
         """Whether the file system has room for `size` more bytes of content (with the slack a
@@ -661,6 +672,7 @@ class BlobWriter:
         self._done = False
         self._failed: Exception | None = None  # storing failed; hashing goes on so the client is still checked
         self._started = time.time()
+        self._counted = False
 
     def write(self, data: bytes) -> None:
         self._hash.update(data)
@@ -680,7 +692,7 @@ class BlobWriter:
             self._queue(view[:CHUNK_SIZE])
             view = view[CHUNK_SIZE:]
         self._buf += view
-        if self._batch_bytes >= BATCH_BYTES:
+        if self._batch_bytes >= self.store.batch_limit():
             try:
                 self._flush()
             except lmdb.Error as e:
@@ -700,9 +712,18 @@ class BlobWriter:
         return self._failed
 
     def register(self) -> None:
-        """Make the write visible as in progress (readers can follow it with Store.progress)."""
+        """Make the write visible as in progress (readers can follow it with Store.progress),
+        and count it among the concurrent writes that share WRITE_BUDGET."""
+        if not self._counted:
+            self._counted = True
+            self.store._count_writer(+1)
         if not self._registered:
             self._flush()
+
+    def _uncount(self) -> None:
+        if self._counted:
+            self._counted = False
+            self.store._count_writer(-1)
 
     def flush(self) -> None:
         """Write the whole chunks received so far, so that readers following the blob get them."""
@@ -765,6 +786,7 @@ class BlobWriter:
             self._discard()
             raise StoreError(f"{self.digest} was not stored: {e}") from e
         self._done = True
+        self._uncount()
 
     def abort(self) -> None:
         if self._done:
@@ -774,6 +796,7 @@ class BlobWriter:
         self._discard()
 
     def _discard(self) -> None:
+        self._uncount()
         self._batch.clear()
         self._batch_bytes = 0
         if self._registered:

@@ -230,3 +230,18 @@ def test_group_commit_joins_concurrent_writes_and_isolates_a_failing_one(tmp_pat
     assert sorted(results) == [0, 1, 2, 4, 5, 6, 7] and list(errors) == [3]
     assert all(s._read(lambda txn, i=i: txn.get(b"k%d" % i, db=s._meta)) == b"v" for i in results)
     s.close()
+
+
+def test_concurrent_writes_share_the_write_budget(tmp_path):
+    from hubcache.store import BATCH_BYTES, CHUNK_SIZE, WRITE_BUDGET
+
+    s = Store(tmp_path / "s")
+    assert s.batch_limit() == BATCH_BYTES
+    writers = [s.begin_blob("sha256:" + "%064x" % i, None, "P:r") for i in range(16)]
+    for w in writers:
+        w.register()
+    assert s.batch_limit() == max(CHUNK_SIZE, min(BATCH_BYTES, WRITE_BUDGET // 16))
+    for w in writers:
+        w.abort()
+    assert s.batch_limit() == BATCH_BYTES and s.recover() == 0
+    s.close()
