@@ -35,7 +35,7 @@ BATCH_BYTES = 4 * 1024 * 1024  # chunks a download hands over at once, when it i
 WRITE_BUDGET = 32 * 1024 * 1024  # what all concurrent downloads together hold in batches
 GROUP_BYTES = 8 * 1024 * 1024  # batches of several downloads committed in one transaction
 EVICT_TO = 0.9  # after eviction, content is at most this share of the cap
-RELEASE_EVERY = 16 * 1024 * 1024  # bytes read or written (by all threads together) between giving mapped pages back
+RELEASE_EVERY = 8 * 1024 * 1024  # bytes read or written (by all threads together) between giving mapped pages back
 T = TypeVar("T")
 
 
