@@ -234,12 +234,13 @@ def print_table(t: dict) -> None:
 
 # ----------------------------------------------------------------- extra: concurrency, latency, docker
 
-def extra_measurements(up, work: Path, certs: Path, bundle: Path, confdir: Path, start, link_mbps: float = 40) -> dict:
+def extra_measurements(up, work: Path, certs: Path, bundle: Path, confdir: Path, start,
+                       link_mbps: tuple[float, ...] = (40, 4)) -> dict:
     """N concurrent cold pulls of one image, warm manifest latency, and docker daemon pulls.
 
     The concurrent pulls run twice: over loopback, where the upstream is faster than the 16
     clients' own TLS and hashing on this machine's cores, and with every CDN connection paced
-    at `link_mbps` MB/s, a runner's internet link to Docker Hub, where the question is whether
+    at each of `link_mbps` MB/s, a runner's internet link to Docker Hub, where the question is whether
     16 clients wait for one download or for sixteen."""
     from support.clients import proxied_request
 
@@ -247,7 +248,8 @@ def extra_measurements(up, work: Path, certs: Path, bundle: Path, confdir: Path,
     img = up.push_image("library/benchconc", "1", [(8 * MiB, 300 + i) for i in range(4)])
     policy = work / "policy.json"
     policy.write_text('{"default":[{"type":"insecureAcceptAnything"}]}')
-    for link in ("loopback", f"{link_mbps:g} MB/s"):
+    for rate in (None, *link_mbps):
+        link = "loopback" if rate is None else f"{rate:g} MB/s"
         out["concurrent"][link] = {}
         for n in (1, 4, 16):
             store = work / "stores" / f"conc-{n}"
@@ -255,7 +257,7 @@ def extra_measurements(up, work: Path, certs: Path, bundle: Path, confdir: Path,
             if link == "loopback":
                 r = concurrent_pulls(up, hub, n, work, certs, policy, img)
             else:
-                with up.cdn_rate(link_mbps * 1e6):
+                with up.cdn_rate(rate * 1e6):
                     r = concurrent_pulls(up, hub, n, work, certs, policy, img)
             # The same n clients again, all from the store: what they cost without any upstream
             # (their own TLS, hashing and writing on this machine's cores), the floor for cold.
@@ -655,8 +657,9 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--big-mib", type=int, default=1024, help="memory: size of each of those blobs (default 1024)")
     ap.add_argument("--slow-rate", default="2M", help="memory: curl --limit-rate of the slow clients (default 2M)")
     ap.add_argument("--slow-seconds", type=float, default=20, help="memory: how long slow clients run (default 20)")
-    ap.add_argument("--link-mbps", type=float, default=40,
-                    help="extra: pace of each CDN connection for the second run of concurrent pulls, MB/s (default 40)")
+    ap.add_argument("--link-mbps", type=lambda v: tuple(float(x) for x in v.split(",")), default=(40, 4),
+                    help="extra: paces of each CDN connection for further runs of concurrent pulls, MB/s, "
+                         "comma-separated (default 40,4)")
     ap.add_argument("--load-clients", type=int, default=50, help="load: concurrent clients (default 50)")
     ap.add_argument("--load-seconds", type=float, default=60, help="load: how long (default 60)")
     ap.add_argument("--rss-limit-mib", type=float, default=4096,
