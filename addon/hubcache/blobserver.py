@@ -204,9 +204,19 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send(self, info: BlobInfo, start: int, end: int) -> None:
         sock = self.connection
-        if isinstance(sock, ssl.SSLSocket):  # OpenSSL encrypts a copy, outside the transaction
-            for piece in self.server.store.read_blob(info, start, end):
-                sock.sendall(piece)
+        if isinstance(sock, ssl.SSLSocket):
+            # OpenSSL encrypts a copy, outside the read transaction (a slow client holds
+            # nothing up); the copy goes into one buffer per connection, not a new one per chunk.
+            buf = bytearray(CHUNK_SIZE)
+            view, held = memoryview(buf), 0
+
+            def copy(piece: memoryview) -> None:
+                nonlocal held
+                held = len(piece)
+                buf[:held] = piece
+
+            for _ in self.server.store.send_blob(info, copy, start, end):
+                sock.sendall(view[:held])
             return
         leftover: list[bytes] = []
 

@@ -664,10 +664,11 @@ class BlobWriter:
         self.blob_id = os.urandom(8)
         self.size = 0
         self._hash = hashlib.sha256()
-        self._buf = bytearray()
-        self._batch: list[tuple[bytes, bytes | memoryview]] = []
-        self._batch_bytes = 0
-        self._index = 0
+        # Received bytes not yet written: one area, allocated once and reused, so that no chunk
+        # costs an allocation (at 256 KiB each would be an mmap, see pages.tune_malloc).
+        self._area: bytearray | None = None
+        self._fill = 0
+        self._index = 0  # chunks written so far
         self._registered = False
         self._done = False
         self._failed: Exception | None = None  # storing failed; hashing goes on so the client is still checked
@@ -679,32 +680,22 @@ class BlobWriter:
         self.size += len(data)
         if self._failed:
             return
+        if self._area is None:
+            self._area = bytearray(BATCH_BYTES)
         view = memoryview(data)
-        if self._buf:  # complete the partial chunk left by the previous write
-            need = CHUNK_SIZE - len(self._buf)
-            self._buf += view[:need]
-            view = view[need:]
-            if len(self._buf) < CHUNK_SIZE:
-                return
-            self._queue(bytes(self._buf))
-            self._buf.clear()
-        while len(view) >= CHUNK_SIZE:  # whole chunks go to LMDB without a copy
-            self._queue(view[:CHUNK_SIZE])
-            view = view[CHUNK_SIZE:]
-        self._buf += view
-        if self._batch_bytes >= self.store.batch_limit():
-            try:
-                self._flush()
-            except lmdb.Error as e:
-                log.warning("store: writing %s failed: %s", self.digest, e)
-                self._failed = e
-                self._buf.clear()
-                self._discard()
-
-    def _queue(self, chunk: bytes | memoryview) -> None:
-        self._batch.append((_chunk_key(self.blob_id, self._index), chunk))
-        self._batch_bytes += len(chunk)
-        self._index += 1
+        while view:
+            n = min(len(view), BATCH_BYTES - self._fill)
+            self._area[self._fill : self._fill + n] = view[:n]
+            self._fill += n
+            view = view[n:]
+            if self._fill >= self.store.batch_limit() or self._fill == BATCH_BYTES:
+                try:
+                    self._flush()
+                except lmdb.Error as e:
+                    log.warning("store: writing %s failed: %s", self.digest, e)
+                    self._failed = e
+                    self._discard()
+                    return
 
     @property
     def failed(self) -> Exception | None:
@@ -727,12 +718,25 @@ class BlobWriter:
 
     def flush(self) -> None:
         """Write the whole chunks received so far, so that readers following the blob get them."""
-        if self._batch and not self._failed:
+        if self._fill >= CHUNK_SIZE and not self._failed:
             self._flush()
 
+    def _whole_chunks(self, final: bool = False) -> list[tuple[bytes, memoryview]]:
+        """The area's whole chunks as (key, view), and with `final` the last partial one too;
+        the views are valid until the area is next written."""
+        if self._area is None:
+            return []
+        end = self._fill if final else self._fill - self._fill % CHUNK_SIZE
+        area = memoryview(self._area)
+        batch = []
+        for offset in range(0, end, CHUNK_SIZE):
+            batch.append((_chunk_key(self.blob_id, self._index), area[offset : min(offset + CHUNK_SIZE, end)]))
+            self._index += 1
+        return batch
+
     def _flush(self) -> None:
-        batch, self._batch, self._batch_bytes = self._batch, [], 0
         store = self.store
+        batch = self._whole_chunks()
         # What readers of an unfinished blob need: its size, and how many bytes are written.
         pending = json.dumps({
             "digest": self.digest, "started": self._started, "size": self.expected_size,
@@ -744,9 +748,14 @@ class BlobWriter:
             for key, chunk in batch:
                 txn.put(key, chunk, db=store._chunks)
 
-        store._group.run(op, len(batch) * CHUNK_SIZE)
+        store._group.run(op, len(batch) * CHUNK_SIZE)  # committed: LMDB has its own copy now
         self._registered = True
-        store._touched_pages(sum(len(c) for _, c in batch))
+        store._touched_pages(len(batch) * CHUNK_SIZE)
+        if batch:  # the partial chunk left over moves to the front
+            done = len(batch) * CHUNK_SIZE
+            rest = self._fill - done
+            self._area[:rest] = self._area[done : self._fill]
+            self._fill = rest
 
     def commit(self) -> None:
         """Verify and publish. Raises DigestMismatch (and drops everything) when the bytes are wrong."""
@@ -760,13 +769,10 @@ class BlobWriter:
         if self._failed:
             self._discard()
             raise StoreError(f"{self.digest} was not stored: {self._failed}")
-        if self._buf:
-            self._queue(bytes(self._buf))
-            self._buf.clear()
         store = self.store
         key = self.digest.encode()
         record = json.dumps({"id": self.blob_id.hex(), "size": self.size, "chunk_size": CHUNK_SIZE}).encode()
-        batch, self._batch = self._batch, []
+        batch = self._whole_chunks(final=True)
 
         def op(txn: lmdb.Transaction) -> None:
             txn.put(key, self.repository.encode(), db=store._repos)
@@ -792,13 +798,11 @@ class BlobWriter:
         if self._done:
             return
         self._done = True
-        self._buf.clear()
         self._discard()
 
     def _discard(self) -> None:
         self._uncount()
-        self._batch.clear()
-        self._batch_bytes = 0
+        self._area, self._fill = None, 0
         if self._registered:
             self.store._write(lambda txn: self.store._drop_chunks(txn, self.blob_id))
             self.store.release_pages()
