@@ -55,15 +55,17 @@ M_ARENA_MAX = -8
 
 def tune_malloc() -> bool:
     """glibc's malloc, tuned for many threads moving large buffers (flights, blob server): at
-    most 2 arenas (by default one per thread up to 8 per core, each keeping its own freed
-    memory), and a fixed mmap threshold of 128 KiB, so that the 256 KiB chunks (Python's and
-    LMDB's dirty overflow pages) go back to the system when freed. By default the threshold
-    rises with each such free (up to 32 MiB) and freed chunks then stay in the heap: 16 cold
-    1 GiB downloads peaked at 201 MiB that way, 129 MiB with this (scripts/bench memory).
-    Returns whether it applied (glibc only)."""
+    most 2 arenas (by default one per thread, up to 8 per core), and a fixed mmap threshold of
+    128 KiB, so that freed large buffers go back to the system at once. Measured with
+    `scripts/bench --only memory --big-mib 256` (16 cold downloads at once): peak RSS 174 MiB
+    with this, 213-222 MiB with the default threshold or a fixed 264/512 KiB one. The price:
+    asyncio's 256 KiB receive buffers become an mmap each, and a warm 1 GiB blob goes at
+    ~290 MB/s instead of ~470 (`--only table`; plain mitmdump ~270). Returns whether it
+    applied (glibc only)."""
     if _libc is None or not hasattr(_libc, "mallopt"):
         return False
     try:
         return bool(_libc.mallopt(M_MMAP_THRESHOLD, 128 * 1024)) and bool(_libc.mallopt(M_ARENA_MAX, 2))
     except (OSError, AttributeError):
         return False
+
