@@ -143,8 +143,10 @@ def test_a_download_that_does_not_match_its_digest_cuts_every_follower_short(ser
         flight = start(store, flights, digest, resp)
         head = await flight.head()
         followers = [Follower(server.port, server.path(digest, head.blob_id)) for _ in range(3)]
-        for _ in range(8):
+        for _ in range(7):
             resp.released.release()
+        wait_for(lambda: all(len(f.got) >= 1 * MiB for f in followers))  # all mid-body
+        resp.released.release()  # the last piece: now the digest is checked
         for f in followers:
             f.join(10)
             assert f.status == 200 and isinstance(f.error, http.client.IncompleteRead)
