@@ -490,9 +490,11 @@ class HubCache:
         """A GET of a blob the store lacks: join the download of it under way, or start one.
         Either way the blob server sends the client the bytes as they reach the store."""
         cdn = st.route.kind is Kind.CDN
-        if self._no_room.get(st.digest, 0) > time.monotonic():
-            await self._unstored(flow, st, cdn)
-            return
+        if (until := self._no_room.get(st.digest)) is not None:
+            if until > time.monotonic():
+                await self._unstored(flow, st, cdn)
+                return
+            del self._no_room[st.digest]  # time to try storing it again
         flight = self.flights.get(st.digest)
         if flight is None or (flight.owner and not cdn and flight.owner != _owner(flow, st)):
             if why := self.dockerhub.unavailable(flow.request.host):

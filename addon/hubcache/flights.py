@@ -201,9 +201,6 @@ class Flights:
             if self._flights.get(flight.digest) is flight:
                 del self._flights[flight.digest]
 
-    def __len__(self) -> int:
-        return len(self._flights)
-
     def wait(self, digest: str, timeout: float) -> None:
         flight = self.get(digest)
         if flight is None:
