@@ -685,8 +685,7 @@ class HubCache:
         if got.status == 429 and st.stale is not None:
             self._serve_stale(flow, st, st.stale, "pull limit reached: upstream answered 429")
             return
-        headers = {k: v for k, v in got.headers.items() if k not in _NOT_RELAYED}
-        flow.response = http.Response.make(got.status, got.body, headers)
+        flow.response = http.Response.make(got.status, got.body, upstream.relayable(got.headers))
         st.note = f"upstream answered {got.status}"
 
     async def _fetch_manifest(self, route: Route, url: str, headers: list[tuple[str, str]], account: str,
@@ -761,10 +760,6 @@ class HubCache:
         if st.note:
             line += f" ({st.note})"
         (log.warning if st.outcome in ("rejected", "error", "stale") else log.info)("hubcache: %s", line)
-
-
-_NOT_RELAYED = {"connection", "keep-alive", "transfer-encoding", "content-length", "content-encoding", "te",
-                "trailer", "upgrade", "set-cookie"}
 
 
 def _direct_tls() -> ssl.SSLContext | None:

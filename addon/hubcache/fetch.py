@@ -20,7 +20,7 @@ from urllib.parse import urljoin, urlsplit
 
 import h11
 
-from .upstream import USER_AGENT, TLSSettings, UpstreamError, _redact, ssl_context
+from .upstream import USER_AGENT, TLSSettings, UpstreamError, _redact, header_dict, ssl_context
 
 MAX_REDIRECTS = 5
 READ_SIZE = 64 * 1024  # a TLS record is at most 16 KiB: a larger buffer is only allocated, not filled
@@ -186,8 +186,4 @@ def _request(url: str, headers: list[tuple[str, str]], tls: TLSSettings, timeout
     except (OSError, ssl.SSLError, h11.ProtocolError) as e:
         raw.close()
         raise UpstreamError(f"GET {_redact(url)}: {e or type(e).__name__}") from e
-    resp_headers: dict[str, str] = {}
-    for name, value in event.headers:
-        key, val = name.decode("latin-1").lower(), value.decode("latin-1")
-        resp_headers[key] = f"{resp_headers[key]}, {val}" if key in resp_headers else val
-    return Response(event.status_code, resp_headers, url, _sock=sock, _conn=conn)
+    return Response(event.status_code, header_dict(event.headers), url, _sock=sock, _conn=conn)

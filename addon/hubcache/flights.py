@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .store import BlobWriter, DigestMismatch, StoreError
-from .upstream import UpstreamError
+from .upstream import UpstreamError, relayable
 
 log = logging.getLogger("hubcache")
 
@@ -114,7 +114,7 @@ class Flight:
             resp = self._opener()
             self._on_hops(list(getattr(resp, "hops", [])))
             if resp.status != 200:
-                headers = {k: v for k, v in resp.headers.items() if k not in _HOP_BY_HOP}
+                headers = relayable(resp.headers)
                 self._set_head(Head(resp.status, headers=headers, body=resp.read_small()))
                 self.failure = f"upstream answered {resp.status}"
                 return
@@ -173,10 +173,6 @@ class Flight:
             self.done = True
             self._notify()
             self._on_end(self)
-
-
-_HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "te", "trailer", "upgrade",
-               "proxy-authenticate", "set-cookie"}
 
 
 class Flights:

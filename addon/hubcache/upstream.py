@@ -87,6 +87,25 @@ async def request(
         raise UpstreamError(f"{method} {_redact(url)}: {e}") from e
 
 
+def header_dict(raw) -> dict[str, str]:
+    """h11's response headers as lower-case names; repeated headers joined with ", "."""
+    out: dict[str, str] = {}
+    for name, value in raw:
+        key, val = name.decode("latin-1").lower(), value.decode("latin-1")
+        out[key] = f"{out[key]}, {val}" if key in out else val
+    return out
+
+
+# Headers of an upstream answer that describe the connection or the encoding of its body, not
+# the answer: never relayed to a client in an answer made here (it gets its own framing).
+NOT_RELAYED = frozenset({"connection", "keep-alive", "transfer-encoding", "content-length", "content-encoding",
+                         "te", "trailer", "upgrade", "proxy-authenticate", "set-cookie"})
+
+
+def relayable(headers: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in headers.items() if k not in NOT_RELAYED}
+
+
 def _redact(url: str) -> str:
     """Host and path only: queries may carry account names."""
     parts = urlsplit(url)
@@ -123,10 +142,7 @@ async def _request(method: str, url: str, headers: list[tuple[str, str]], tls: T
             if isinstance(event, h11.Response):
                 status = event.status_code
                 answered.append(status)
-                for name, value in event.headers:
-                    key = name.decode("latin-1").lower()
-                    val = value.decode("latin-1")
-                    resp_headers[key] = f"{resp_headers[key]}, {val}" if key in resp_headers else val
+                resp_headers = header_dict(event.headers)
             elif isinstance(event, h11.Data):
                 body += event.data
                 if len(body) > MAX_BODY:

@@ -128,6 +128,15 @@ def wait_until(cond, timeout: float, step: float = 0.02) -> bool:
     return cond()
 
 
+def one_blob(upstream, start_hubcache, repo: str, size: int):
+    """An image of one layer of `size` pushed, a hubcache started, a token for `repo`, and an
+    upstream mark: (layer digest, size, hub, token, mark)."""
+    img = upstream.push_image(repo, "1", layers(size))
+    hub = start_hubcache()
+    token = token_for(hub, repo)
+    return img.layer_digests[0], img.layer_sizes[0], hub, token, upstream.mark()
+
+
 def token_for(hub, repo: str) -> str:
     """A pull token as a client gets it: from the token endpoint, through the proxy."""
     return Client(hub.port, hub.ca_cert).token(repo)
@@ -238,11 +247,7 @@ JOIN_BOUND = 3.0  # seconds within which the late joiner must have 8 MiB (the st
 
 def test_late_joiner_streams_what_has_arrived_at_once(upstream, start_hubcache, curl):
     repo = "library/sflatejoiner"
-    img = upstream.push_image(repo, "1", layers(48 * MiB))
-    layer, size = img.layer_digests[0], img.layer_sizes[0]
-    hub = start_hubcache()
-    token = token_for(hub, repo)
-    mark = upstream.mark()
+    layer, size, hub, token, mark = one_blob(upstream, start_hubcache, repo, 48 * MiB)
     with upstream.cdn_fault(layer, stall_at=16 * MiB, stall_seconds=STALL, resume=True):
         a = curl(hub, repo, layer, token, "a")
         time.sleep(1.0)
@@ -274,11 +279,7 @@ def test_late_joiner_streams_what_has_arrived_at_once(upstream, start_hubcache, 
 
 def test_failure_reaches_every_waiter_and_the_next_get_fetches_afresh(upstream, start_hubcache, curl):
     repo = "library/sffailure"
-    img = upstream.push_image(repo, "1", layers(24 * MiB))
-    layer, size = img.layer_digests[0], img.layer_sizes[0]
-    hub = start_hubcache()
-    token = token_for(hub, repo)
-    mark = upstream.mark()
+    layer, size, hub, token, mark = one_blob(upstream, start_hubcache, repo, 24 * MiB)
     # the CDN sends 4 MiB, pauses 3 s (all three clients are waiting by then), then hangs up
     with upstream.cdn_fault(layer, stall_at=4 * MiB, stall_seconds=3):
         waiters = []
@@ -314,11 +315,7 @@ def test_a_client_going_away_leaves_the_other_its_blob(leaver, upstream, start_h
     waiter that goes away disturbs nobody) is killed mid-body: the other still gets the whole
     blob, from the same upstream transfer."""
     repo = f"library/sfgone{leaver}"
-    img = upstream.push_image(repo, "1", layers(32 * MiB))
-    layer, size = img.layer_digests[0], img.layer_sizes[0]
-    hub = start_hubcache()
-    token = token_for(hub, repo)
-    mark = upstream.mark()
+    layer, size, hub, token, mark = one_blob(upstream, start_hubcache, repo, 32 * MiB)
     with upstream.cdn_fault(layer, stall_at=8 * MiB, stall_seconds=3, resume=True):
         a = curl(hub, repo, layer, token, "a")
         time.sleep(0.5)
@@ -338,11 +335,7 @@ def test_a_transfer_whose_only_client_went_away_is_stored_all_the_same(upstream,
     """A alone is killed mid-body; once the upstream transfer has had time to end, the blob is
     served from the store with no upstream request."""
     repo = "library/sfalonegone"
-    img = upstream.push_image(repo, "1", layers(32 * MiB))
-    layer, size = img.layer_digests[0], img.layer_sizes[0]
-    hub = start_hubcache()
-    token = token_for(hub, repo)
-    mark = upstream.mark()
+    layer, size, hub, token, mark = one_blob(upstream, start_hubcache, repo, 32 * MiB)
     with upstream.cdn_fault(layer, stall_at=8 * MiB, stall_seconds=3, resume=True):
         a = curl(hub, repo, layer, token, "a")
         wait_until(lambda: a.received() >= MiB, 5)
