@@ -454,7 +454,7 @@ class HubCache:
 
     async def _blob(self, flow: http.HTTPFlow, st: _State) -> None:
         assert self.store
-        info = self.store.blob_info(st.route.reference)
+        info, flight = self.flights.locate(st.route.reference, self.store.blob_info)
         verdict = await self._allowed(flow, st, info.digest) if info is not None else "miss"
         if verdict == "serve":
             self._serve_blob(flow, st, info)
@@ -466,7 +466,7 @@ class HubCache:
             await self._miss(flow, st)
             st.private = not st.account
             return
-        await self._blob_miss(flow, st)
+        await self._blob_miss(flow, st, flight)
 
     async def _cdn(self, flow: http.HTTPFlow, st: _State) -> None:
         assert self.store
@@ -474,7 +474,7 @@ class HubCache:
         if known is None:
             return  # not a blob we sent the client to: passed through, not stored
         digest, repository, st.private = known  # a URL upstream gave an authorized client
-        info = self.store.blob_info(digest)
+        info, flight = self.flights.locate(digest, self.store.blob_info)
         if info is not None:
             self._serve_blob(flow, st, info)
             return
@@ -484,18 +484,19 @@ class HubCache:
         elif flow.request.method != "GET":
             st.outcome = "miss"
         else:
-            await self._blob_miss(flow, st)
+            await self._blob_miss(flow, st, flight)
 
-    async def _blob_miss(self, flow: http.HTTPFlow, st: _State) -> None:
-        """A GET of a blob the store lacks: join the download of it under way, or start one.
-        Either way the blob server sends the client the bytes as they reach the store."""
+    async def _blob_miss(self, flow: http.HTTPFlow, st: _State, flight: Flight | None) -> None:
+        """A GET of a blob the store lacks: join the download of it under way (`flight`, found by
+        Flights.locate), or start one. Either way the blob server sends the client the bytes as
+        they reach the store."""
+        assert self.store
         cdn = st.route.kind is Kind.CDN
         if (until := self._no_room.get(st.digest)) is not None:
             if until > time.monotonic():
                 await self._unstored(flow, st, cdn)
                 return
             del self._no_room[st.digest]  # time to try storing it again
-        flight = self.flights.get(st.digest)
         if flight is None or (flight.owner and not cdn and flight.owner != _owner(flow, st)):
             if why := self.dockerhub.unavailable(flow.request.host):
                 self._refuse_miss(flow, st, why)
@@ -508,8 +509,15 @@ class HubCache:
                     self._refuse_miss(flow, st, f"no upstream token could be had: {e}")
                     return
                 st.private = not st.account
+            # While the token came, a download may have started, or even ended and stored the blob.
+            info, flight = self.flights.locate(st.digest, self.store.blob_info)
+            if info is not None:
+                verdict = "serve" if cdn else await self._allowed(flow, st, info.digest)
+                if verdict == "serve":
+                    self._serve_blob(flow, st, info)
+                if verdict != "miss":
+                    return
             owner = ("cdn " + flow.request.path) if cdn and st.private else _owner(flow, st) if st.private else ""
-            flight = self.flights.get(st.digest)  # one may have started while the token came
             if flight is None or (flight.owner and flight.owner != owner):
                 if flight is not None:  # a download with someone else's login: not shared, not stored
                     if headers:

@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from .store import BlobWriter, DigestMismatch, StoreError
 from .upstream import UpstreamError, relayable
@@ -28,6 +29,8 @@ from .upstream import UpstreamError, relayable
 log = logging.getLogger("hubcache")
 
 FLUSH_SECONDS = 0.1  # longest a received byte waits before followers can have it
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -186,6 +189,16 @@ class Flights:
     def get(self, digest: str) -> Flight | None:
         with self._lock:
             return self._flights.get(digest)
+
+    def locate(self, digest: str, stored: Callable[[str], T | None]) -> tuple[T | None, Flight | None]:
+        """Where a blob is: (what `stored(digest)` gives, None) when the store has it, else
+        (None, its flight under way or None). The flight is looked up before the store: a flight
+        leaves the table only after its blob is published (or it failed), so a digest found in
+        neither place is truly missing. Looked up the other way round, a flight that ends on its
+        thread between the two looks is in neither, and the blob is downloaded a second time."""
+        flight = self.get(digest)
+        info = stored(digest)
+        return (info, None) if info is not None else (None, flight)
 
     def add(self, flight: Flight) -> Flight:
         with self._lock:

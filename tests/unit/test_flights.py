@@ -206,3 +206,34 @@ def test_an_upstream_refusal_is_relayed_and_nothing_is_written(served):
         assert store.recover() == 0
 
     asyncio.run(go())
+
+
+def test_a_download_that_ends_while_a_request_looks_for_the_blob_is_found_in_one_place_or_the_other(served):
+    """The thread race that once made 16 concurrent pulls download one layer twice: the store is
+    looked at just before the flight publishes and leaves the table. Flights.locate must still
+    find the blob (here: the flight, which a late joiner can still follow to the end)."""
+    store, flights, server = served
+    data, digest = blob(1 * MiB)
+
+    async def go():
+        resp = ScriptedResponse(200, data, gated=True)
+        flight = start(store, flights, digest, resp)
+        head = await flight.head()
+
+        def stored_then_flight_ends(d: str):
+            info = store.blob_info(d)  # not yet published...
+            for _ in range(8):  # ...and now the flight gets the rest, publishes and leaves the table
+                resp.released.release()
+            flight.join(10)
+            assert flight.stored and flights.get(d) is None
+            return info
+
+        info, found = flights.locate(digest, stored_then_flight_ends)
+        assert info is None and found is flight, "the blob was in neither place: it would be downloaded again"
+        late = Follower(server.port, server.path(digest, head.blob_id))
+        late.join(10)
+        assert late.error is None and late.status == 200 and bytes(late.got) == data
+        info, found = flights.locate(digest, store.blob_info)
+        assert found is None and info is not None and info.size == len(data)
+
+    asyncio.run(go())
