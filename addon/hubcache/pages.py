@@ -1,10 +1,16 @@
-"""Give back the store's mapped file pages after large reads.
+"""Keep the store's file pages out of the proxy's RSS.
 
-LMDB reads through a shared, read-only mmap of data.mdb: every page a blob read touches stays
-mapped into the proxy and counts in its RSS until memory runs short, so serving a 1 GiB layer
-would show 1 GiB of RSS. MADV_DONTNEED on a shared file mapping only drops this process's page
-table entries; the data stays in the page cache and the file, and a later access maps it again.
-"""
+LMDB reads through a shared, read-only mmap of data.mdb, and every page touched through it stays
+mapped into the proxy and counts in its RSS. On this kernel (6.18, large page-cache folios) one
+touch maps a whole folio: reading a 256 KiB chunk through the map mapped up to 1 MiB, and 8
+concurrent readers held ~20 MiB however often the pages were given back. So blob bytes are not
+read through the map at all: LMDB hands out a pointer into the map without touching the pages,
+and the store reads those bytes with pread at the matching file offset (`address_of`,
+`file_offset`). What LMDB itself touches (B-tree pages, overflow headers when freeing) is given
+back with MADV_DONTNEED (`release`), which on a shared file mapping only drops this process's
+page table entries; the data stays in the page cache and the file. LMDB does touch one page of
+each value it hands out (the overflow page's header), which maps that page's whole folio: the
+reader gives that block back at once (`release_around`)."""
 
 from __future__ import annotations
 
@@ -27,24 +33,69 @@ if sys.platform == "linux":
         _libc = None
 
 
-def mappings_of(path: str) -> list[tuple[int, int]]:
-    """Address ranges at which this process maps the file `path`."""
+def mappings_of(path: str) -> list[tuple[int, int, int]]:
+    """(start, end, file offset) of each address range at which this process maps `path`."""
     ranges = []
     try:
         with open("/proc/self/maps") as f:
             for line in f:
                 if line.rstrip("\n").endswith(path):
-                    start, _, end = line.split(None, 1)[0].partition("-")
-                    ranges.append((int(start, 16), int(end, 16)))
+                    addresses, _, offset = line.split(None, 3)[:3]
+                    start, _, end = addresses.partition("-")
+                    ranges.append((int(start, 16), int(end, 16), int(offset, 16)))
     except OSError:
         pass
     return ranges
 
 
-def release(ranges: list[tuple[int, int]]) -> None:
+def file_offset(ranges: list[tuple[int, int, int]], address: int) -> int | None:
+    """Where in the file the mapped byte at `address` is (None: not in these ranges)."""
+    for start, end, offset in ranges:
+        if start <= address < end:
+            return address - start + offset
+    return None
+
+
+class _PyBuffer(ctypes.Structure):  # CPython's Py_buffer (stable ABI since 3.11)
+    _fields_ = [("buf", ctypes.c_void_p), ("obj", ctypes.c_void_p), ("len", ctypes.c_ssize_t),
+                ("itemsize", ctypes.c_ssize_t), ("readonly", ctypes.c_int), ("ndim", ctypes.c_int),
+                ("format", ctypes.c_char_p), ("shape", ctypes.c_void_p), ("strides", ctypes.c_void_p),
+                ("suboffsets", ctypes.c_void_p), ("internal", ctypes.c_void_p)]
+
+
+_get_buffer = ctypes.pythonapi.PyObject_GetBuffer
+_get_buffer.argtypes = [ctypes.py_object, ctypes.POINTER(_PyBuffer), ctypes.c_int]
+_get_buffer.restype = ctypes.c_int
+_release_buffer = ctypes.pythonapi.PyBuffer_Release
+_release_buffer.argtypes = [ctypes.POINTER(_PyBuffer)]
+_release_buffer.restype = None
+
+
+def address_of(buffer: object) -> int:
+    """The address of the first byte of a (read-only) buffer, e.g. an LMDB value's memoryview."""
+    b = _PyBuffer()
+    if _get_buffer(buffer, ctypes.byref(b), 0) != 0:  # PyBUF_SIMPLE
+        raise ValueError("not a buffer")
+    try:
+        return int(b.buf or 0)
+    finally:
+        _release_buffer(ctypes.byref(b))
+
+
+FOLIO_MAX = 2 * 1024 * 1024  # the largest page-cache folio (a PMD): naturally aligned to its size
+
+
+def release_around(address: int) -> None:
+    """Unmap the folio-sized block holding `address`: wherever a single touch of that byte mapped
+    its folio, this gives it back (on a shared file mapping: page table entries only)."""
+    start = address & ~(FOLIO_MAX - 1)
+    release([(start, start + FOLIO_MAX, 0)])
+
+
+def release(ranges: list[tuple[int, int, int]]) -> None:
     if _libc is None:
         return
-    for start, end in ranges:
+    for start, end, _ in ranges:
         if _libc.madvise(start, end - start, MADV_DONTNEED) != 0:
             log.debug("madvise failed: %s", os.strerror(ctypes.get_errno()))
 

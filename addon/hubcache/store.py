@@ -12,6 +12,7 @@ import fcntl
 import hashlib
 import json
 import logging
+import mmap
 import os
 import struct
 import sys
@@ -35,7 +36,7 @@ BATCH_BYTES = 4 * 1024 * 1024  # chunks a download hands over at once, when it i
 WRITE_BUDGET = 32 * 1024 * 1024  # what all concurrent downloads together hold in batches
 GROUP_BYTES = 8 * 1024 * 1024  # batches of several downloads committed in one transaction
 EVICT_TO = 0.9  # after eviction, content is at most this share of the cap
-RELEASE_EVERY = 8 * 1024 * 1024  # bytes read or written (by all threads together) between giving mapped pages back
+RELEASE_EVERY = 8 * 1024 * 1024  # blob bytes read or written (all threads together) between giving back the map pages LMDB touched
 T = TypeVar("T")
 
 
@@ -209,6 +210,7 @@ class Store:
         self._env = lmdb.open(
             str(self.path), map_size=map_size, max_dbs=16, max_readers=1024, metasync=False
         )
+        self._data = os.open(self.path / "data.mdb", os.O_RDONLY | os.O_CLOEXEC)  # blob reads (pread)
         self._open_dbs(create=True)
         self.recovered = self.recover()  # interrupted writes dropped at open
 
@@ -218,6 +220,7 @@ class Store:
             raise StoreError(f"no store at {self.path}")
         self._lock = None
         self._env = lmdb.open(str(self.path), readonly=True, max_dbs=16, max_readers=1024)
+        self._data = os.open(self.path / "data.mdb", os.O_RDONLY | os.O_CLOEXEC)
         try:
             self._open_dbs(create=False)
         except lmdb.NotFoundError as e:
@@ -244,7 +247,7 @@ class Store:
         self._touched: dict[str, int] = {}
         self._touch_lock = threading.Lock()
         self._since_release = 0
-        self._mapping: tuple[int, list[tuple[int, int]]] = (0, [])  # (map size, address ranges)
+        self._mapping: tuple[int, list[tuple[int, int, int]]] = (0, [])  # (map size, data.mdb's ranges)
         self._group = _GroupCommit(self)
         self._writers = 0  # blob writes in progress (BlobWriter between register and commit/abort)
 
@@ -253,6 +256,7 @@ class Store:
         if not self.readonly:
             self.flush_access()
         self._env.close()
+        os.close(self._data)
         if self._lock:
             self._lock.close()
 
@@ -296,8 +300,9 @@ class Store:
         return self._env.info()["map_size"]
 
     def _touched_pages(self, n: int) -> None:
-        """Count bytes of the map touched; past RELEASE_EVERY, by all readers and writers
-        together, give the pages back (a per-reader count would let N readers hold N times it)."""
+        """Count blob bytes read or written; past RELEASE_EVERY, by all threads together, give
+        back the map pages LMDB itself read meanwhile (B-tree and free-list pages: each touch maps
+        a whole page-cache folio, see pages.py). The blob bytes themselves are never mapped."""
         with self._touch_lock:
             self._since_release += n
             if self._since_release < RELEASE_EVERY:
@@ -308,10 +313,14 @@ class Store:
     def release_pages(self) -> None:
         """Unmap data.mdb pages this process touched (see pages.py); RSS stays flat."""
         with self._gate.shared():  # no resize (which moves the map) meanwhile
-            size = self._env.info()["map_size"]
-            if self._mapping[0] != size:
-                self._mapping = (size, pages.mappings_of(str((self.path / "data.mdb").resolve())))
-            pages.release(self._mapping[1])
+            pages.release(self._map_ranges())
+
+    def _map_ranges(self) -> list[tuple[int, int, int]]:
+        """Where data.mdb is mapped now. Call with the gate held (shared): a resize moves the map."""
+        size = self._env.info()["map_size"]
+        if self._mapping[0] != size or not self._mapping[1]:
+            self._mapping = (size, pages.mappings_of(str((self.path / "data.mdb").resolve())))
+        return self._mapping[1]
 
     # -- manifests ----------------------------------------------------------------------------
 
@@ -413,14 +422,14 @@ class Store:
         return BlobWriter(self, digest, expected_size, repository)
 
     def read_blob(self, info: BlobInfo, start: int = 0, end: int | None = None) -> Iterator[bytes]:
-        """Bytes [start, end) of a committed blob, chunk by chunk (copies; see send_blob)."""
+        """Bytes [start, end) of a committed blob, chunk by chunk, each a new bytes object."""
         return self._chunks_of(info, start, end, None)
 
-    def send_blob(self, info: BlobInfo, write: Callable[[memoryview], object], start: int = 0, end: int | None = None) -> Iterator[None]:
-        """Hand bytes [start, end) to `write` straight from LMDB's map, without copying. Each piece
-        is valid only during the call, which runs inside a read transaction: `write` must not
-        block (a map resize waits for it). Yields after each piece, outside the transaction."""
-        return self._chunks_of(info, start, end, write)
+    def send_blob(self, info: BlobInfo, buf: memoryview, start: int = 0, end: int | None = None) -> Iterator[memoryview]:
+        """Bytes [start, end) of a committed blob, read chunk by chunk into `buf` (at least
+        info.chunk_size long): each piece is a view of `buf`, valid until the next one. The read
+        transaction has ended before a piece is yielded, so a slow client holds nothing up."""
+        return self._chunks_of(info, start, end, buf)
 
     def progress(self, digest: str, blob_id: bytes) -> tuple[str, int, int]:
         """How a blob being written under `blob_id` is getting on: ("published", size, size),
@@ -443,9 +452,11 @@ class Store:
 
         return self._read(op)
 
-    def _chunks_of(self, info: BlobInfo, start: int, end: int | None, write) -> Iterator:
-        """Walk the chunks of [start, end): hand each piece to `write` inside its read transaction
-        (no copy) and yield None, or, with no `write`, yield a copy of each piece."""
+    def _chunks_of(self, info: BlobInfo, start: int, end: int | None, buf: memoryview | None) -> Iterator:
+        """Walk the chunks of [start, end). Each piece is read with pread from data.mdb, at the
+        file offset of the chunk's pages, inside a read transaction (which keeps those pages from
+        being reused), into `buf` or, without one, into new bytes. Not through LMDB's map: see
+        pages.py for why that costs RSS."""
         end = info.size if end is None else min(end, info.size)
         self._pin(info.digest)  # not evicted while being read
         try:
@@ -454,16 +465,27 @@ class Store:
             while pos < end:
                 index, offset = divmod(pos, info.chunk_size)
                 key = _chunk_key(info.blob_id, index)
-                with self._gate.shared(), self._env.begin(buffers=write is not None) as txn:
-                    chunk = txn.get(key, db=self._chunks)
+                with self._gate.shared(), self._env.begin(buffers=True) as txn:
+                    chunk = txn.get(key, db=self._chunks)  # a pointer into the map: nothing read yet
                     if chunk is None:
                         raise StoreError(f"chunk {index} of {info.digest} is missing")
-                    piece = chunk[offset : offset + (end - pos)]
-                    if write is not None:
-                        write(piece)
-                pos += len(piece)
-                self._touched_pages(len(piece))
-                yield None if write is not None else piece
+                    n = min(len(chunk) - offset, end - pos)
+                    address = pages.address_of(chunk)
+                    where = pages.file_offset(self._map_ranges(), address)
+                    if where is None:  # not in data.mdb's mapping: cannot happen, but never serve junk
+                        raise StoreError(f"chunk {index} of {info.digest} is outside the store's map")
+                    if buf is None:
+                        piece = os.pread(self._data, n, where + offset)
+                        got = len(piece)
+                    else:
+                        piece = buf[:n]
+                        got = os.preadv(self._data, [piece], where + offset)
+                    pages.release_around(address)  # LMDB read the chunk's page header: its folio got mapped
+                if got != n:
+                    raise StoreError(f"chunk {index} of {info.digest}: read {got} of {n} bytes")
+                pos += n
+                self._touched_pages(n)  # the B-tree pages LMDB read (each maps its folio) go back now and then
+                yield piece
         finally:
             self._unpin(info.digest)
 
@@ -665,8 +687,11 @@ class BlobWriter:
         self.size = 0
         self._hash = hashlib.sha256()
         # Received bytes not yet written: one area, allocated once and reused, so that no chunk
-        # costs an allocation (at 256 KiB each would be an mmap, see pages.tune_malloc).
-        self._area: bytearray | None = None
+        # costs an allocation (at 256 KiB each would be an mmap, see pages.tune_malloc). It is an
+        # anonymous mapping, not a bytearray: a page costs memory only once written, so a download
+        # that shares WRITE_BUDGET with 15 others and flushes every 2 MiB holds 2 MiB, not the
+        # BATCH_BYTES that bytearray() zero-fills (16 x 4 MiB was a third of the cold peak RSS).
+        self._area: mmap.mmap | None = None
         self._fill = 0
         self._index = 0  # chunks written so far
         self._registered = False
@@ -681,7 +706,7 @@ class BlobWriter:
         if self._failed:
             return
         if self._area is None:
-            self._area = bytearray(BATCH_BYTES)
+            self._area = mmap.mmap(-1, BATCH_BYTES)
         view = memoryview(data)
         while view:
             n = min(len(view), BATCH_BYTES - self._fill)
@@ -793,6 +818,7 @@ class BlobWriter:
             raise StoreError(f"{self.digest} was not stored: {e}") from e
         self._done = True
         self._uncount()
+        self._area = None  # unmapped once LMDB's views of it are gone
 
     def abort(self) -> None:
         if self._done:

@@ -245,3 +245,41 @@ def test_concurrent_writes_share_the_write_budget(tmp_path):
         w.abort()
     assert s.batch_limit() == BATCH_BYTES and s.recover() == 0
     s.close()
+
+
+def mapped_kib(path) -> int:
+    """How much of `path` this process has mapped in memory (its share of RSS), from smaps."""
+    total, inside = 0, False
+    target = str(path.resolve())
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split()
+            if head and "-" in head[0] and len(head) >= 5 and not line.startswith(("Rss", "Size")):
+                inside = line.rstrip("\n").endswith(target)
+            elif inside and line.startswith("Rss:"):
+                total += int(head[1])
+    return total
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="needs Linux's smaps")
+def test_reading_blobs_leaves_none_of_the_store_file_in_rss(store):
+    """Serving a blob must not grow the proxy's RSS by what it read. On this kernel a read
+    through LMDB's map maps a whole 2 MiB page-cache folio per touch: reading a 32 MiB blob
+    that way held up to 8 MiB (RELEASE_EVERY) plus a folio. Blob bytes go by pread, and the
+    folio of the page header LMDB touches is given back at once; what stays mapped is the
+    folio or two holding the B-tree pages."""
+    data = os.urandom(32 * 1024 * 1024 + 4321)
+    info = write_blob(store, data)
+    store.release_pages()
+    data_mdb = store.path / "data.mdb"
+    base = mapped_kib(data_mdb)
+    buf = memoryview(bytearray(CHUNK_SIZE))
+    sent = bytearray()
+    most = 0
+    for piece in store.send_blob(info, buf):
+        sent += piece
+        most = max(most, mapped_kib(data_mdb) - base)
+    assert bytes(sent) == data
+    assert read_all(store, info, 5, len(data) - 5) == data[5:-5]
+    most = max(most, mapped_kib(data_mdb) - base)
+    assert most <= 4096, f"reading a 32 MiB blob mapped {most} KiB of the store file into memory"
