@@ -10,7 +10,7 @@ and the store reads those bytes with pread at the matching file offset (`address
 back with MADV_DONTNEED (`release`), which on a shared file mapping only drops this process's
 page table entries; the data stays in the page cache and the file. LMDB does touch one page of
 each value it hands out (the overflow page's header), which maps that page's whole folio: the
-reader gives that block back at once (`release_around`)."""
+reader gives that block back at once (`around`)."""
 
 from __future__ import annotations
 
@@ -85,11 +85,16 @@ def address_of(buffer: object) -> int:
 FOLIO_MAX = 2 * 1024 * 1024  # the largest page-cache folio (a PMD): naturally aligned to its size
 
 
-def release_around(address: int) -> None:
-    """Unmap the folio-sized block holding `address`: wherever a single touch of that byte mapped
-    its folio, this gives it back (on a shared file mapping: page table entries only)."""
-    start = address & ~(FOLIO_MAX - 1)
-    release([(start, start + FOLIO_MAX, 0)])
+def around(ranges: list[tuple[int, int, int]], address: int) -> list[tuple[int, int, int]]:
+    """The folio-sized block holding `address`, cut to the file's mapping that holds it: wherever
+    one touch of that byte mapped its folio, that is within this. Never beyond the mapping: on
+    the process's own memory next to it, MADV_DONTNEED would zero live data."""
+    block = address & ~(FOLIO_MAX - 1)
+    for start, end, offset in ranges:
+        if start <= address < end:
+            lo, hi = max(block, start), min(block + FOLIO_MAX, end)
+            return [(lo, hi, offset + lo - start)]
+    return []
 
 
 def release(ranges: list[tuple[int, int, int]]) -> None:

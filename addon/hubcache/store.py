@@ -470,8 +470,8 @@ class Store:
                     if chunk is None:
                         raise StoreError(f"chunk {index} of {info.digest} is missing")
                     n = min(len(chunk) - offset, end - pos)
-                    address = pages.address_of(chunk)
-                    where = pages.file_offset(self._map_ranges(), address)
+                    address, ranges = pages.address_of(chunk), self._map_ranges()
+                    where = pages.file_offset(ranges, address)
                     if where is None:  # not in data.mdb's mapping: cannot happen, but never serve junk
                         raise StoreError(f"chunk {index} of {info.digest} is outside the store's map")
                     if buf is None:
@@ -480,7 +480,7 @@ class Store:
                     else:
                         piece = buf[:n]
                         got = os.preadv(self._data, [piece], where + offset)
-                    pages.release_around(address)  # LMDB read the chunk's page header: its folio got mapped
+                    pages.release(pages.around(ranges, address))  # LMDB read the page header: its folio got mapped
                 if got != n:
                     raise StoreError(f"chunk {index} of {info.digest}: read {got} of {n} bytes")
                 pos += n
