@@ -36,6 +36,7 @@ BATCH_BYTES = 4 * 1024 * 1024  # chunks a download hands over at once, when it i
 WRITE_BUDGET = 32 * 1024 * 1024  # what all concurrent downloads together hold in batches
 GROUP_BYTES = 8 * 1024 * 1024  # batches of several downloads committed in one transaction
 EVICT_TO = 0.9  # after eviction, content is at most this share of the cap
+DROP_RELEASE_CHUNKS = 16  # chunks deleted between giving back the map pages their deletion read
 RELEASE_EVERY = 8 * 1024 * 1024  # blob bytes read or written (all threads together) between giving back the map pages LMDB touched
 T = TypeVar("T")
 
@@ -514,13 +515,19 @@ class Store:
         return len(ids)
 
     def _drop_chunks(self, txn: lmdb.Transaction, blob_id: bytes) -> None:
-        """Delete a blob's chunks. Freeing their overflow pages reads them through the map:
-        callers give the pages back afterwards (release_pages)."""
+        """Delete a blob's chunks. Freeing an overflow page reads its header through the map,
+        which maps the header's whole folio (pages.py): without giving them back as it goes,
+        dropping a 1 GiB download that failed near its end would put ~1 GiB of the file in RSS.
+        Called inside a write transaction, so the gate is held and the map cannot move."""
         cur = txn.cursor(db=self._chunks)
+        dropped = 0
         if cur.set_range(blob_id):
             while cur.key()[:8] == blob_id:
                 if not cur.delete():
                     break
+                dropped += 1
+                if dropped % DROP_RELEASE_CHUNKS == 0:
+                    pages.release(self._map_ranges())
         txn.delete(blob_id, db=self._pending)
 
     def size(self) -> int:

@@ -283,3 +283,33 @@ def test_reading_blobs_leaves_none_of_the_store_file_in_rss(store):
     assert read_all(store, info, 5, len(data) - 5) == data[5:-5]
     most = max(most, mapped_kib(data_mdb) - base)
     assert most <= 4096, f"reading a 32 MiB blob mapped {most} KiB of the store file into memory"
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="needs Linux's smaps")
+def test_dropping_a_failed_download_does_not_put_it_in_rss(store, monkeypatch):
+    """Deleting a blob reads each chunk's page header through LMDB's map; on this kernel each
+    such touch maps a whole page-cache folio, so a failed 1 GiB download, dropped, showed up to
+    1 GiB of RSS. The pages are given back as the deletion goes."""
+    from hubcache import pages
+
+    data = os.urandom(64 * 1024 * 1024)
+    w = store.begin_blob(digest(data), len(data) + 1, "library/x")  # one byte short: it will fail
+    w.register()
+    for i in range(0, len(data), 1 << 20):
+        w.write(data[i : i + (1 << 20)])
+    w.flush()
+    store.release_pages()
+    data_mdb = store.path / "data.mdb"
+    seen: list[int] = []
+    release = pages.release
+
+    def measured(ranges):
+        seen.append(mapped_kib(data_mdb))
+        release(ranges)
+
+    monkeypatch.setattr(pages, "release", measured)
+    with pytest.raises(DigestMismatch):
+        w.commit()
+    assert store.blob_info(digest(data)) is None and seen
+    assert max(seen) <= 12 * 1024, f"dropping 64 MiB held up to {max(seen)} KiB of the store file in memory"
+    assert mapped_kib(data_mdb) <= 4096
