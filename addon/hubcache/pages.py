@@ -105,23 +105,21 @@ def release(ranges: list[tuple[int, int, int]]) -> None:
             log.debug("madvise failed: %s", os.strerror(ctypes.get_errno()))
 
 
-M_MMAP_THRESHOLD = -3
 M_ARENA_MAX = -8
 
 
 def tune_malloc() -> bool:
-    """glibc's malloc, tuned for many threads moving large buffers (flights, blob server): at
-    most 2 arenas (by default one per thread, up to 8 per core), and a fixed mmap threshold of
-    128 KiB, so that freed large buffers go back to the system at once. Measured with
-    `scripts/bench --only memory --big-mib 256` (16 cold downloads at once): peak RSS 174 MiB
-    with this, 213-222 MiB with the default threshold or a fixed 264/512 KiB one. The price:
-    asyncio's 256 KiB receive buffers become an mmap each, and a warm 1 GiB blob goes at
-    ~290 MB/s instead of ~470 (`--only table`; plain mitmdump ~270). Returns whether it
-    applied (glibc only)."""
+    """glibc's malloc, tuned for many threads (flights, blob server connections): at most 2
+    arenas, instead of one per thread up to 8 per core. The mmap threshold is left to glibc.
+    A fixed 128 KiB threshold once cut the cold 16 x 256 MiB peak (174 against 213-222 MiB),
+    but made asyncio's 256 KiB receive buffers an mmap each (warm 1 GiB: ~290 MB/s instead
+    of ~470). Once blob reads stopped mapping data.mdb and the batch areas stopped being
+    zero-filled, it no longer saved anything: `scripts/bench --only memory --big-mib 256` gave
+    cold 172 MiB with it and 169 without, and `--only table --rounds 1` warm 298 MB/s with it,
+    361 without (mitmdump 256-260). Returns whether it applied (glibc only)."""
     if _libc is None or not hasattr(_libc, "mallopt"):
         return False
     try:
-        return bool(_libc.mallopt(M_MMAP_THRESHOLD, 128 * 1024)) and bool(_libc.mallopt(M_ARENA_MAX, 2))
+        return bool(_libc.mallopt(M_ARENA_MAX, 2))
     except (OSError, AttributeError):
         return False
-

@@ -694,10 +694,9 @@ class BlobWriter:
         self.size = 0
         self._hash = hashlib.sha256()
         # Received bytes not yet written: one area, allocated once and reused, so that no chunk
-        # costs an allocation (at 256 KiB each would be an mmap, see pages.tune_malloc). It is an
-        # anonymous mapping, not a bytearray: a page costs memory only once written, so a download
-        # that shares WRITE_BUDGET with 15 others and flushes every 2 MiB holds 2 MiB, not the
-        # BATCH_BYTES that bytearray() zero-fills (16 x 4 MiB was a third of the cold peak RSS).
+        # costs an allocation. It is an anonymous mapping, not a bytearray: a page costs memory
+        # only once written, so a download that shares WRITE_BUDGET with 15 others and flushes
+        # every 2 MiB holds 2 MiB, not the BATCH_BYTES that bytearray() zero-fills.
         self._area: mmap.mmap | None = None
         self._fill = 0
         self._index = 0  # chunks written so far
