@@ -313,3 +313,17 @@ def test_dropping_a_failed_download_does_not_put_it_in_rss(store, monkeypatch):
     assert store.blob_info(digest(data)) is None and seen
     assert max(seen) <= 12 * 1024, f"dropping 64 MiB held up to {max(seen)} KiB of the store file in memory"
     assert mapped_kib(data_mdb) <= 4096
+
+
+def test_blobs_read_right_without_proc_maps_to_find_the_file_offset(store, monkeypatch):
+    """Where /proc/self/maps cannot say where data.mdb is mapped, blob bytes are copied through
+    LMDB's map instead of read by offset: the same bytes, never an error or junk."""
+    from hubcache import pages
+
+    data = os.urandom(2 * CHUNK_SIZE + 777)
+    info = write_blob(store, data)
+    monkeypatch.setattr(pages, "mappings_of", lambda path: [])
+    store._mapping = (0, [])
+    assert read_all(store, info, 3, len(data) - 2) == data[3:-2]
+    buf = memoryview(bytearray(CHUNK_SIZE))
+    assert b"".join(bytes(p) for p in store.send_blob(info, buf, 1)) == data[1:]
