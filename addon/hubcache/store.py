@@ -33,7 +33,7 @@ log = logging.getLogger("hubcache.store")
 
 CHUNK_SIZE = 256 * 1024  # large enough for few keys, small enough to keep LMDB's free list healthy
 BATCH_BYTES = 4 * 1024 * 1024  # chunks a download hands over at once, when it is alone
-WRITE_BUDGET = 32 * 1024 * 1024  # what all concurrent downloads together hold in batches
+WRITE_BUDGET = 16 * 1024 * 1024  # what all concurrent downloads together hold in batches
 GROUP_BYTES = 8 * 1024 * 1024  # batches of several downloads committed in one transaction
 EVICT_TO = 0.9  # after eviction, content is at most this share of the cap
 DROP_RELEASE_CHUNKS = 16  # chunks deleted between giving back the map pages their deletion read
