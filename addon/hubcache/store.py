@@ -467,7 +467,7 @@ class Store:
                 index, offset = divmod(pos, info.chunk_size)
                 key = _chunk_key(info.blob_id, index)
                 with self._gate.shared(), self._env.begin(buffers=True) as txn:
-                    chunk = txn.get(key, db=self._chunks)  # a pointer into the map: nothing read yet
+                    chunk = txn.get(key, db=self._chunks)  # a pointer into the map; LMDB read only the page header
                     if chunk is None:
                         raise StoreError(f"chunk {index} of {info.digest} is missing")
                     n = min(len(chunk) - offset, end - pos)
