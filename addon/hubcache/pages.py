@@ -48,12 +48,14 @@ def mappings_of(path: str) -> list[tuple[int, int, int]]:
     return ranges
 
 
+def _holding(ranges: list[tuple[int, int, int]], address: int) -> tuple[int, int, int] | None:
+    return next((r for r in ranges if r[0] <= address < r[1]), None)
+
+
 def file_offset(ranges: list[tuple[int, int, int]], address: int) -> int | None:
     """Where in the file the mapped byte at `address` is (None: not in these ranges)."""
-    for start, end, offset in ranges:
-        if start <= address < end:
-            return address - start + offset
-    return None
+    r = _holding(ranges, address)
+    return None if r is None else address - r[0] + r[2]
 
 
 class _PyBuffer(ctypes.Structure):  # CPython's Py_buffer (stable ABI since 3.11)
@@ -89,12 +91,13 @@ def around(ranges: list[tuple[int, int, int]], address: int) -> list[tuple[int, 
     """The folio-sized block holding `address`, cut to the file's mapping that holds it: wherever
     one touch of that byte mapped its folio, that is within this. Never beyond the mapping: on
     the process's own memory next to it, MADV_DONTNEED would zero live data."""
+    r = _holding(ranges, address)
+    if r is None:
+        return []
+    start, end, offset = r
     block = address & ~(FOLIO_MAX - 1)
-    for start, end, offset in ranges:
-        if start <= address < end:
-            lo, hi = max(block, start), min(block + FOLIO_MAX, end)
-            return [(lo, hi, offset + lo - start)]
-    return []
+    lo, hi = max(block, start), min(block + FOLIO_MAX, end)
+    return [(lo, hi, offset + lo - start)]
 
 
 def release(ranges: list[tuple[int, int, int]]) -> None:

@@ -248,7 +248,7 @@ class Store:
         self._touched: dict[str, int] = {}
         self._touch_lock = threading.Lock()
         self._since_release = 0
-        self._mapping: tuple[int, list[tuple[int, int, int]]] = (0, [])  # (map size, data.mdb's ranges)
+        self._mapping: list[tuple[int, int, int]] = []  # where data.mdb is mapped; emptied by a resize
         self._group = _GroupCommit(self)
         self._writers = 0  # blob writes in progress (BlobWriter between register and commit/abort)
 
@@ -280,6 +280,7 @@ class Store:
         with self._gate.exclusive():
             if self._env.info()["map_size"] == seen:  # another thread may have grown it already
                 self._env.set_mapsize(seen * 2)
+                self._mapping = []  # the map moved
                 log.info("store map grown to %d MiB", seen * 2 >> 20)
 
     def _count_writer(self, delta: int) -> None:
@@ -317,11 +318,11 @@ class Store:
             pages.release(self._map_ranges())
 
     def _map_ranges(self) -> list[tuple[int, int, int]]:
-        """Where data.mdb is mapped now. Call with the gate held (shared): a resize moves the map."""
-        size = self._env.info()["map_size"]
-        if self._mapping[0] != size or not self._mapping[1]:
-            self._mapping = (size, pages.mappings_of(str((self.path / "data.mdb").resolve())))
-        return self._mapping[1]
+        """Where data.mdb is mapped now. Call with the gate held (shared): a resize (_grow)
+        moves the map and forgets where it was."""
+        if not self._mapping:
+            self._mapping = pages.mappings_of(str((self.path / "data.mdb").resolve()))
+        return self._mapping
 
     # -- manifests ----------------------------------------------------------------------------
 
@@ -424,7 +425,9 @@ class Store:
 
     def read_blob(self, info: BlobInfo, start: int = 0, end: int | None = None) -> Iterator[bytes]:
         """Bytes [start, end) of a committed blob, chunk by chunk, each a new bytes object."""
-        return self._chunks_of(info, start, end, None)
+        buf = memoryview(bytearray(info.chunk_size))
+        for piece in self._chunks_of(info, start, end, buf):
+            yield bytes(piece)
 
     def send_blob(self, info: BlobInfo, buf: memoryview, start: int = 0, end: int | None = None) -> Iterator[memoryview]:
         """Bytes [start, end) of a committed blob, read chunk by chunk into `buf` (at least
@@ -453,11 +456,10 @@ class Store:
 
         return self._read(op)
 
-    def _chunks_of(self, info: BlobInfo, start: int, end: int | None, buf: memoryview | None) -> Iterator:
-        """Walk the chunks of [start, end). Each piece is read with pread from data.mdb, at the
-        file offset of the chunk's pages, inside a read transaction (which keeps those pages from
-        being reused), into `buf` or, without one, into new bytes. Not through LMDB's map: see
-        pages.py for why that costs RSS."""
+    def _chunks_of(self, info: BlobInfo, start: int, end: int | None, buf: memoryview) -> Iterator[memoryview]:
+        """Walk the chunks of [start, end). Each piece is read into `buf` with pread from
+        data.mdb, at the file offset of the chunk's pages, inside a read transaction (which keeps
+        those pages from being reused). Not through LMDB's map: see pages.py for why that costs RSS."""
         end = info.size if end is None else min(end, info.size)
         self._pin(info.digest)  # not evicted while being read
         try:
@@ -473,16 +475,11 @@ class Store:
                     n = min(len(chunk) - offset, end - pos)
                     address, ranges = pages.address_of(chunk), self._map_ranges()
                     where = pages.file_offset(ranges, address)
+                    piece = buf[:n]
                     if where is None:  # no /proc/self/maps to say where: a copy through the map
-                        piece = bytes(chunk[offset : offset + n]) if buf is None else buf[:n]
-                        if buf is not None:
-                            piece[:] = chunk[offset : offset + n]
+                        piece[:] = chunk[offset : offset + n]
                         got = n
-                    elif buf is None:
-                        piece = os.pread(self._data, n, where + offset)
-                        got = len(piece)
                     else:
-                        piece = buf[:n]
                         got = os.preadv(self._data, [piece], where + offset)
                     pages.release(pages.around(ranges, address))  # LMDB read the page header: its folio got mapped
                 if got != n:

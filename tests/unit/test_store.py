@@ -323,7 +323,31 @@ def test_blobs_read_right_without_proc_maps_to_find_the_file_offset(store, monke
     data = os.urandom(2 * CHUNK_SIZE + 777)
     info = write_blob(store, data)
     monkeypatch.setattr(pages, "mappings_of", lambda path: [])
-    store._mapping = (0, [])
+    store._mapping = []
     assert read_all(store, info, 3, len(data) - 2) == data[3:-2]
     buf = memoryview(bytearray(CHUNK_SIZE))
     assert b"".join(bytes(p) for p in store.send_blob(info, buf, 1)) == data[1:]
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="needs Linux's smaps")
+def test_reads_after_the_map_grew_still_leave_the_store_file_out_of_rss(tmp_path):
+    """A resize moves LMDB's map: where the store last saw data.mdb mapped is then wrong, and
+    reads must find it anew rather than copy through the map (which puts the blob in RSS)."""
+    s = Store(tmp_path / "s", map_size=1 << 20)
+    try:
+        small = write_blob(s, os.urandom(CHUNK_SIZE))
+        assert read_all(s, small)  # the store now knows where the map is
+        before = s.map_size()
+        data = os.urandom(32 * 1024 * 1024)
+        info = write_blob(s, data)
+        assert s.map_size() > before
+        s.release_pages()
+        data_mdb = s.path / "data.mdb"
+        most, got = 0, bytearray()
+        for piece in s.send_blob(info, memoryview(bytearray(CHUNK_SIZE))):
+            got += piece
+            most = max(most, mapped_kib(data_mdb))
+        assert bytes(got) == data
+        assert most <= 4096, f"after the map grew, reading 32 MiB mapped {most} KiB of the store file"
+    finally:
+        s.close()
