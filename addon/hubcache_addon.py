@@ -1,5 +1,5 @@
 """Entry point for plain mitmdump: `mitmdump -s addon/hubcache_addon.py`."""
 
-from hubcache.addon import HubCache
+from hubcache.hooks.addon import HubCache
 
 addons = [HubCache()]

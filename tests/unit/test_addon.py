@@ -7,7 +7,7 @@ import json
 import pytest
 from mitmproxy.test import taddons, tflow, tutils
 
-from hubcache.addon import HubCache
+from hubcache.hooks.addon import HubCache
 
 
 @pytest.fixture
@@ -81,7 +81,7 @@ def test_other_hosts_are_left_alone(hub):
 
 
 def test_oversized_upstream_manifest_is_refused_with_an_oci_error(hub):
-    from hubcache import upstream
+    from hubcache.upstream import client as upstream
 
     async def auth(client_auth, repository):
         return "Bearer upstream", "anonymous"
@@ -96,7 +96,7 @@ def test_oversized_upstream_manifest_is_refused_with_an_oci_error(hub):
 
 
 def test_concurrent_manifest_misses_make_one_upstream_request(hub):
-    from hubcache import upstream
+    from hubcache.upstream import client as upstream
 
     body = b'{"schemaVersion":2}'
     digest = "sha256:" + hashlib.sha256(body).hexdigest()

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from hubcache.blobserver import PATH_PREFIX, BlobServer, parse_range
+from hubcache.serve.blobserver import PATH_PREFIX, BlobServer, parse_range
 from hubcache.store import Store
 
 
@@ -62,7 +62,7 @@ def test_tls_listener_serves_signed_urls_with_a_certificate_of_the_proxy_ca(tmp_
 
     from mitmproxy.certs import CertStore
 
-    from hubcache.blobserver import DIRECT_HOST, tls_context
+    from hubcache.serve.blobserver import DIRECT_HOST, tls_context
 
     s = Store(tmp_path / "s")
     data = os.urandom(3 << 20)

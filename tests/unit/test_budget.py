@@ -1,6 +1,6 @@
 import math
 
-from hubcache.budget import Budgets, parse_ratelimit
+from hubcache.decide.budget import Budgets, parse_ratelimit
 
 
 def test_parse_ratelimit():

@@ -5,7 +5,7 @@ import stat
 
 import pytest
 
-from hubcache.credentials import Credential, CredentialsError, from_docker_config, from_env, from_file, load
+from hubcache.upstream.credentials import Credential, CredentialsError, from_docker_config, from_env, from_file, load
 
 SECRET = "s3cr3t-t0ken-value"
 

@@ -6,8 +6,8 @@ import ssl
 
 import pytest
 
-from hubcache import doctor
-from hubcache.doctor import Check
+from hubcache.tools import doctor
+from hubcache.tools.doctor import Check
 
 
 # ------------------------------------------------------------------------ proxy URLs

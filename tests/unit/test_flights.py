@@ -13,10 +13,10 @@ import time
 
 import pytest
 
-from hubcache.blobserver import BlobServer
-from hubcache.flights import Flight, Flights
+from hubcache.serve.blobserver import BlobServer
+from hubcache.serve.flights import Flight, Flights
 from hubcache.store import Store
-from hubcache.upstream import UpstreamError
+from hubcache.upstream.client import UpstreamError
 
 MiB = 1 << 20
 

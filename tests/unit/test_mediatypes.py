@@ -1,6 +1,6 @@
 from hypothesis import given, strategies as st
 
-from hubcache.mediatypes import DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST, Accept, choose
+from hubcache.decide.mediatypes import DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST, Accept, choose
 
 SKOPEO = [OCI_MANIFEST, "application/vnd.docker.distribution.manifest.v2+json", DOCKER_LIST, OCI_INDEX,
           "application/vnd.docker.distribution.manifest.v1+prettyjws", "application/vnd.docker.distribution.manifest.v1+json"]

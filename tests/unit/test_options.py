@@ -2,7 +2,7 @@ import re
 
 import pytest
 
-from hubcache.options import allow_hosts_pattern, parse_size
+from hubcache.settings import allow_hosts_pattern, parse_size
 
 
 @pytest.mark.parametrize("text,n", [("0", 0), ("512", 512), ("1k", 1024), ("50g", 50 << 30), ("1.5GiB", 3 << 29), ("10MB", 10 << 20)])
@@ -26,7 +26,7 @@ def test_allow_hosts_pattern_matches_only_listed_hosts():
 
 
 def test_parse_time():
-    from hubcache.options import parse_time
+    from hubcache.settings import parse_time
 
     assert parse_time("") is None
     assert parse_time("1700000000") == 1700000000.0

@@ -3,7 +3,7 @@
 import mmap
 import os
 
-from hubcache import pages
+from hubcache.store import pages
 
 MiB = 1 << 20
 

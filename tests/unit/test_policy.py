@@ -1,4 +1,5 @@
-from hubcache.policy import Decision, TagRecord, decide
+from hubcache.decide.freshness import Decision, decide
+from hubcache.model import TagRecord
 
 R = TagRecord("library/x", "1", "t", "sha256:" + "a" * 64, 10, fetched=100.0, confirmed=1000.0)
 
@@ -21,7 +22,7 @@ def test_ttl_zero_always_revalidates():
 
 
 def test_health_backs_off_then_retries():
-    from hubcache.health import Health
+    from hubcache.decide.health import Health
 
     h = Health(backoff=30)
     assert h.down("r", now=0) is None
@@ -35,7 +36,7 @@ def test_health_backs_off_then_retries():
 
 
 def test_visibility_of_cached_content():
-    from hubcache.access import seen_as, visibility
+    from hubcache.decide.access import seen_as, visibility
 
     pub, priv = seen_as("library/x", False), seen_as("acme/secret", True)
     assert visibility([pub], "library/x") == "public"

@@ -1,7 +1,8 @@
 import pytest
 from hypothesis import given, strategies as st
 
-from hubcache.routes import Kind, classify, classify_registry
+from hubcache.decide.routes import classify, classify_registry
+from hubcache.model import Kind
 
 D = "sha256:" + "a" * 64
 HOSTS = dict(
@@ -85,13 +86,13 @@ def test_any_path_classifies_without_crashing(path):
     ],
 )
 def test_parse_image(text, expected):
-    from hubcache.routes import parse_image
+    from hubcache.decide.routes import parse_image
 
     assert parse_image(text) == expected
 
 
 def test_parse_image_refuses_nonsense():
-    from hubcache.routes import parse_image
+    from hubcache.decide.routes import parse_image
 
     with pytest.raises(ValueError):
         parse_image("Not An Image")

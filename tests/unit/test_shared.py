@@ -7,9 +7,9 @@ import hashlib
 
 import pytest
 
-from hubcache import manifests
-from hubcache.routes import classify_registry
-from hubcache.shared import Shared
+from hubcache.decide import manifests
+from hubcache.decide.routes import classify_registry
+from hubcache.upstream.singleflight import Shared
 
 
 def test_concurrent_callers_share_one_run_and_the_next_caller_starts_afresh():

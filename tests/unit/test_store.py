@@ -4,7 +4,8 @@ import os
 import lmdb
 import pytest
 
-from hubcache.store import CHUNK_SIZE, DigestMismatch, Store, sha256_digest
+from hubcache.model import sha256_digest
+from hubcache.store import CHUNK_SIZE, DigestMismatch, Store
 
 
 def digest(data: bytes) -> str:
@@ -173,7 +174,7 @@ def test_verify_drops_what_does_not_match_and_orphan_chunks(tmp_path):
     body = b'{"schemaVersion":2}'
     s.put_manifest(sha256_digest(body), "t", body, "r")
     # rot one chunk of `bad` in place, and leave chunks that no blob owns
-    from hubcache.store import _chunk_key
+    from hubcache.store.facade import _chunk_key
 
     s._write(lambda txn: txn.put(_chunk_key(ib.blob_id, 1), b"x" * CHUNK_SIZE, db=s._chunks))
     s._write(lambda txn: txn.put(_chunk_key(b"orphan!!", 0), b"y", db=s._chunks))
@@ -290,7 +291,7 @@ def test_dropping_a_failed_download_does_not_put_it_in_rss(store, monkeypatch):
     """Deleting a blob reads each chunk's page header through LMDB's map; on this kernel each
     such touch maps a whole page-cache folio, so a failed 1 GiB download, dropped, showed up to
     1 GiB of RSS. The pages are given back as the deletion goes."""
-    from hubcache import pages
+    from hubcache.store import pages
 
     data = os.urandom(64 * 1024 * 1024)
     w = store.begin_blob(digest(data), len(data) + 1, "library/x")  # one byte short: it will fail
@@ -318,7 +319,7 @@ def test_dropping_a_failed_download_does_not_put_it_in_rss(store, monkeypatch):
 def test_blobs_read_right_without_proc_maps_to_find_the_file_offset(store, monkeypatch):
     """Where /proc/self/maps cannot say where data.mdb is mapped, blob bytes are copied through
     LMDB's map instead of read by offset: the same bytes, never an error or junk."""
-    from hubcache import pages
+    from hubcache.store import pages
 
     data = os.urandom(2 * CHUNK_SIZE + 777)
     info = write_blob(store, data)

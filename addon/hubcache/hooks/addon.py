@@ -19,15 +19,25 @@ from urllib.parse import urljoin, urlsplit
 import lmdb
 from mitmproxy import ctx, exceptions, http
 
-from . import access, dockerhub, fetch, manifests, options, pages, policy, responses, routes, tokens, upstream
-from .blobserver import DIRECT_HOST, BlobServer, tls_context
-from .dockerhub import DockerHub
-from .flights import Flight, Flights
-from .metrics import Metrics
-from .mediatypes import Accept, choose
-from .routes import Kind, Route
-from .shared import Shared
-from .store import BlobInfo, Manifest, Store, StoreError
+from hubcache.decide import access
+from hubcache.upstream import dockerhub
+from hubcache.upstream import fetch
+from hubcache.decide import manifests
+from hubcache import settings as options
+from hubcache.store import pages
+from hubcache.decide import freshness as policy
+from hubcache.hooks import responses
+from hubcache.decide import routes
+from hubcache.upstream import tokens
+from hubcache.upstream import client as upstream
+from hubcache.serve.blobserver import DIRECT_HOST, BlobServer, tls_context
+from hubcache.upstream.dockerhub import DockerHub
+from hubcache.serve.flights import Flight, Flights
+from hubcache.metrics import Metrics
+from hubcache.decide.mediatypes import Accept, choose
+from hubcache.model import BlobInfo, Kind, Manifest, Route
+from hubcache.upstream.singleflight import Shared
+from hubcache.store import Store, StoreError
 
 log = logging.getLogger("hubcache")
 

@@ -20,14 +20,13 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
 import lmdb
 
-from . import pages
-from .policy import TagRecord
+from hubcache.store import pages
+from hubcache.model import BlobInfo, Manifest, TagRecord, sha256_digest
 
 log = logging.getLogger("hubcache.store")
 
@@ -51,25 +50,6 @@ class DigestMismatch(StoreError):
 
 class StoreInUse(StoreError):
     pass
-
-
-@dataclass(frozen=True)
-class Manifest:
-    digest: str
-    media_type: str
-    body: bytes
-
-
-@dataclass(frozen=True)
-class BlobInfo:
-    digest: str
-    size: int
-    blob_id: bytes
-    chunk_size: int
-
-
-def sha256_digest(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def _chunk_key(blob_id: bytes, index: int) -> bytes:

@@ -10,8 +10,8 @@ import signal
 import sys
 import time
 
-from . import __version__
-from .options import DEFAULT_HOME
+from hubcache import __version__
+from hubcache.settings import DEFAULT_HOME
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -33,14 +33,14 @@ def _parser() -> argparse.ArgumentParser:
     hist.add_argument("--store", default=os.path.join(DEFAULT_HOME, "store"), help="LMDB store directory")
     ver = sub.add_parser("verify", help="re-hash the whole store and drop what does not match (proxy stopped)")
     ver.add_argument("--store", default=os.path.join(DEFAULT_HOME, "store"), help="LMDB store directory")
-    from .doctor import add_arguments as doctor_arguments
+    from hubcache.tools.doctor import add_arguments as doctor_arguments
     doctor_arguments(sub.add_parser("doctor", help="check, on a runner host, that pulls go through hubcache"))
     return p
 
 
 def _history(args: argparse.Namespace) -> int:
-    from .routes import parse_image
-    from .store import Store, StoreError
+    from hubcache.decide.routes import parse_image
+    from hubcache.store import Store, StoreError
 
     try:
         repository, tag = parse_image(args.image)
@@ -62,7 +62,7 @@ def _history(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from .store import Store, StoreError
+    from hubcache.store import Store, StoreError
 
     try:
         store = Store(args.store)
@@ -82,7 +82,7 @@ async def _run(args: argparse.Namespace) -> int:
     from mitmproxy import exceptions, options
     from mitmproxy.tools.dump import DumpMaster
 
-    from .addon import HubCache
+    from hubcache.hooks.addon import HubCache
 
     opts = options.Options(
         listen_host=args.listen_host,
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.basicConfig(level=logging.WARNING, format="hubcache: %(message)s")
         return _verify(args)
     if args.command == "doctor":
-        from .doctor import run as doctor
+        from hubcache.tools.doctor import run as doctor
         return doctor(args)
     return 2
 

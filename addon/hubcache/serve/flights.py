@@ -23,8 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from .store import BlobWriter, DigestMismatch, StoreError
-from .upstream import UpstreamError, relayable
+from hubcache.store import BlobWriter, DigestMismatch, StoreError
+from hubcache.upstream.client import UpstreamError, relayable
 
 log = logging.getLogger("hubcache")
 

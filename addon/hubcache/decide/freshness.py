@@ -6,24 +6,13 @@ Pure. A HEAD on a manifest does not count against Docker Hub's pull limit; a GET
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from hubcache.model import TagRecord
 
 
 class Decision(enum.Enum):
     HIT = "hit"  # fresh: serve from the store, no upstream request
     REVALIDATE = "revalidate"  # stale: HEAD upstream, serve from the store if the digest is unchanged
     FETCH = "fetch"  # nothing usable cached: GET upstream
-
-
-@dataclass(frozen=True)
-class TagRecord:
-    repository: str
-    tag: str
-    media_type: str
-    digest: str
-    size: int
-    fetched: float  # when this digest was first seen for the tag
-    confirmed: float  # when upstream last confirmed it
 
 
 def decide(record: TagRecord | None, manifest_cached: bool, now: float, ttl: float) -> Decision:

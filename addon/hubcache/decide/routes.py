@@ -6,45 +6,17 @@ that does not parse is reported as an error kind so the addon can answer in the 
 
 from __future__ import annotations
 
-import enum
 import re
-from dataclasses import dataclass
 from urllib.parse import unquote
+
+from hubcache.model import DIGEST_RE, Kind, Route, is_digest
 
 # OCI distribution spec, "Pulling manifests": repository names and tags.
 _COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
 NAME_RE = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
 TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
-DIGEST_RE = re.compile(r"sha256:[a-f0-9]{64}")
 _ANY_DIGEST_RE = re.compile(r"[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]+")
 MAX_NAME_LENGTH = 255
-
-
-class Kind(enum.Enum):
-    ROOT = "root"  # GET /v2/
-    MANIFEST = "manifest"
-    BLOB = "blob"
-    TOKEN = "token"
-    CDN = "cdn"  # a request on a blob CDN host
-    OTHER = "other"  # a registry request hubcache does not cache (tags/list, uploads...)
-    INVALID = "invalid"  # a registry path with a bad name, tag or digest
-
-
-@dataclass(frozen=True)
-class Route:
-    kind: Kind
-    repository: str = ""
-    reference: str = ""  # tag or digest
-    error_code: str = ""  # OCI error code for Kind.INVALID
-    error_message: str = ""
-
-    @property
-    def by_digest(self) -> bool:
-        return self.reference.startswith("sha256:")
-
-
-def is_digest(value: str) -> bool:
-    return DIGEST_RE.fullmatch(value) is not None
 
 
 def _invalid(code: str, message: str) -> Route:

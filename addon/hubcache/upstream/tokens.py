@@ -8,9 +8,9 @@ import time
 from collections.abc import Awaitable, Callable
 from urllib.parse import urlencode
 
-from .credentials import Credential
-from .shared import Shared
-from .upstream import UpstreamError, UpstreamResponse
+from hubcache.upstream.credentials import Credential
+from hubcache.upstream.singleflight import Shared
+from hubcache.upstream.client import UpstreamError, UpstreamResponse
 
 LOCAL_PREFIX = "hubcache."
 LOCAL_TTL = 3600

@@ -29,8 +29,8 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs
 
-from .routes import is_digest
-from .store import CHUNK_SIZE, BlobInfo, Store, StoreError
+from hubcache.model import BlobInfo, is_digest
+from hubcache.store import CHUNK_SIZE, Store, StoreError
 
 log = logging.getLogger("hubcache")
 

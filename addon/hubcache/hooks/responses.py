@@ -6,7 +6,7 @@ import json
 
 from mitmproxy import http
 
-from .store import BlobInfo, Manifest
+from hubcache.model import BlobInfo, Manifest
 
 API_VERSION = ("Docker-Distribution-Api-Version", "registry/2.0")
 

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from .routes import Route
-from .store import Manifest, sha256_digest
+from hubcache.model import Manifest, Route, sha256_digest
 
 
 def check(route: Route, content_type: str, claimed: str, body: bytes) -> Manifest | str:

@@ -20,7 +20,7 @@ from urllib.parse import urljoin, urlsplit
 
 import h11
 
-from .upstream import USER_AGENT, TLSSettings, UpstreamError, _redact, header_dict, ssl_context
+from hubcache.upstream.client import USER_AGENT, TLSSettings, UpstreamError, _redact, header_dict, ssl_context
 
 MAX_REDIRECTS = 5
 READ_SIZE = 64 * 1024  # a TLS record is at most 16 KiB: a larger buffer is only allocated, not filled

@@ -15,10 +15,12 @@ from urllib.parse import urlsplit
 
 from mitmproxy import ctx, exceptions
 
-from . import credentials, tokens, upstream
-from .budget import ANONYMOUS, Budgets
-from .health import Health
-from .metrics import Metrics
+from hubcache.upstream import credentials
+from hubcache.upstream import tokens
+from hubcache.upstream import client as upstream
+from hubcache.decide.budget import ANONYMOUS, Budgets
+from hubcache.decide.health import Health
+from hubcache.metrics import Metrics
 
 log = logging.getLogger("hubcache")
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlencode, urlsplit
 
-from .blobserver import DIRECT_HOST
+from hubcache.serve.blobserver import DIRECT_HOST
 
 REGISTRY = "registry-1.docker.io"
 DEFAULT_PROXY = "http://127.0.0.1:3128"

@@ -1,0 +1,99 @@
+"""The registry objects every layer speaks of: manifests, blobs, tags, routes, outcomes, media types.
+
+Pure data, no behaviour beyond what names it: the bottom of the dependency graph (hooks →
+decide / upstream / serve → store → model).
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+INDEX_TYPES = frozenset({OCI_INDEX, DOCKER_LIST})
+MANIFEST_TYPES = (OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST)  # what hubcache asks for on its own HEADs
+
+MAX_MANIFEST_BYTES = 4 * 1024 * 1024  # Docker Hub's own limit; larger upstream answers are refused
+
+DIGEST_RE = re.compile(r"sha256:[a-f0-9]{64}")
+
+
+def sha256_digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def is_digest(value: str) -> bool:
+    return DIGEST_RE.fullmatch(value) is not None
+
+
+def oci_error_body(code: str, message: str) -> bytes:
+    """An OCI distribution error body: {"errors": [{"code": ..., "message": ...}]}."""
+    return json.dumps({"errors": [{"code": code, "message": message}]}).encode()
+
+
+@dataclass(frozen=True)
+class Manifest:
+    digest: str
+    media_type: str
+    body: bytes
+
+
+@dataclass(frozen=True)
+class BlobInfo:
+    digest: str
+    size: int
+    blob_id: bytes
+    chunk_size: int
+
+
+@dataclass(frozen=True)
+class TagRecord:
+    repository: str
+    tag: str
+    media_type: str
+    digest: str
+    size: int
+    fetched: float  # when this digest was first seen for the tag
+    confirmed: float  # when upstream last confirmed it
+
+
+class Kind(enum.Enum):
+    ROOT = "root"  # GET /v2/
+    MANIFEST = "manifest"
+    BLOB = "blob"
+    TOKEN = "token"
+    CDN = "cdn"  # a request on a blob CDN host
+    OTHER = "other"  # a registry request hubcache does not cache (tags/list, uploads...)
+    INVALID = "invalid"  # a registry path with a bad name, tag or digest
+
+
+@dataclass(frozen=True)
+class Route:
+    kind: Kind
+    repository: str = ""
+    reference: str = ""  # tag or digest
+    error_code: str = ""  # OCI error code for Kind.INVALID
+    error_message: str = ""
+
+    @property
+    def by_digest(self) -> bool:
+        return self.reference.startswith("sha256:")
+
+
+class Outcome(enum.Enum):
+    """What hubcache did with a registry request: the log line's first word and a metric label."""
+
+    HIT = "hit"  # answered from the store (or locally), upstream not asked
+    REVALIDATED = "revalidated"  # a tag past its TTL that upstream confirmed with a free HEAD
+    MISS = "miss"  # fetched upstream (and stored when it could be)
+    STALE = "stale"  # upstream could not or would not answer: the store's last answer, marked stale
+    PASSTHROUGH = "passthrough"  # relayed to upstream as the client sent it; nothing stored
+    REJECTED = "rejected"  # bad input: a malformed request, or upstream bytes that did not match their digest
+    REFUSED = "refused"  # private content upstream did not confirm this client may pull
+    ERROR = "error"  # could not be served: upstream unavailable and nothing stored, or a failed transfer
