@@ -83,6 +83,11 @@ def test_any_path_classifies_without_crashing(path):
         ("postgres", ("library/postgres", None)),
         ("docker.io/library/postgres:12.2", ("library/postgres", "12.2")),
         ("bitnami/redis:7", ("bitnami/redis", "7")),
+        ("index.docker.io/hello-world", ("library/hello-world", None)),
+        ("registry-1.docker.io/bitnami/redis", ("bitnami/redis", None)),
+        ("alpine@sha256:" + "a" * 64, ("library/alpine", "sha256:" + "a" * 64)),
+        ("alpine:3.20@sha256:" + "a" * 64, ("library/alpine", "sha256:" + "a" * 64)),  # the digest wins, as in docker pull
+        ("docker.io/docker.io/x", ("docker.io/x", None)),  # only the first component can name the registry
     ],
 )
 def test_parse_image(text, expected):
@@ -96,3 +101,12 @@ def test_parse_image_refuses_nonsense():
 
     with pytest.raises(ValueError):
         parse_image("Not An Image")
+
+
+@pytest.mark.parametrize("text", ["quay.io/coreos/etcd:v3", "localhost:5000/app", "localhost/app",
+                                  "alpine@sha256:abc", "alpine@md5:" + "a" * 32, "alpine:bad tag"])
+def test_parse_image_refuses_other_registries_and_bad_references(text):
+    from hubcache.decide.routes import parse_image
+
+    with pytest.raises(ValueError):
+        parse_image(text)

@@ -83,19 +83,31 @@ def classify(host: str, method: str, path: str, *, registry_hosts, auth_hosts, c
 
 
 def parse_image(text: str) -> tuple[str, str | None]:
-    """'postgres:12.2', 'docker.io/library/postgres', 'bitnami/redis:7' -> (repository, tag or None)
-    as Docker Hub names them (official images live under library/)."""
+    """An image reference as `docker pull` takes it -> (repository, tag or digest, or None) on Docker Hub.
+
+    `postgres:12.2` -> ("library/postgres", "12.2"); `docker.io/bitnami/redis` -> ("bitnami/redis",
+    None); `alpine@sha256:<hex>` and `alpine:3@sha256:<hex>` -> ("library/alpine", "sha256:<hex>").
+    Docker's normalisation, for Docker Hub only (the only registry hubcache caches):
+    - a first component with a `.` or `:`, or `localhost`, names the registry: docker.io,
+      index.docker.io and registry-1.docker.io (Hub's API host) are stripped, any other is an error;
+    - a one-component name is an official image, under `library/`;
+    - a digest wins over a tag (`docker pull` drops the tag); only sha256, the one hubcache serves;
+    - neither tag nor digest gives None: the caller picks its default (`docker pull` takes latest).
+    Names and tags follow the OCI grammar (NAME_RE, TAG_RE). Anything else raises ValueError.
+    """
     ref = text.strip()
-    for prefix in ("docker.io/", "index.docker.io/", "registry-1.docker.io/"):
-        if ref.startswith(prefix):
-            ref = ref[len(prefix):]
-            break
+    domain, slash, path = ref.partition("/")
+    if slash and (domain == "localhost" or any(c in domain for c in ".:")):
+        if domain not in ("docker.io", "index.docker.io", "registry-1.docker.io"):
+            raise ValueError(f"{text!r} is not on Docker Hub but on {domain}")
+        ref = path
+    ref, at, digest = ref.partition("@")
     name, tag = ref, None
-    last = ref.rsplit("/", 1)[-1]
-    if ":" in last:
+    if ":" in ref.rsplit("/", 1)[-1]:
         name, tag = ref.rsplit(":", 1)
     if "/" not in name:
         name = f"library/{name}"
-    if not NAME_RE.fullmatch(name) or (tag is not None and not TAG_RE.fullmatch(tag)):
+    bad_tag = tag is not None and not TAG_RE.fullmatch(tag)
+    if not NAME_RE.fullmatch(name) or bad_tag or (at and not is_digest(digest)):
         raise ValueError(f"not a Docker Hub image reference: {text!r}")
-    return name, tag
+    return name, digest if at else tag
