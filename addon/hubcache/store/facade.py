@@ -56,10 +56,6 @@ def _chunk_key(blob_id: bytes, index: int) -> bytes:
     return blob_id + struct.pack(">I", index)
 
 
-def _lru_key(atime: int, digest: bytes) -> bytes:
-    return struct.pack(">Q", atime) + digest
-
-
 class _Gate:
     """Many transactions at once, or one map resize alone (LMDB needs no open transaction then)."""
 
@@ -313,9 +309,6 @@ class Store:
         header, _, body = raw.partition(b"\n")
         self.touch(digest)
         return Manifest(digest, json.loads(header)["media_type"], body)
-
-    def has_manifest(self, digest: str) -> bool:
-        return self._read(lambda txn: txn.get(digest.encode(), db=self._manifests)) is not None
 
     def put_manifest(self, digest: str, media_type: str, body: bytes, repository: str) -> None:
         if sha256_digest(body) != digest:
@@ -676,7 +669,7 @@ class BlobWriter:
         # Received bytes not yet written: one area, allocated once and reused, so that no chunk
         # costs an allocation. It is an anonymous mapping, not a bytearray: a page costs memory
         # only once written, so a download that shares WRITE_BUDGET with 15 others and flushes
-        # every 2 MiB holds 2 MiB, not the BATCH_BYTES that bytearray() zero-fills.
+        # every 1 MiB holds about 1 MiB, not the BATCH_BYTES that bytearray() zero-fills.
         self._area: mmap.mmap | None = None
         self._fill = 0
         self._index = 0  # chunks written so far
