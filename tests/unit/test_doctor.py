@@ -163,14 +163,14 @@ def test_parse_challenge():
     ("docker.io/bitnami/redis:7.2", ("bitnami/redis", "7.2")),
     ("alpine@sha256:" + "a" * 64, ("library/alpine", "sha256:" + "a" * 64)),
 ])
-def test_parse_image(image, expected):
-    assert doctor.parse_image(image) == expected
+def test_pull_target_is_what_docker_pull_asks_for(image, expected):
+    assert doctor.pull_target(image) == expected
 
 
-def test_parse_image_rejects_other_registries_and_bad_names():
-    for bad in ("Upper/case:1", "library/:x"):
+def test_pull_target_rejects_other_registries_and_bad_names():
+    for bad in ("Upper/case:1", "library/:x", "quay.io/coreos/etcd:v3"):
         with pytest.raises(ValueError):
-            doctor.parse_image(bad)
+            doctor.pull_target(bad)
 
 
 def test_answered_by_and_outcome():

@@ -1,0 +1,71 @@
+"""`hubcache doctor`'s command line: runs the checks in order and prints one line for each.
+
+The checks that go through the proxy are skipped, not failed, when an earlier proxy check failed:
+one cause, one FAIL line.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from hubcache.tools.doctor.certs import pem_certs
+from hubcache.tools.doctor.check import Check, exit_code
+from hubcache.tools.doctor.hostchecks import DOCKER_PIDFILE, check_ca_store, check_docker
+from hubcache.tools.doctor.proxychecks import check_interception, check_proxy, check_pull
+from hubcache.tools.doctor.proxyenv import parse_proxy, proxy_from_env
+
+DEFAULT_PROXY = "http://127.0.0.1:3128"
+DEFAULT_IMAGE = "library/hello-world:latest"
+DAEMON_JSON = "/etc/docker/daemon.json"
+
+
+def run(args) -> int:
+    checks: list[Check] = []
+    if args.proxy:
+        url, source = args.proxy, "--proxy"
+    elif proxy_from_env(dict(os.environ)):
+        url, source = proxy_from_env(dict(os.environ)), "HTTPS_PROXY of this shell"
+    else:
+        url, source = DEFAULT_PROXY, "default"
+
+    def emit(c: Check) -> None:
+        checks.append(c)
+        print(c.line(), flush=True)
+
+    ca_der = None
+    if args.ca:
+        try:
+            ca_der = (pem_certs(Path(args.ca).read_text(errors="replace")) or [None])[0]
+        except OSError:
+            pass
+    try:
+        proxy = parse_proxy(url)
+    except ValueError as e:
+        emit(Check("proxy reachable", False, f"{url} ({source}): {e}", "use the form http://HOST:3128"))
+        proxy = None
+    issuer = ""
+    if proxy is not None:
+        emit(check_proxy(proxy, source))
+        if checks[-1].ok:
+            c, issuer = check_interception(proxy, ca_der)
+            emit(c)
+        else:
+            emit(Check("intercepts Docker Hub", None, "not checked: the proxy is not reachable"))
+    emit(check_ca_store(args.ca or "", issuer))
+    emit(check_docker(url, args.dockerd_pid, args.daemon_json))
+    if proxy is not None and checks[0].ok and checks[1].ok:
+        emit(check_pull(proxy, args.image))
+    else:
+        emit(Check("test pull", None, "not tried: the checks of the proxy above failed"))
+    return exit_code(checks)
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--proxy", default="", help="hubcache's URL, http://[USER:PASS@]HOST:PORT "
+                   f"(default: HTTPS_PROXY of the environment, else {DEFAULT_PROXY})")
+    p.add_argument("--ca", default="", help="hubcache's CA certificate (mitmproxy-ca-cert.pem) to look for in the system store")
+    p.add_argument("--image", default=DEFAULT_IMAGE, help=f"image for the test pull (default {DEFAULT_IMAGE}); only a manifest HEAD, "
+                   "which Docker Hub does not count")
+    p.add_argument("--dockerd-pid", type=int, default=None, help=f"the dockerd to check (default: {DOCKER_PIDFILE}, else the only dockerd)")
+    p.add_argument("--daemon-json", default=DAEMON_JSON, help=f"dockerd's configuration file (default {DAEMON_JSON})")
