@@ -1,7 +1,7 @@
 """Side-by-side benchmark of pulling through nothing, plain mitmdump, and hubcache cold and warm.
 
 Everything runs on this machine, in a network namespace of its own: the real distribution registry
-set up like Docker Hub (tests/support/hubenv.py), curl for a single large blob, skopeo for a whole
+set up like Docker Hub (scripts/harness/hubenv.py), curl for a single large blob, skopeo for a whole
 multi-layer image. Rounds interleave the modes so that machine noise hits them alike; medians and
 ratios are printed, and a JSON summary is the last line.
 
@@ -34,13 +34,11 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from harness.clients import make_cert_dir, skopeo_copy
+from harness.hubenv import Upstream, missing_prerequisites
+from harness.proxy import Proxy
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-
-from support.clients import make_cert_dir, skopeo_copy  # noqa: E402
-from support.hubenv import Upstream, missing_prerequisites  # noqa: E402
-from support.proxy import Proxy  # noqa: E402
-
 MiB = 1 << 20
 MODES = ("direct", "mitmdump", "hubcache-cold", "hubcache-warm")
 SECTIONS = ("table", "extra", "memory", "load")
@@ -242,7 +240,7 @@ def extra_measurements(up, work: Path, certs: Path, bundle: Path, confdir: Path,
     clients' own TLS and hashing on this machine's cores, and with every CDN connection paced
     at each of `link_mbps` MB/s, a runner's internet link to Docker Hub, where the question is whether
     16 clients wait for one download or for sixteen."""
-    from support.clients import proxied_request
+    from harness.clients import proxied_request
 
     out: dict = {"concurrent": {}, "docker": {}}
     img = up.push_image("library/benchconc", "1", [(8 * MiB, 300 + i) for i in range(4)])
@@ -279,7 +277,7 @@ def extra_measurements(up, work: Path, certs: Path, bundle: Path, confdir: Path,
             hub.stop()
             shutil.rmtree(store)
     try:
-        from support.engines import Docker, missing_engine
+        from harness.engines import Docker, missing_engine
     except ImportError:
         return out
     if missing_engine("docker"):
@@ -335,7 +333,7 @@ def concurrent_pulls(up, hub, n: int, work: Path, certs: Path, policy: Path, img
     """n skopeo pulls of one cold image through hubcache at once: wall time, upstream GETs."""
     import subprocess as sp
 
-    from support.clients import client_env
+    from harness.clients import client_env
 
     objects = 2 + len(img.layer_digests)  # manifest, config, layers
     sampler = sampled(hub)
@@ -605,7 +603,7 @@ def load_section(up: Upstream, work: Path, start, args) -> dict:
     verify` on the stopped proxy's store."""
     import re
 
-    from support.loadgen import Image, Plan, prime, run_load
+    from harness.loadgen import Image, Plan, prime, run_load
 
     seeds = iter(range(52000, 53000))
 

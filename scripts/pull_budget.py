@@ -10,13 +10,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-
-from support import budgetdemo  # noqa: E402
-from support.clients import make_cert_dir  # noqa: E402
-from support.hubenv import Upstream, missing_prerequisites  # noqa: E402
-from support.proxy import Proxy  # noqa: E402
+from harness import budgetdemo
+from harness.clients import make_cert_dir
+from harness.hubenv import Upstream, missing_prerequisites
+from harness.proxy import Proxy
 
 
 def main() -> int:

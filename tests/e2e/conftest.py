@@ -1,4 +1,4 @@
-"""Fixtures for end-to-end tests against the Docker-Hub-shaped upstream (support.hubenv)."""
+"""Fixtures for end-to-end tests against the Docker-Hub-shaped upstream (harness.hubenv)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from support.clients import make_cert_dir
-from support.hubenv import Upstream, missing_prerequisites
-from support.proxy import Proxy
+from harness.clients import make_cert_dir
+from harness.hubenv import Upstream, missing_prerequisites
+from harness.proxy import Proxy
 
 
 @pytest.fixture(scope="session")

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from support import budgetdemo
-from support.clients import skopeo_copy
+from harness import budgetdemo
+from harness.clients import skopeo_copy
 
 pytestmark = pytest.mark.e2e
 POOL = {"alice": "alice-pw", "bob": "bob-pw"}
@@ -72,7 +72,7 @@ def test_budget_reserve_keeps_the_last_pulls(limited, start_hubcache, certs, tmp
 
 
 def test_docker_daemon_pulls_spend_the_pool_once(limited, start_hubcache, tmp_path):
-    from support.engines import Docker, missing_engine
+    from harness.engines import Docker, missing_engine
 
     if why := missing_engine("docker"):
         pytest.skip(why)

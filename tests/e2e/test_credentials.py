@@ -8,8 +8,8 @@ import os
 
 import pytest
 
-from support.clients import skopeo_copy
-from support.hubenv import AUTH_HOST
+from harness.clients import skopeo_copy
+from harness.hubenv import AUTH_HOST
 
 pytestmark = pytest.mark.e2e
 SECRET = "pushpass"  # the password of the upstream's "pusher" account
@@ -54,7 +54,7 @@ def test_metrics_page_counts_outcomes_pulls_and_never_shows_the_secret(upstream,
     import re
     import urllib.request
 
-    from support.proxy import free_port
+    from harness.proxy import free_port
 
     upstream.push_image("library/metered", "1", [(400_000, 32)])
     creds = tmp_path / "hub.toml"

@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from support.clients import proxied_request, pull_ok
+from harness.clients import proxied_request, pull_ok
 
 pytestmark = pytest.mark.e2e
 MiB = 1 << 20

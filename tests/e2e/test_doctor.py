@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from support.engines import Docker, _SystemBundle, missing_engine
-from support.proxy import free_port
+from harness.engines import Docker, _SystemBundle, missing_engine
+from harness.proxy import free_port
 
 pytestmark = pytest.mark.e2e
 HUBCACHE = str(Path(sys.executable).parent / "hubcache")

@@ -14,8 +14,8 @@ import itertools
 
 import pytest
 
-from support.engines import ENGINES, Docker, missing_engine
-from support.hubenv import AUTH_HOST, CDN_HOST, REGISTRY_HOST
+from harness.engines import ENGINES, Docker, missing_engine
+from harness.hubenv import AUTH_HOST, CDN_HOST, REGISTRY_HOST
 
 pytestmark = pytest.mark.e2e
 _seeds = itertools.count(6000)

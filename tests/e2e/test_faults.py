@@ -9,7 +9,7 @@ import itertools
 
 import pytest
 
-from support.clients import skopeo_copy
+from harness.clients import skopeo_copy
 
 pytestmark = pytest.mark.e2e
 MiB = 1 << 20

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from support.clients import proxied_request, skopeo_copy
-from support.hubenv import CDN_HOST, REGISTRY_HOST
-from support.proxy import Proxy
+from harness.clients import proxied_request, skopeo_copy
+from harness.hubenv import CDN_HOST, REGISTRY_HOST
+from harness.proxy import Proxy
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from support.loadgen import DEFAULT_WEIGHTS, Image, Plan, prime, run_load
+from harness.loadgen import DEFAULT_WEIGHTS, Image, Plan, prime, run_load
 
 pytestmark = pytest.mark.e2e
 KiB, MiB = 1 << 10, 1 << 20

@@ -7,7 +7,7 @@ import itertools
 
 import pytest
 
-from support.clients import dir_files, pull_ok, skopeo_copy
+from harness.clients import dir_files, pull_ok, skopeo_copy
 
 pytestmark = pytest.mark.e2e
 MiB = 1 << 20
@@ -54,7 +54,7 @@ def test_offline_mode_serves_the_store_and_never_asks_upstream(upstream, start_h
 
 
 def test_docker_daemon_pulls_cached_images_with_upstream_stopped(upstream, start_hubcache, tmp_path):
-    from support.engines import Docker, missing_engine
+    from harness.engines import Docker, missing_engine
 
     if why := missing_engine("docker"):
         pytest.skip(why)

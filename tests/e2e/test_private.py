@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from support.clients import proxied_request, skopeo_copy
-from support.hubenv import REGISTRY_HOST
+from harness.clients import proxied_request, skopeo_copy
+from harness.hubenv import REGISTRY_HOST
 
 pytestmark = pytest.mark.e2e
 

@@ -9,7 +9,7 @@ import itertools
 
 import pytest
 
-from support.clients import dir_files, proxied_request, pull_ok, skopeo_copy
+from harness.clients import dir_files, proxied_request, pull_ok, skopeo_copy
 
 pytestmark = pytest.mark.e2e
 MiB = 1 << 20

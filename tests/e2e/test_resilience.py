@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from support.clients import client_env, dir_files, pull_ok, skopeo_copy
+from harness.clients import client_env, dir_files, pull_ok, skopeo_copy
 
 pytestmark = pytest.mark.e2e
 MiB = 1 << 20

@@ -19,8 +19,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from support.clients import client_env, dir_files, proxied_request, pull_ok
-from support.loadgen import Client
+from harness.clients import client_env, dir_files, proxied_request, pull_ok
+from harness.loadgen import Client
 
 pytestmark = pytest.mark.e2e
 MiB = 1 << 20

@@ -15,8 +15,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from support.clients import dir_blob, skopeo_copy
-from support.hubenv import CDN_HOST, REGISTRY_HOST, AUTH_HOST, Req, missing_prerequisites
+from harness.clients import dir_blob, skopeo_copy
+from harness.hubenv import CDN_HOST, REGISTRY_HOST, AUTH_HOST, Req, missing_prerequisites
 
 pytestmark = [
     pytest.mark.e2e,

@@ -104,7 +104,7 @@ def proxied_request(proxy_port: int, cafile: Path, method: str, host: str, path:
 
 
 def pull_ok(ref: str, dest: Path, proxy, cert_dir: Path) -> Path:
-    """skopeo_copy through `proxy` (a support.proxy.Proxy, or None for a direct pull) that must work."""
+    """skopeo_copy through `proxy` (a harness.proxy.Proxy, or None for a direct pull) that must work."""
     res = skopeo_copy(ref, dest, proxy=proxy.url if proxy else None, cert_dir=cert_dir)
     assert res.returncode == 0, f"pull of {ref} failed: {res.stderr}"
     return Path(dest)

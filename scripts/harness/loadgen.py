@@ -69,7 +69,7 @@ class Image:
 
     @classmethod
     def from_info(cls, info) -> "Image":
-        """From a support.images.ImageInfo returned by Upstream.push_image."""
+        """From a harness.images.ImageInfo returned by Upstream.push_image."""
         blobs = [(info.config_digest, len(info.config_bytes))]
         blobs += list(zip(info.layer_digests, info.layer_sizes))
         return cls(info.name, info.tag, info.manifest_digest, info.media_type, info.manifest_bytes, tuple(blobs))

@@ -17,7 +17,7 @@ the fake Hub's CA: a client that bypassed the proxy would fail TLS. The few dire
 creates at a fixed path whatever its config (/run/docker, /run/containers) are removed again if
 they were absent before and are left empty.
 
-The processes inherit the namespaces of the test process (support.hubenv: Hub's names point at
+The processes inherit the namespaces of the test process (harness.hubenv: Hub's names point at
 loopback). Daemons are stopped by their PID: SIGTERM, wait, then SIGKILL.
 """
 
@@ -115,7 +115,7 @@ class _SystemBundle:
     def mount(self) -> None:
         if not _in_private_mount_ns():
             raise EngineError("refusing to bind-mount a CA bundle in the machine's own mount namespace: "
-                              "start support.hubenv.Upstream first")
+                              "start harness.hubenv.Upstream first")
         self.path.write_bytes(SYSTEM_BUNDLE.read_bytes().rstrip(b"\n") + b"\n" + self.ca_cert.read_bytes())
         subprocess.run(["mount", "--bind", str(self.path), str(SYSTEM_BUNDLE)], check=True, capture_output=True)
         self.mounted = True
@@ -544,7 +544,7 @@ class Podman(_Engine):
         else:
             if not _in_private_mount_ns():
                 raise EngineError("refusing to bind-mount over /etc/containers in the machine's own "
-                                  "mount namespace: start support.hubenv.Upstream first")
+                                  "mount namespace: start harness.hubenv.Upstream first")
             etc = w / "etc-containers"
             if self.ETC.is_dir():
                 shutil.copytree(self.ETC, etc, symlinks=True)

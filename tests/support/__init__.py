@@ -1,1 +1,0 @@
-"""Test support: a Docker-Hub-shaped upstream (hubenv) and client helpers (clients)."""
