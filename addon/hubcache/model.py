@@ -97,3 +97,20 @@ class Outcome(enum.Enum):
     REJECTED = "rejected"  # bad input: a malformed request, or upstream bytes that did not match their digest
     REFUSED = "refused"  # private content upstream did not confirm this client may pull
     ERROR = "error"  # could not be served: upstream unavailable and nothing stored, or a failed transfer
+
+
+class Refusal(Exception):
+    """A request answered with an OCI error instead of content. Raised anywhere on the request
+    path; one place (the request hook) turns it into the client's response and the log line.
+
+    `note` is the log line's reason (the message says it to the client, in full)."""
+
+    def __init__(self, status: int, code: str, message: str, outcome: Outcome = Outcome.ERROR, note: str = "",
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.outcome = outcome
+        self.note = note
+        self.headers = headers or {}

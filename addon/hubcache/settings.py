@@ -1,21 +1,43 @@
-"""hubcache's mitmproxy options and the pure parsing of their values."""
+"""hubcache's options: declared for mitmproxy, parsed once into one frozen, typed `Settings`.
+
+The parsing of each value is a pure function (`parse_size`, `parse_time`, ...) testable without a
+proxy. `Settings.parse(options, updated, previous)` re-parses only the options in `updated` and
+keeps the rest from `previous`, so a request handler reads typed fields and never an option string.
+No mitmproxy import: the hooks turn a `SettingsError` into mitmproxy's `OptionsError`.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
-from collections.abc import Sequence
-
-from mitmproxy import exceptions
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
 
 REGISTRY_HOSTS = ("registry-1.docker.io", "index.docker.io", "docker.io")
 AUTH_HOSTS = ("auth.docker.io",)
 CDN_HOSTS = ("production.cloudflare.docker.com", "production.cloudfront.docker.com")
 CDN_SUFFIXES = (".r2.cloudflarestorage.com",)
 DEFAULT_HOME = os.path.join(os.path.expanduser("~"), ".hubcache")
+DIRECT_HOST = "blobs.hubcache.invalid"  # hubcache's own blob host: never resolves, only the proxy knows it
 
 _SIZE_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?", re.IGNORECASE)
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+class SettingsError(ValueError):
+    """An option's value is unusable; the message names the option and the value."""
+
+
+@dataclass(frozen=True)
+class TLSSettings:
+    """mitmproxy's upstream TLS options, which every connection hubcache makes itself honours."""
+
+    insecure: bool = False
+    ca_file: str | None = None
+    ca_path: str | None = None
 
 
 def parse_size(value: str) -> int:
@@ -28,7 +50,12 @@ def parse_size(value: str) -> int:
 
 def direct_min(value: str) -> int | None:
     """hubcache_direct_min: bytes, or None for off."""
-    return None if value.strip().lower() == "off" else parse_size(value)
+    if value.strip().lower() == "off":
+        return None
+    try:
+        return parse_size(value)
+    except ValueError as e:
+        raise ValueError(f"{e} (or off)") from e
 
 
 def parse_time(value: str) -> float | None:
@@ -40,13 +67,11 @@ def parse_time(value: str) -> float | None:
         return float(value)
     except ValueError:
         pass
-    from datetime import datetime, timezone
-
     try:
         dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError as e:
         raise ValueError(f"not a time: {value!r} (example: 2026-11-27T10:00:00Z)") from e
-    return (dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)).timestamp()
+    return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
 
 
 def allow_hosts_pattern(hosts: Sequence[str], suffixes: Sequence[str] = ()) -> str:
@@ -55,11 +80,131 @@ def allow_hosts_pattern(hosts: Sequence[str], suffixes: Sequence[str] = ()) -> s
     return rf"^(?:{'|'.join(names)}):\d+$"
 
 
-def load(loader) -> None:
+def _at_least(least: int) -> Callable[[int], int]:
+    def check(value: int) -> int:
+        if value < least:
+            raise ValueError(f"must be >= {least}, not {value}")
+        return value
+
+    return check
+
+
+def _one_of(*allowed: str) -> Callable[[str], str]:
+    def check(value: str) -> str:
+        if value not in allowed:
+            raise ValueError(f"must be {' or '.join(allowed)}, not {value!r}")
+        return value
+
+    return check
+
+
+def _host_port(value: str) -> str:
+    if value and not re.fullmatch(r"[^\s:]*:\d{1,5}", value):
+        raise ValueError(f"must be host:port, not {value!r}")
+    return value
+
+
+def _https_url(value: str) -> str:
+    if not value.startswith("https://"):
+        raise ValueError(f"must be an https URL, not {value!r}")
+    return value
+
+
+def _hosts(value: Sequence[str]) -> frozenset[str]:
+    return frozenset(h.lower() for h in value)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every option hubcache reads, parsed. Field names drop the `hubcache_` prefix."""
+
+    store: str = os.path.join(DEFAULT_HOME, "store")
+    max_size: int = 0
+    direct_min: int | None = 2 << 20
+    tag_ttl: int = 300
+    registry_hosts: frozenset[str] = frozenset(REGISTRY_HOSTS)
+    auth_hosts: frozenset[str] = frozenset(AUTH_HOSTS)
+    cdn_hosts: frozenset[str] = frozenset(CDN_HOSTS)
+    auth_realm: str = "https://auth.docker.io/token"
+    auth_service: str = "registry.docker.io"
+    credentials: str = ""
+    docker_config: str = ""
+    budget_reserve: int = 0
+    metrics_listen: str = ""
+    upstream_timeout: int = 15
+    connect_timeout: int = 5
+    backoff: int = 30
+    pin_time: float | None = None
+    offline_private: str = "refuse"
+    offline: bool = False
+    # mitmproxy's own options that hubcache's own connections honour
+    ssl_insecure: bool = False
+    ssl_verify_upstream_trusted_ca: str | None = None
+    ssl_verify_upstream_trusted_confdir: str | None = None
+    tcp_timeout: int = 60
+
+    @property
+    def tls(self) -> TLSSettings:
+        return TLSSettings(self.ssl_insecure, self.ssl_verify_upstream_trusted_ca, self.ssl_verify_upstream_trusted_confdir)
+
+    @property
+    def intercepted_hosts(self) -> frozenset[str]:
+        return self.registry_hosts | self.auth_hosts | self.cdn_hosts
+
+    @classmethod
+    def parse(cls, options: Any, updated: Collection[str], previous: Settings | None = None) -> Settings:
+        """The settings after `updated` options changed: only those are parsed again (all of
+        them when there is no `previous`). Raises SettingsError naming the option and value."""
+        changes: dict[str, Any] = {}
+        for option, (field, parse) in _PARSERS.items():
+            if previous is not None and option not in updated:
+                continue
+            value = getattr(options, option)
+            try:
+                changes[field] = parse(value)
+            except ValueError as e:
+                raise SettingsError(f"{option}: {e}") from e
+        return dataclasses.replace(previous or cls(), **changes)
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+# option name -> (Settings field, parser). A parser raises ValueError with what is wrong.
+_PARSERS: dict[str, tuple[str, Callable[[Any], Any]]] = {
+    "hubcache_store": ("store", _same),
+    "hubcache_max_size": ("max_size", parse_size),
+    "hubcache_direct_min": ("direct_min", direct_min),
+    "hubcache_tag_ttl": ("tag_ttl", _at_least(0)),
+    "hubcache_registry_hosts": ("registry_hosts", _hosts),
+    "hubcache_auth_hosts": ("auth_hosts", _hosts),
+    "hubcache_cdn_hosts": ("cdn_hosts", _hosts),
+    "hubcache_auth_realm": ("auth_realm", _https_url),
+    "hubcache_auth_service": ("auth_service", _same),
+    "hubcache_credentials": ("credentials", _same),
+    "hubcache_docker_config": ("docker_config", _same),
+    "hubcache_budget_reserve": ("budget_reserve", _same),
+    "hubcache_metrics_listen": ("metrics_listen", _host_port),
+    "hubcache_upstream_timeout": ("upstream_timeout", _at_least(1)),
+    "hubcache_connect_timeout": ("connect_timeout", _at_least(1)),
+    "hubcache_backoff": ("backoff", _at_least(0)),
+    "hubcache_pin_time": ("pin_time", parse_time),
+    "hubcache_offline_private": ("offline_private", _one_of("refuse", "allow")),
+    "hubcache_offline": ("offline", _same),
+    "ssl_insecure": ("ssl_insecure", _same),
+    "ssl_verify_upstream_trusted_ca": ("ssl_verify_upstream_trusted_ca", _same),
+    "ssl_verify_upstream_trusted_confdir": ("ssl_verify_upstream_trusted_confdir", _same),
+    "tcp_timeout": ("tcp_timeout", _same),
+}
+
+
+def load(loader: Any) -> None:
+    """Declare hubcache's options (`mitmdump --options` lists them with these help texts)."""
     add = loader.add_option
     add("hubcache_store", str, os.path.join(DEFAULT_HOME, "store"), "Directory of hubcache's LMDB store.")
     add("hubcache_direct_min", str, "2m", "Blobs of at least this size are sent by hubcache's own TLS listener through a plain tunnel "
-        "(the client is redirected to " + "blobs.hubcache.invalid" + "): faster than mitmproxy's TLS. off: never.")
+        f"(the client is redirected to {DIRECT_HOST}): faster than mitmproxy's TLS. off: never.")
     add("hubcache_max_size", str, "0", "Size cap of the store (e.g. 50g); least recently used content is evicted. 0: no cap.")
     add("hubcache_tag_ttl", int, 300, "Seconds a tag's manifest is served without asking upstream; after that it is revalidated with a HEAD.")
     add("hubcache_registry_hosts", Sequence[str], list(REGISTRY_HOSTS), "Registry host names served by hubcache (all one registry).")
@@ -80,32 +225,19 @@ def load(loader) -> None:
     add("hubcache_offline", bool, False, "Never contact upstream: serve what the store has, answer misses with an error.")
 
 
-def check(opts) -> int:
-    """Validate hubcache's options; return the size cap in bytes."""
-    try:
-        max_size = parse_size(opts.hubcache_max_size)
-    except ValueError as e:
-        raise exceptions.OptionsError(f"hubcache_max_size: {e}") from e
-    if opts.hubcache_direct_min.strip().lower() != "off":
-        try:
-            parse_size(opts.hubcache_direct_min)
-        except ValueError as e:
-            raise exceptions.OptionsError(f"hubcache_direct_min: {e} (or off)") from e
-    if opts.hubcache_tag_ttl < 0:
-        raise exceptions.OptionsError(f"hubcache_tag_ttl must be >= 0, not {opts.hubcache_tag_ttl}")
-    if opts.hubcache_metrics_listen and not re.fullmatch(r"[^\s:]*:\d{1,5}", opts.hubcache_metrics_listen):
-        raise exceptions.OptionsError(f"hubcache_metrics_listen must be host:port, not {opts.hubcache_metrics_listen!r}")
-    try:
-        parse_time(opts.hubcache_pin_time)
-    except ValueError as e:
-        raise exceptions.OptionsError(f"hubcache_pin_time: {e}") from e
-    if opts.hubcache_offline_private not in ("refuse", "allow"):
-        raise exceptions.OptionsError(f"hubcache_offline_private must be refuse or allow, not {opts.hubcache_offline_private!r}")
-    for name in ("hubcache_upstream_timeout", "hubcache_connect_timeout"):
-        if getattr(opts, name) <= 0:
-            raise exceptions.OptionsError(f"{name} must be > 0, not {getattr(opts, name)}")
-    if opts.hubcache_backoff < 0:
-        raise exceptions.OptionsError(f"hubcache_backoff must be >= 0, not {opts.hubcache_backoff}")
-    if not opts.hubcache_auth_realm.startswith("https://"):
-        raise exceptions.OptionsError(f"hubcache_auth_realm must be an https URL, not {opts.hubcache_auth_realm!r}")
-    return max_size
+def mitmproxy_defaults(options: Any, settings: Settings) -> dict[str, object]:
+    """What hubcache needs from mitmproxy and the user did not set: intercept only registry hosts,
+    open no upstream connection for a hit, keep memory bounded (HTTP/1.1 back-pressure, streamed
+    passthrough), cut a stalled upstream after a minute instead of ten."""
+    wanted: dict[str, object] = {}
+    if not options.allow_hosts and not options.ignore_hosts:
+        wanted["allow_hosts"] = [allow_hosts_pattern(sorted(settings.intercepted_hosts), CDN_SUFFIXES)]
+    if options.connection_strategy != "lazy":
+        wanted["connection_strategy"] = "lazy"
+    if options.http2:
+        wanted["http2"] = False
+    if not options.stream_large_bodies:
+        wanted["stream_large_bodies"] = "1m"
+    if options.tcp_timeout == 600:  # mitmproxy's default
+        wanted["tcp_timeout"] = 60
+    return wanted

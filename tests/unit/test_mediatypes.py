@@ -1,6 +1,7 @@
 from hypothesis import given, strategies as st
 
-from hubcache.decide.mediatypes import DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST, Accept, choose
+from hubcache.decide.mediatypes import Accept, choose
+from hubcache.model import DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST
 
 SKOPEO = [OCI_MANIFEST, "application/vnd.docker.distribution.manifest.v2+json", DOCKER_LIST, OCI_INDEX,
           "application/vnd.docker.distribution.manifest.v1+prettyjws", "application/vnd.docker.distribution.manifest.v1+json"]

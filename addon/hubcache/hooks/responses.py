@@ -1,4 +1,4 @@
-"""Registry responses hubcache answers itself: OCI error bodies, /v2/, tokens, manifests, blob HEADs."""
+"""Registry responses hubcache answers itself: OCI errors, /v2/, tokens, manifests, blob HEADs."""
 
 from __future__ import annotations
 
@@ -6,17 +6,23 @@ import json
 
 from mitmproxy import http
 
-from hubcache.model import BlobInfo, Manifest
+from hubcache.model import BlobInfo, Manifest, Refusal, oci_error_body
 
 API_VERSION = ("Docker-Distribution-Api-Version", "registry/2.0")
 
 
-def oci_error(status: int, code: str, message: str, detail: object = None) -> http.Response:
-    error: dict[str, object] = {"code": code, "message": message}
-    if detail is not None:
-        error["detail"] = detail
-    body = json.dumps({"errors": [error]}).encode()
-    return http.Response.make(status, body, {"Content-Type": "application/json", API_VERSION[0]: API_VERSION[1]})
+def oci_error(status: int, code: str, message: str) -> http.Response:
+    return http.Response.make(status, oci_error_body(code, message),
+                              {"Content-Type": "application/json", API_VERSION[0]: API_VERSION[1]})
+
+
+def refusal(r: Refusal) -> http.Response:
+    """The client's answer to a refused request: the OCI error, with any header it needs
+    (a 401's challenge)."""
+    resp = oci_error(r.status, r.code, r.message)
+    for name, value in r.headers.items():
+        resp.headers[name] = value
+    return resp
 
 
 def v2_root(authorized: bool, realm: str, service: str) -> http.Response:

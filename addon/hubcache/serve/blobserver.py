@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import logging
 import os
 import re
@@ -29,14 +28,14 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs
 
-from hubcache.model import BlobInfo, is_digest
+from hubcache.model import BlobInfo, is_digest, oci_error_body
+from hubcache.settings import DIRECT_HOST
 from hubcache.store import CHUNK_SIZE, Store, StoreError
 
-log = logging.getLogger("hubcache")
+log = logging.getLogger(__name__)
 
 PATH_PREFIX = "/_hubcache/blobs/"  # + digest; "?pending=<blob id hex>" for one still downloading
 SEND_BUFFER = 4 * 1024 * 1024
-DIRECT_HOST = "blobs.hubcache.invalid"  # never resolves: only the proxy knows where it is
 URL_TTL = 600  # seconds a signed blob URL is good for
 TLS_TIMEOUT = 60  # seconds a TLS client may take for its handshake or between reads
 IDLE_LIMIT = 300  # seconds without progress after which a follower gives up on a download
@@ -105,7 +104,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._serve(send_body=False)
 
     def _error(self, status: int, code: str, message: str, send_body: bool, extra: dict[str, str] | None = None) -> None:
-        body = json.dumps({"errors": [{"code": code, "message": message}]}).encode()
+        body = oci_error_body(code, message)
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         for k, v in (extra or {}).items():
@@ -161,7 +160,7 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 self._follow(digest, blob_id, size, start, end)
         except StoreError as e:
-            log.warning("hubcache: serving %s stopped: %s", digest, e)
+            log.warning("serving %s stopped: %s", digest, e)
             self.close_connection = True
 
     def _await_size(self, digest: str, blob_id: bytes) -> int:
@@ -234,7 +233,7 @@ class _TLSServer(_Server):
             request.settimeout(TLS_TIMEOUT)
             conn = self.context.wrap_socket(request, server_side=True)
         except (OSError, ssl.SSLError) as e:
-            log.debug("hubcache: TLS handshake with a blob client failed: %s", e)
+            log.debug("TLS handshake with a blob client failed: %s", e)
             return
         try:
             self.RequestHandlerClass(conn, client_address, self)

@@ -26,7 +26,7 @@ from typing import TypeVar
 from hubcache.store import BlobWriter, DigestMismatch, StoreError
 from hubcache.upstream.client import UpstreamError, relayable
 
-log = logging.getLogger("hubcache")
+log = logging.getLogger(__name__)
 
 FLUSH_SECONDS = 0.1  # longest a received byte waits before followers can have it
 
@@ -59,7 +59,6 @@ class Flight:
         room: Callable[[int], bool] = lambda size: True,
         owner: str = "",
         on_hops: Callable[[list], None] = lambda hops: None,
-        on_stored: Callable[[], None] = lambda: None,
         on_end: Callable[["Flight"], None] = lambda f: None,
     ) -> None:
         self.digest = digest
@@ -68,7 +67,6 @@ class Flight:
         self._begin = begin  # expected size -> BlobWriter
         self._room = room  # size -> whether the store can take it
         self._on_hops = on_hops
-        self._on_stored = on_stored
         self._on_end = on_end
         self._loop = asyncio.get_running_loop()
         self._head: asyncio.Future[Head] = self._loop.create_future()
@@ -149,10 +147,9 @@ class Flight:
                     self._notify()
             writer.commit()  # verifies sha256 and size; publishes
             self.stored = True
-            self._on_stored()
         except DigestMismatch as e:
             self.failure, self.rejected = str(e), True
-            log.warning("hubcache: %s refused: %s", self.digest, e)
+            log.warning("%s refused: %s", self.digest, e)
         except UpstreamError as e:
             self.failure = str(e)
             self._on_hops(list(getattr(e, "hops", [])))
@@ -161,12 +158,12 @@ class Flight:
                 writer.abort()
         except StoreError as e:
             self.failure = f"not stored: {e}"
-            log.warning("hubcache: %s: %s", self.digest, self.failure)
+            log.warning("%s: %s", self.digest, self.failure)
             if writer is not None:
                 writer.abort()
         except BaseException as e:  # never leave followers waiting on a dead thread
             self.failure = f"internal error: {e!r}"
-            log.exception("hubcache: fetching %s failed", self.digest)
+            log.exception("fetching %s failed", self.digest)
             if writer is not None:
                 writer.abort()
         finally:
@@ -179,8 +176,9 @@ class Flight:
 
 
 class Flights:
-    """The flights under way, by digest. Touched from the event loop (start, get, end)
-    and read by blob server threads (waiter wake-ups)."""
+    """The flights under way, by digest. Added to and looked up on the event loop, removed by
+    each flight's own thread as it ends (Flight's on_end), read by the blob server's threads
+    (waiter wake-ups): hence the lock."""
 
     def __init__(self) -> None:
         self._flights: dict[str, Flight] = {}

@@ -17,7 +17,10 @@ from urllib.parse import urlsplit
 import certifi
 import h11
 
-MAX_BODY = 4 * 1024 * 1024
+from hubcache.model import MAX_MANIFEST_BYTES
+from hubcache.settings import TLSSettings
+
+MAX_BODY = MAX_MANIFEST_BYTES  # the largest answer hubcache reads whole: a manifest
 USER_AGENT = "hubcache"
 
 
@@ -36,13 +39,6 @@ class TransferError(UpstreamError):
     def __init__(self, message: str, status: int) -> None:
         super().__init__(message)
         self.status = status
-
-
-@dataclass(frozen=True)
-class TLSSettings:
-    insecure: bool = False
-    ca_file: str | None = None
-    ca_path: str | None = None
 
 
 @dataclass(frozen=True)
@@ -79,12 +75,12 @@ async def request(
         return await asyncio.wait_for(_request(method, url, headers, tls, answered), timeout)
     except TimeoutError as e:
         if answered:
-            raise TransferError(f"{method} {_redact(url)}: body stalled (not complete within {timeout:g} s)", answered[0]) from e
-        raise UpstreamError(f"{method} {_redact(url)}: no answer within {timeout:g} s") from e
+            raise TransferError(f"{method} {redact(url)}: body stalled (not complete within {timeout:g} s)", answered[0]) from e
+        raise UpstreamError(f"{method} {redact(url)}: no answer within {timeout:g} s") from e
     except (OSError, ssl.SSLError, h11.ProtocolError) as e:
         if answered:
-            raise TransferError(f"{method} {_redact(url)}: body broke off: {e}", answered[0]) from e
-        raise UpstreamError(f"{method} {_redact(url)}: {e}") from e
+            raise TransferError(f"{method} {redact(url)}: body broke off: {e}", answered[0]) from e
+        raise UpstreamError(f"{method} {redact(url)}: {e}") from e
 
 
 def header_dict(raw) -> dict[str, str]:
@@ -106,7 +102,18 @@ def relayable(headers: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in headers.items() if k not in NOT_RELAYED}
 
 
-def _redact(url: str) -> str:
+def request_head(conn: h11.Connection, method: str, url: str, headers: list[tuple[str, str]]) -> bytes:
+    """The bytes of a whole HTTP/1.1 request without a body (hubcache sends no body upstream):
+    its own User-Agent, one request per connection."""
+    parts = urlsplit(url)
+    host, port = parts.hostname or "", parts.port or 443
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    host_header = host if port == 443 else f"{host}:{port}"
+    all_headers = [("Host", host_header), ("User-Agent", USER_AGENT), ("Connection", "close"), *headers]
+    return conn.send(h11.Request(method=method, target=target, headers=all_headers)) + conn.send(h11.EndOfMessage())
+
+
+def redact(url: str) -> str:
     """Host and path only: queries may carry account names."""
     parts = urlsplit(url)
     return f"{parts.scheme}://{parts.netloc}{parts.path}"
@@ -116,19 +123,12 @@ async def _request(method: str, url: str, headers: list[tuple[str, str]], tls: T
                    answered: list[int]) -> UpstreamResponse:
     parts = urlsplit(url)
     if parts.scheme != "https" or not parts.hostname:
-        raise UpstreamError(f"refusing a non-HTTPS upstream URL: {_redact(url)}")
+        raise UpstreamError(f"refusing a non-HTTPS upstream URL: {redact(url)}")
     host = parts.hostname
-    port = parts.port or 443
-    target = parts.path or "/"
-    if parts.query:
-        target += "?" + parts.query
-    reader, writer = await asyncio.open_connection(host, port, ssl=ssl_context(tls), server_hostname=host)
+    reader, writer = await asyncio.open_connection(host, parts.port or 443, ssl=ssl_context(tls), server_hostname=host)
     try:
         conn = h11.Connection(h11.CLIENT)
-        host_header = host if port == 443 else f"{host}:{port}"
-        all_headers = [("Host", host_header), ("User-Agent", USER_AGENT), ("Connection", "close"), *headers]
-        writer.write(conn.send(h11.Request(method=method, target=target, headers=all_headers)))
-        writer.write(conn.send(h11.EndOfMessage()))
+        writer.write(request_head(conn, method, url, headers))
         await writer.drain()
         status = 0
         resp_headers: dict[str, str] = {}
@@ -146,7 +146,7 @@ async def _request(method: str, url: str, headers: list[tuple[str, str]], tls: T
             elif isinstance(event, h11.Data):
                 body += event.data
                 if len(body) > MAX_BODY:
-                    raise BodyTooLarge(f"{method} {_redact(url)}: body over {MAX_BODY} bytes")
+                    raise BodyTooLarge(f"{method} {redact(url)}: body over {MAX_BODY} bytes")
             elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
                 break
         return UpstreamResponse(status, resp_headers, bytes(body))

@@ -8,23 +8,23 @@ or backing off, bounds the time, and remembers how it went.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
+from collections.abc import Collection, Mapping
 from urllib.parse import urlsplit
 
-from mitmproxy import ctx, exceptions
-
-from hubcache.upstream import credentials
-from hubcache.upstream import tokens
-from hubcache.upstream import client as upstream
 from hubcache.decide.budget import ANONYMOUS, Budgets
 from hubcache.decide.health import Health
 from hubcache.metrics import Metrics
+from hubcache.settings import Settings
+from hubcache.upstream import client, credentials, tokens
 
-log = logging.getLogger("hubcache")
+log = logging.getLogger(__name__)
 
 REGISTRY = "registry"  # the health key of all registry host aliases
+RECENTLY_OK = 60  # seconds after a good upstream answer in which connections are not probed first
 
 
 class DockerHub:
@@ -34,24 +34,21 @@ class DockerHub:
         self.accounts: list[credentials.Credential] = []
         self.budgets = Budgets()
         self.tokens: tokens.UpstreamTokens | None = None
-        self._registry_hosts: frozenset[str] = frozenset()
+        self.settings = Settings()
         self._creds_loaded = False
         self._reserve_warned = 0.0
 
-    def configure(self, updated: set[str], registry_hosts: frozenset[str]) -> None:
-        self._registry_hosts = registry_hosts
-        self.health.backoff = ctx.options.hubcache_backoff
-        if {"hubcache_credentials", "hubcache_docker_config"} & updated or not self._creds_loaded:
+    def configure(self, settings: Settings, updated: Collection[str]) -> None:
+        """Take new settings; (re)load the accounts when their sources changed. Raises
+        credentials.CredentialsError when a source is unusable."""
+        self.settings = settings
+        self.health.backoff = settings.backoff
+        if {"hubcache_credentials", "hubcache_docker_config"} & set(updated) or not self._creds_loaded:
             self._creds_loaded = True
-            try:
-                self.accounts = credentials.load(
-                    ctx.options.hubcache_credentials, os.environ, ctx.options.hubcache_docker_config
-                )
-            except credentials.CredentialsError as e:
-                raise exceptions.OptionsError(str(e)) from e
+            self.accounts = credentials.load(settings.credentials, os.environ, settings.docker_config)
             if self.accounts:
-                log.info("hubcache: Docker Hub accounts: %s", ", ".join(str(c) for c in self.accounts))
-        realm, service = ctx.options.hubcache_auth_realm, ctx.options.hubcache_auth_service
+                log.info("Docker Hub accounts: %s", ", ".join(str(c) for c in self.accounts))
+        realm, service = settings.auth_realm, settings.auth_service
         if self.tokens is None or (self.tokens.realm, self.tokens.service) != (realm, service):
             self.tokens = tokens.UpstreamTokens(self._get, realm, service)
 
@@ -59,11 +56,15 @@ class DockerHub:
 
     def health_key(self, host: str) -> str:
         host = host.lower()
-        return REGISTRY if host in self._registry_hosts else host
+        return REGISTRY if host in self.settings.registry_hosts else host
+
+    def watched(self, host: str) -> bool:
+        """Whether `host` is one of Docker Hub's (registry, auth or CDN): its health is tracked."""
+        return host.lower() in self.settings.intercepted_hosts
 
     def unavailable(self, host: str) -> str | None:
         """Why hubcache will not ask `host` now (offline, or backing off after a failure), or None."""
-        if ctx.options.hubcache_offline:
+        if self.settings.offline:
             return "hubcache is offline"
         why = self.health.down(self.health_key(host), time.time())
         return f"upstream {host} unavailable: {why}" if why else None
@@ -78,31 +79,44 @@ class DockerHub:
         else:
             self.health.succeeded(key, now)
 
+    async def probe(self, host: str, port: int) -> str | None:
+        """Before mitmproxy connects to `host` for a client: why it must not (offline, backing
+        off, or no TCP connection within hubcache_connect_timeout), or None. A host that answered
+        within the last RECENTLY_OK seconds is not probed: a hit's neighbours cost nothing."""
+        if why := self.unavailable(host):
+            return why
+        if self.health.recently_ok(self.health_key(host), time.time(), RECENTLY_OK):
+            return None
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), self.settings.connect_timeout)
+            writer.close()
+        except (OSError, TimeoutError) as e:
+            reason = f"cannot connect to {host}:{port}: {e or 'timed out'}"
+            self.result(host, None, reason)
+            return reason
+        return None
+
     # -- hubcache's own requests --------------------------------------------------------------
 
-    def tls(self) -> upstream.TLSSettings:
-        o = ctx.options
-        return upstream.TLSSettings(o.ssl_insecure, o.ssl_verify_upstream_trusted_ca, o.ssl_verify_upstream_trusted_confdir)
-
-    async def request(self, method: str, url: str, headers: list[tuple[str, str]], kind: str = "") -> upstream.UpstreamResponse:
+    async def request(self, method: str, url: str, headers: list[tuple[str, str]], kind: str = "") -> client.UpstreamResponse:
         """One request of hubcache's own, unless the host is backing off; the outcome is remembered.
         `kind` labels it in the upstream request metric."""
         host = urlsplit(url).hostname or ""
         if why := self.unavailable(host):
-            raise upstream.UpstreamError(why)
+            raise client.UpstreamError(why)
         self.metrics.upstream.labels(kind or ("token" if method == "GET" else "revalidate")).inc()
         try:
-            resp = await upstream.request(method, url, headers, self.tls(), ctx.options.hubcache_upstream_timeout)
-        except upstream.TransferError as e:  # the host answered; this one transfer failed
+            resp = await client.request(method, url, headers, self.settings.tls, self.settings.upstream_timeout)
+        except client.TransferError as e:  # the host answered; this one transfer failed
             self.result(host, e.status)
             raise
-        except upstream.UpstreamError as e:
+        except client.UpstreamError as e:
             self.result(host, None, str(e))
             raise
         self.result(host, resp.status)
         return resp
 
-    async def _get(self, url: str, headers: list[tuple[str, str]]) -> upstream.UpstreamResponse:
+    async def _get(self, url: str, headers: list[tuple[str, str]]) -> client.UpstreamResponse:
         return await self.request("GET", url, headers)
 
     # -- accounts and the pull budget ---------------------------------------------------------
@@ -125,16 +139,17 @@ class DockerHub:
         """Every account is below hubcache_budget_reserve: keep the last pulls, serve stale tags."""
         now = time.time()
         names = self.account_names()
-        if not self.budgets.all_below(names, ctx.options.hubcache_budget_reserve, now):
+        reserve = self.settings.budget_reserve
+        if not self.budgets.all_below(names, reserve, now):
             return False
         window = max(self.budgets.accounts[a].window for a in names if a in self.budgets.accounts)
         if now - self._reserve_warned > window:  # once per window
-            log.warning("hubcache: every account is below the pull reserve (%d): serving stale tags instead of pulling",
-                        ctx.options.hubcache_budget_reserve)
+            log.warning("every account is below the pull reserve (%d): serving stale tags instead of pulling",
+                        reserve)
             self._reserve_warned = now
         return True
 
-    def observe_budget(self, account: str, method: str, status: int, headers) -> None:
+    def observe_budget(self, account: str, method: str, status: int, headers: Mapping[str, str]) -> None:
         """A manifest response upstream gave for `account` ("" = the client's own login: not ours)."""
         if not account:
             return
@@ -142,7 +157,7 @@ class DockerHub:
         self.budgets.observe(account, {k.lower(): v for k, v in headers.items()}, now)
         if status == 429:
             self.budgets.exhausted(account, now)
-            log.warning("hubcache: Docker Hub's pull limit reached for %s", account)
+            log.warning("Docker Hub's pull limit reached for %s", account)
         elif method == "GET" and status == 200:
             self.budgets.spend(account)
             self.metrics.pulls.labels(account).inc()

@@ -20,7 +20,8 @@ from urllib.parse import urljoin, urlsplit
 
 import h11
 
-from hubcache.upstream.client import USER_AGENT, TLSSettings, UpstreamError, _redact, header_dict, ssl_context
+from hubcache.settings import TLSSettings
+from hubcache.upstream.client import UpstreamError, header_dict, redact, request_head, ssl_context
 
 MAX_REDIRECTS = 5
 READ_SIZE = 64 * 1024  # a TLS record is at most 16 KiB: a larger buffer is only allocated, not filled
@@ -83,9 +84,9 @@ class Response:
                 elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
                     return
         except TimeoutError as e:
-            raise self._broke(f"GET {_redact(self.url)}: no data for too long (stalled)") from e
+            raise self._broke(f"GET {redact(self.url)}: no data for too long (stalled)") from e
         except (OSError, ssl.SSLError, h11.ProtocolError) as e:
-            raise self._broke(f"GET {_redact(self.url)}: transfer broke off: {e or type(e).__name__}") from e
+            raise self._broke(f"GET {redact(self.url)}: transfer broke off: {e or type(e).__name__}") from e
 
     def _broke(self, why: str) -> "FetchError":
         # The host answered: a body that breaks off or stalls is a fault of this transfer, and
@@ -129,7 +130,7 @@ def get(
         parts = urlsplit(url)
         host = parts.hostname or ""
         if parts.scheme != "https" or not host:
-            raise FetchError(f"refusing a non-HTTPS upstream URL: {_redact(url)}", hops)
+            raise FetchError(f"refusing a non-HTTPS upstream URL: {redact(url)}", hops)
         if why := allowed(host):
             raise FetchError(why, hops)
         try:
@@ -148,26 +149,23 @@ def get(
             url = target
             continue
         return resp
-    raise FetchError(f"GET {_redact(url)}: more than {MAX_REDIRECTS} redirects", hops)
+    raise FetchError(f"GET {redact(url)}: more than {MAX_REDIRECTS} redirects", hops)
 
 
 def _request(url: str, headers: list[tuple[str, str]], tls: TLSSettings, timeout: float, connect_timeout: float) -> Response:
     parts = urlsplit(url)
     host, port = parts.hostname or "", parts.port or 443
-    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     try:
         raw = socket.create_connection((host, port), timeout=connect_timeout)
     except TimeoutError as e:
-        raise UpstreamError(f"GET {_redact(url)}: cannot connect to {host}:{port}: timed out") from e
+        raise UpstreamError(f"GET {redact(url)}: cannot connect to {host}:{port}: timed out") from e
     except OSError as e:
-        raise UpstreamError(f"GET {_redact(url)}: cannot connect to {host}:{port}: {e}") from e
+        raise UpstreamError(f"GET {redact(url)}: cannot connect to {host}:{port}: {e}") from e
     try:
         raw.settimeout(timeout)
         sock = ssl_context(tls).wrap_socket(raw, server_hostname=host)
         conn = h11.Connection(h11.CLIENT)
-        host_header = host if port == 443 else f"{host}:{port}"
-        all_headers = [("Host", host_header), ("User-Agent", USER_AGENT), ("Connection", "close"), *headers]
-        sock.sendall(conn.send(h11.Request(method="GET", target=target, headers=all_headers)) + conn.send(h11.EndOfMessage()))
+        sock.sendall(request_head(conn, "GET", url, headers))
         while True:
             event = conn.next_event()
             if event is h11.NEED_DATA:
@@ -176,14 +174,14 @@ def _request(url: str, headers: list[tuple[str, str]], tls: TLSSettings, timeout
             if isinstance(event, h11.Response):
                 break
             if isinstance(event, h11.ConnectionClosed):
-                raise UpstreamError(f"GET {_redact(url)}: connection closed before an answer")
+                raise UpstreamError(f"GET {redact(url)}: connection closed before an answer")
     except UpstreamError:
         raw.close()
         raise
     except TimeoutError as e:
         raw.close()
-        raise UpstreamError(f"GET {_redact(url)}: no answer within {timeout:g} s") from e
+        raise UpstreamError(f"GET {redact(url)}: no answer within {timeout:g} s") from e
     except (OSError, ssl.SSLError, h11.ProtocolError) as e:
         raw.close()
-        raise UpstreamError(f"GET {_redact(url)}: {e or type(e).__name__}") from e
+        raise UpstreamError(f"GET {redact(url)}: {e or type(e).__name__}") from e
     return Response(event.status_code, header_dict(event.headers), url, _sock=sock, _conn=conn)

@@ -8,6 +8,7 @@ import time
 from collections.abc import Awaitable, Callable
 from urllib.parse import urlencode
 
+from hubcache.expiring import ExpiringCache
 from hubcache.upstream.credentials import Credential
 from hubcache.upstream.singleflight import Shared
 from hubcache.upstream.client import UpstreamError, UpstreamResponse
@@ -15,6 +16,7 @@ from hubcache.upstream.client import UpstreamError, UpstreamResponse
 LOCAL_PREFIX = "hubcache."
 LOCAL_TTL = 3600
 EXPIRY_MARGIN = 30  # seconds before expiry at which an upstream token is fetched anew
+MAX_TOKENS = 4096  # (account, repository) pairs whose token is kept
 
 
 def issue_local_token() -> dict:
@@ -43,7 +45,7 @@ class UpstreamTokens:
         self._fetch = fetch
         self.realm = realm
         self.service = service
-        self._cache: dict[tuple[str, str], tuple[str, float]] = {}
+        self._cache: ExpiringCache[tuple[str, str], str] = ExpiringCache(MAX_TOKENS, 60, clock=time.time)
         self._fetches: Shared[str] = Shared()  # one token fetch per account and scope, however many clients wait
 
     async def token_for(self, repository: str, credential: Credential | None = None) -> str:
@@ -51,17 +53,18 @@ class UpstreamTokens:
         scope = f"repository:{repository}:pull"
         key = (credential.account if credential else "", scope)
         cached = self._cache.get(key)
-        if cached and cached[1] > time.time():
-            return cached[0]
+        if cached is not None:
+            return cached
         token, _ = await self._fetches.run(key, lambda: self._fetch_and_keep(key, scope, credential))
         return token
 
     async def _fetch_and_keep(self, key: tuple[str, str], scope: str, credential: Credential | None) -> str:
-        token = await self._fetch_token(scope, credential)
-        self._cache[key] = token
-        return token[0]
+        token, lifetime = await self._fetch_token(scope, credential)
+        self._cache.put(key, token, lifetime)
+        return token
 
     async def _fetch_token(self, scope: str, credential: Credential | None) -> tuple[str, float]:
+        """(token, seconds to keep it)."""
         # The stored secret goes to the configured realm (https, checked by the options) and
         # nowhere else: this is the only place it is sent, and no redirect is followed.
         url = f"{self.realm}?{urlencode({'service': self.service, 'scope': scope})}"
@@ -76,4 +79,4 @@ class UpstreamTokens:
             expires_in = int(data.get("expires_in", 60))
         except (ValueError, KeyError, TypeError) as e:
             raise UpstreamError(f"token endpoint sent an unusable answer for {scope}{who}") from e
-        return token, time.time() + max(expires_in - EXPIRY_MARGIN, 1)
+        return token, max(expires_in - EXPIRY_MARGIN, 1)

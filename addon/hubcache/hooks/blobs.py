@@ -1,0 +1,207 @@
+"""Blobs: served by the blob server from the store, or followed into the store as hubcache's
+own download (a flight) writes them: one download per digest, however many clients ask.
+
+A large blob goes to the client by a 307 to the blob server's TLS listener, which mitmproxy only
+tunnels; a small one through mitmproxy, which streams the plain listener's answer."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from urllib.parse import urljoin, urlsplit
+
+from mitmproxy import http
+
+from hubcache.decide import access
+from hubcache.hooks import responses
+from hubcache.hooks.auth import allowed
+from hubcache.hooks.fallback import go_upstream, not_stored, send_upstream
+from hubcache.hooks.flowstate import FlowState
+from hubcache.hooks.services import Services, owner_of, url_of
+from hubcache.model import BlobInfo, Kind, Outcome
+from hubcache.serve.flights import Flight
+from hubcache.settings import DIRECT_HOST
+from hubcache.upstream import fetch
+from hubcache.upstream.client import UpstreamError
+
+log = logging.getLogger(__name__)
+
+REDIRECTS = (301, 302, 303, 307, 308)
+
+
+async def handle(svc: Services, flow: http.HTTPFlow, st: FlowState) -> None:
+    """GET or HEAD of /v2/<name>/blobs/<digest> on the registry."""
+    info, flight = svc.flights.locate(st.route.reference, svc.the_store().blob_info)
+    if info is not None and await allowed(svc, flow, st, info.digest):
+        _serve(svc, flow, st, info)
+        return
+    st.digest, st.repository = st.route.reference, st.route.repository
+    if flow.request.method != "GET":  # HEAD: upstream answers, nothing to store
+        await go_upstream(svc, flow, st)
+        st.private = not st.account
+        return
+    await _miss(svc, flow, st, flight)
+
+
+async def handle_cdn(svc: Services, flow: http.HTTPFlow, st: FlowState) -> None:
+    """A request on a blob CDN host: served from the store when it is a URL upstream redirected
+    a client to for a blob; anything else passes through untouched."""
+    known = svc.redirects.get((flow.request.host.lower(), flow.request.path))
+    if known is None:
+        return  # not a blob we sent the client to: passed through, not stored
+    digest, repository, st.private = known  # a URL upstream gave an authorized client
+    info, flight = svc.flights.locate(digest, svc.the_store().blob_info)
+    if info is not None:
+        _serve(svc, flow, st, info)
+        return
+    st.digest, st.repository = digest, repository
+    if why := svc.dockerhub.unavailable(flow.request.host):
+        raise not_stored(st, why)
+    if flow.request.method != "GET":
+        st.outcome = Outcome.MISS
+    else:
+        await _miss(svc, flow, st, flight)
+
+
+def note_redirect(svc: Services, flow: http.HTTPFlow, st: FlowState) -> None:
+    """Upstream redirected a blob GET (to its CDN): remember the URL, so that the client's
+    request there is recognised as that blob."""
+    location = flow.response.headers.get("location", "") if flow.response else ""
+    if not location:
+        return
+    target = urlsplit(urljoin(flow.request.pretty_url, location))
+    host = (target.hostname or "").lower()
+    if host in svc.settings.registry_hosts:
+        return
+    path = target.path + (f"?{target.query}" if target.query else "")
+    svc.redirects.put((host, path), (st.route.reference, st.route.repository, not st.account))
+
+
+async def _miss(svc: Services, flow: http.HTTPFlow, st: FlowState, flight: Flight | None) -> None:
+    """A GET of a blob the store lacks: join the download of it under way (`flight`, found by
+    Flights.locate), or start one. Either way the blob server sends the client the bytes as
+    they reach the store."""
+    cdn = st.route.kind is Kind.CDN
+    if svc.no_room.get(st.digest):
+        await _unstored(svc, flow, st, cdn)
+        return
+    if flight is None or (flight.owner and not cdn and flight.owner != owner_of(flow, st)):
+        headers = await _credentials(svc, flow, st, cdn)
+        # While the token came, a download may have started, or even ended and stored the blob.
+        info, flight = svc.flights.locate(st.digest, svc.the_store().blob_info)
+        if info is not None and (cdn or await allowed(svc, flow, st, info.digest)):
+            _serve(svc, flow, st, info)
+            return
+        owner = ("cdn " + flow.request.path if cdn else owner_of(flow, st)) if st.private else ""
+        if flight is not None and flight.owner and flight.owner != owner:
+            # a download with someone else's login: not shared, not stored
+            if headers:
+                flow.request.headers["authorization"] = headers[0][1]
+            st.outcome, st.note = Outcome.MISS, "private download of another client under way"
+            return
+        if flight is None:
+            flight = _start_flight(svc, url_of(flow), headers, st, owner)
+        else:
+            st.note = "joined a download under way"
+    else:
+        st.note = "joined a download under way"
+    await _follow(svc, flow, st, flight, cdn)
+
+
+async def _credentials(svc: Services, flow: http.HTTPFlow, st: FlowState, cdn: bool) -> list[tuple[str, str]]:
+    """The headers a new download sends: a token for the registry; none for a CDN URL, which
+    carries its own signature. Raises Refusal when upstream is not to be asked."""
+    if why := svc.dockerhub.unavailable(flow.request.host):
+        raise not_stored(st, why)
+    if cdn:
+        return []
+    try:
+        auth = await svc.upstream_auth(flow, st)
+    except UpstreamError as e:
+        raise not_stored(st, f"no upstream token could be had: {e}") from e
+    st.private = not st.account
+    return [("Authorization", auth)]
+
+
+async def _follow(svc: Services, flow: http.HTTPFlow, st: FlowState, flight: Flight, cdn: bool) -> None:
+    """Wait for upstream's answer to the download, then hand the client the bytes as they land."""
+    st.flight = flight
+    head = await flight.head()
+    st.outcome = Outcome.MISS
+    if head.no_room:
+        svc.no_room.put(st.digest, True)
+        await _unstored(svc, flow, st, cdn)
+    elif head.status == 200:
+        _hand_out(svc, flow, st, st.digest, head.size, head.blob_id)
+    elif head.status == 0:
+        raise not_stored(st, head.error)
+    else:  # upstream's own answer (401, 404, 429...), as upstream gave it
+        flow.response = http.Response.make(head.status, head.body, head.headers)
+        st.note = f"upstream answered {head.status}"
+
+
+async def _unstored(svc: Services, flow: http.HTTPFlow, st: FlowState, cdn: bool) -> None:
+    """The store has no room for this blob: the client gets it from upstream, passed through."""
+    st.outcome, st.note = Outcome.MISS, "not stored: no room in the store"
+    if not cdn:
+        await send_upstream(svc, flow, st)
+
+
+def _start_flight(svc: Services, url: str, headers: list[tuple[str, str]], st: FlowState, owner: str) -> Flight:
+    store, digest, dh, settings = svc.the_store(), st.digest, svc.dockerhub, svc.settings
+    loop = asyncio.get_running_loop()
+    seen = access.seen_as(st.repository, st.private)
+
+    def opener() -> fetch.Response:
+        return fetch.get(url, headers, settings.tls, settings.tcp_timeout, dh.unavailable, settings.connect_timeout)
+
+    def record(hops: list[fetch.Hop]) -> None:  # on the event loop
+        for hop in hops:
+            dh.result(hop.host, hop.status, hop.error)
+            if hop.status is not None:
+                svc.metrics.upstream.labels("blob").inc()
+
+    def ended(f: Flight) -> None:  # on the flight's thread
+        svc.flights.end(f)
+        if f.stored:
+            log.info("stored %s (%d bytes) for %s", digest, f.received, st.repository)
+            svc.writer.submit(store.evict_if_needed)
+        elif f.failure.startswith("not stored"):
+            svc.no_room.put(digest, True)
+            log.warning("%s %s", digest, f.failure)
+        else:  # the log's outcome words: rejected (bytes did not match), error (no complete transfer)
+            log.warning("%-11s download of blob %s %s failed: %s", "rejected" if f.rejected else "error",
+                        st.repository, digest, f.failure)
+
+    flight = Flight(
+        digest, opener, lambda size: store.begin_blob(digest, size, seen), owner=owner, room=store.room_for,
+        on_hops=lambda hops: loop.call_soon_threadsafe(record, hops), on_end=ended,
+    )
+    return svc.flights.add(flight).start()
+
+
+def _serve(svc: Services, flow: http.HTTPFlow, st: FlowState, info: BlobInfo) -> None:
+    st.outcome = Outcome.HIT
+    if flow.request.method == "HEAD":
+        flow.response = responses.blob_head(info)
+        return
+    _hand_out(svc, flow, st, info.digest, info.size)
+
+
+def _hand_out(svc: Services, flow: http.HTTPFlow, st: FlowState, digest: str, size: int, pending: bytes = b"") -> None:
+    """Have the blob server send a blob: from the store, or (`pending`: the blob id of a
+    download under way) its bytes as they arrive. A large one by a redirect to the TLS
+    listener, which mitmproxy only tunnels; else through mitmproxy, which streams the plain
+    listener's answer to the client."""
+    server = svc.blobserver
+    assert server is not None  # open whenever the store is
+    path = server.path(digest, pending)
+    least = svc.settings.direct_min
+    if server.tls_port and least is not None and size >= max(least, 1):
+        flow.response = http.Response.make(307, b"", {"Location": f"https://{DIRECT_HOST}{path}",
+                                                      "Docker-Content-Digest": digest})
+        st.direct_bytes = size
+        return
+    req = flow.request
+    req.scheme, req.data.host, req.data.port, req.path = "http", "127.0.0.1", server.port, path
+    st.local_stream = True

@@ -1,0 +1,74 @@
+"""What hubcache decided about one flow, and the one log line (and metrics) each flow ends with."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+from mitmproxy import http
+
+from hubcache.metrics import Metrics
+from hubcache.model import Manifest, Outcome, Route
+from hubcache.serve.flights import Flight
+
+log = logging.getLogger(__name__)
+
+FROM_STORE = frozenset({Outcome.HIT, Outcome.REVALIDATED, Outcome.STALE})
+WARNED = frozenset({Outcome.REJECTED, Outcome.ERROR, Outcome.STALE})  # logged as warnings
+
+
+@dataclass
+class FlowState:
+    """Kept in flow.metadata[META] from the request hook to the flow's last hook."""
+
+    route: Route
+    outcome: Outcome = Outcome.PASSTHROUGH
+    started: float = field(default_factory=time.monotonic)
+    digest: str = ""  # the blob a CDN request is for
+    repository: str = ""  # its repository
+    local_stream: bool = False  # answered by the blob server
+    flight: Flight | None = None  # the download this blob miss follows
+    direct_bytes: int = 0  # redirected to the blob server's TLS listener: the size it sends
+    note: str = ""
+    logged: bool = False
+    account: str = ""  # the pool account (or "anonymous") hubcache sent this upstream as; "" = the client's own
+    stale: Manifest | None = None  # what to serve if upstream refuses (429) a counted pull
+    private: bool = False  # fetched with the client's own login: stored as private to its repository
+    answered_here: bool = False  # the request hook set the response: upstream was not asked
+
+    @property
+    def repo(self) -> str:
+        return self.route.repository or self.repository
+
+    @property
+    def ref(self) -> str:
+        return self.route.reference or self.digest
+
+
+META = "hubcache"
+
+
+def state_of(flow: http.HTTPFlow) -> FlowState | None:
+    st = flow.metadata.get(META)
+    return st if isinstance(st, FlowState) else None
+
+
+def log_request(flow: http.HTTPFlow, st: FlowState, metrics: Metrics) -> None:
+    """The flow's one log line and its metrics, once: `hit GET manifest library/x 1 200 3ms (note)`."""
+    if st.logged:
+        return
+    st.logged = True
+    metrics.requests.labels(st.route.kind.value, st.outcome.value).inc()
+    if flow.response is not None and not flow.error and flow.request.method == "GET":
+        length = flow.response.headers.get("content-length", "")
+        source = "store" if st.outcome in FROM_STORE else "upstream" if st.outcome is Outcome.MISS else ""
+        if source and (st.direct_bytes or length.isdigit()):
+            metrics.bytes.labels(source).inc(st.direct_bytes or int(length))
+    status = flow.response.status_code if flow.response and not flow.error else "-"
+    what = " ".join(x for x in (st.route.kind.value, st.repo, st.ref) if x)
+    ms = (time.monotonic() - st.started) * 1000
+    line = f"{st.outcome.value:<11} {flow.request.method:<4} {what} {status} {ms:.0f}ms"
+    if st.note:
+        line += f" ({st.note})"
+    (log.warning if st.outcome in WARNED else log.info)("%s", line)

@@ -1,0 +1,214 @@
+"""Manifests: by digest from the store; by tag, fresh from the store, past the TTL revalidated
+with a HEAD (Docker Hub does not count HEADs), changed or missing fetched once for every client
+asking at the same time (one counted pull), and when upstream cannot answer, the last stored."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import lmdb
+from mitmproxy import http
+
+from hubcache.decide import access, freshness
+from hubcache.decide import manifests as checks
+from hubcache.decide.mediatypes import Accept, choose
+from hubcache.hooks import responses
+from hubcache.hooks.auth import allowed
+from hubcache.hooks.fallback import go_upstream, serve_stale, stale_or_refuse
+from hubcache.hooks.flowstate import FlowState
+from hubcache.hooks.services import Services, owner_of, url_of
+from hubcache.model import MAX_MANIFEST_BYTES, Manifest, Outcome, Refusal, Route
+from hubcache.store import StoreError
+from hubcache.upstream import client
+from hubcache.upstream.client import UpstreamError, UpstreamResponse
+
+log = logging.getLogger(__name__)
+
+
+async def handle(svc: Services, flow: http.HTTPFlow, st: FlowState) -> None:
+    if st.route.by_digest:
+        await _by_digest(svc, flow, st)
+    elif svc.settings.pin_time is not None:
+        _pinned(svc, flow, st, svc.settings.pin_time)
+    else:
+        await _by_tag(svc, flow, st)
+
+
+async def _by_digest(svc: Services, flow: http.HTTPFlow, st: FlowState) -> None:
+    m = svc.the_store().get_manifest(st.route.reference)
+    if m is not None and await allowed(svc, flow, st, st.route.reference):
+        flow.response = responses.manifest(m, flow.request.method == "HEAD")
+        st.outcome = Outcome.HIT
+        return
+    await go_upstream(svc, flow, st, _fetch)
+
+
+async def _by_tag(svc: Services, flow: http.HTTPFlow, st: FlowState) -> None:
+    store, route = svc.the_store(), st.route
+    accept = Accept.parse(flow.request.headers.get_all("accept"))
+    records = store.tag_records(route.repository, route.reference)
+    chosen = choose(records, accept)
+    record = records[chosen] if chosen else None
+    m = store.get_manifest(record.digest) if record else None
+    if m is not None and not await allowed(svc, flow, st, m.digest):
+        record = m = None
+    decision = freshness.decide(record, m is not None, time.time(), svc.settings.tag_ttl)
+    if decision is freshness.Decision.HIT and m is not None:
+        flow.response = responses.manifest(m, flow.request.method == "HEAD")
+        st.outcome = Outcome.HIT
+        return
+    if decision is freshness.Decision.REVALIDATE and record is not None and m is not None:
+        if await _revalidate(svc, flow, st, record.digest, record.media_type, m):
+            return
+    # Going upstream for a GET. What the tag last was, of what the store holds, is the answer
+    # if upstream cannot be asked or refuses (429), or when the pull budget is at its reserve.
+    st.stale = m or _last_stored(svc, route.repository, route.reference, accept)
+    if st.stale is not None and st.stale is not m and not await allowed(svc, flow, st, st.stale.digest):
+        st.stale = None
+    if st.stale is not None and svc.dockerhub.budget_low():  # the last pulls are kept for images not cached at all
+        serve_stale(flow, st, st.stale, "pull budget reserve reached")
+        return
+    await go_upstream(svc, flow, st, _fetch)
+
+
+def _last_stored(svc: Services, repository: str, tag: str, accept: Accept) -> Manifest | None:
+    """The newest manifest this tag pointed to that the store still holds and the client accepts."""
+    store = svc.the_store()
+    for _, _, media_type, digest in reversed(store.tag_history(repository, tag)):
+        if accept.accepts(media_type) and (m := store.get_manifest(digest)) is not None:
+            return m
+    return None
+
+
+def _pinned(svc: Services, flow: http.HTTPFlow, st: FlowState, pin: float) -> None:
+    """The tag as it was at `pin` (hubcache_pin_time), from its history; upstream is not asked."""
+    store, route = svc.the_store(), st.route
+    records = store.tag_at(route.repository, route.reference, pin)
+    chosen = choose(records, Accept.parse(flow.request.headers.get_all("accept")))
+    m = store.get_manifest(records[chosen].digest) if chosen else None
+    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(pin))
+    if m is None:
+        raise Refusal(404, "MANIFEST_UNKNOWN",
+                      f"docker.io/{route.repository}:{route.reference} has no stored manifest as of {when} (hubcache_pin_time)",
+                      Outcome.ERROR, note=f"pinned to {when}")
+    flow.response = responses.manifest(m, flow.request.method == "HEAD")
+    st.outcome, st.note = Outcome.HIT, f"pinned to {when}"
+
+
+async def _revalidate(svc: Services, flow: http.HTTPFlow, st: FlowState, digest: str, media_type: str,
+                      m: Manifest) -> bool:
+    """HEAD upstream (not counted by Docker Hub). True when the flow was answered here."""
+    try:
+        auth = await svc.upstream_auth(flow, st)
+        headers = [("Accept", v) for v in flow.request.headers.get_all("accept")] + [("Authorization", auth)]
+        resp = await svc.dockerhub.request("HEAD", url_of(flow), headers)
+    except UpstreamError as e:
+        serve_stale(flow, st, m, str(e))
+        return True
+    svc.dockerhub.observe_budget(st.account, "HEAD", resp.status, resp.headers)
+    if resp.status == 429 or resp.status >= 500:
+        serve_stale(flow, st, m, f"upstream answered {resp.status}")
+        return True
+    head = await _remember_tag(svc, st.route, resp.status, resp.header)
+    if head is None:
+        return False
+    if head.digest == digest and head.media_type == media_type:
+        flow.response = responses.manifest(m, flow.request.method == "HEAD")
+        st.outcome = Outcome.REVALIDATED
+        return True
+    if flow.request.method == "HEAD":  # the client only wants to know the new digest
+        flow.response = responses.manifest_head(head.media_type, head.digest, head.size)
+        st.outcome, st.note = Outcome.MISS, "tag changed"
+        return True
+    return False
+
+
+async def _remember_tag(svc: Services, route: Route, status: int, header) -> checks.TagHead | None:
+    """Upstream answered a HEAD of a tag: record what the tag points to now (and its history)."""
+    head = checks.tag_head(header) if status == 200 and not route.by_digest else None
+    if head is not None:
+        await svc.in_writer(svc.the_store().put_tag, route.repository, route.reference, head.media_type,
+                            head.digest, head.size, time.time())
+    return head
+
+
+async def after_upstream(svc: Services, flow: http.HTTPFlow, st: FlowState) -> None:
+    """A manifest request that upstream answered itself (a HEAD on a miss): count the budget,
+    serve stale on a 429, remember what a tag points to."""
+    resp = flow.response
+    if resp is None:
+        return
+    svc.dockerhub.observe_budget(st.account, flow.request.method, resp.status_code, resp.headers)
+    if resp.status_code == 429 and st.stale is not None:
+        serve_stale(flow, st, st.stale, "pull limit reached: upstream answered 429")
+    if flow.request.method == "HEAD":
+        await _remember_tag(svc, st.route, resp.status_code, lambda name: resp.headers.get(name, ""))
+
+
+async def _fetch(svc: Services, flow: http.HTTPFlow, st: FlowState) -> None:
+    """GET a manifest upstream, once for all clients asking the same thing at the same time
+    (same URL, same Accept, same login or the pool): one counted pull instead of many."""
+    try:
+        auth = await svc.upstream_auth(flow, st)
+    except UpstreamError as e:
+        stale_or_refuse(flow, st, f"no upstream token could be had: {e}")
+        return
+    url, accept = url_of(flow), tuple(flow.request.headers.get_all("accept"))
+    key = (url, accept, owner_of(flow, st) if not st.account else "")
+    headers = [("Accept", v) for v in accept] + [("Authorization", auth)]
+    seen = access.seen_as(st.route.repository, not st.account)  # no pool account: the client's own login
+    try:
+        got, joined = await svc.manifest_fetches.run(key, lambda: _fetch_once(svc, st.route, url, headers, st.account, seen))
+    except client.BodyTooLarge as e:
+        raise _rejected(f"upstream manifest is over the {MAX_MANIFEST_BYTES} byte limit") from e
+    except UpstreamError as e:
+        stale_or_refuse(flow, st, str(e))
+        return
+    if joined:
+        st.note = "joined a fetch under way"
+    if isinstance(got, Manifest):
+        flow.response = responses.manifest(got, False)
+    elif isinstance(got, str):  # upstream sent a manifest that does not match its digest
+        raise _rejected(got)
+    elif got.status == 429 and st.stale is not None:
+        serve_stale(flow, st, st.stale, "pull limit reached: upstream answered 429")
+    else:
+        flow.response = http.Response.make(got.status, got.body, client.relayable(got.headers))
+        st.note = f"upstream answered {got.status}"
+
+
+async def _fetch_once(svc: Services, route: Route, url: str, headers: list[tuple[str, str]], account: str,
+                      seen: str) -> Manifest | str | UpstreamResponse:
+    """One upstream GET of a manifest: the verified, stored Manifest; a reason (str) when
+    upstream's bytes were refused; or upstream's answer when it was not a 200."""
+    resp = await svc.dockerhub.request("GET", url, headers, kind="manifest")
+    svc.dockerhub.observe_budget(account, "GET", resp.status, resp.headers)
+    if resp.status != 200:
+        return resp
+    m = checks.check(route, resp.header("content-type"), resp.header("docker-content-digest"), resp.body)
+    if isinstance(m, str):
+        return m
+    if not m.media_type:
+        log.warning("upstream manifest %s has no Content-Type: served, not stored", m.digest)
+        return m
+    store, tag = svc.the_store(), None if route.by_digest else route.reference
+
+    def keep() -> None:  # on the writer thread, in one hand-over
+        store.put_manifest(m.digest, m.media_type, m.body, seen)
+        if tag is not None:
+            store.put_tag(route.repository, tag, m.media_type, m.digest, len(m.body), time.time())
+
+    try:
+        await svc.in_writer(keep)  # awaited: the client's next request must find it
+    except (StoreError, lmdb.Error, OSError) as e:  # a full disk: served, not kept
+        log.warning("manifest %s not stored: %s", m.digest, e)
+        return m
+    svc.writer.submit(store.evict_if_needed)  # not on the client's time
+    return m
+
+
+def _rejected(why: str) -> Refusal:
+    return Refusal(502, "MANIFEST_INVALID", f"hubcache refused the upstream manifest: {why}", Outcome.REJECTED, note=why)
+
+
