@@ -31,6 +31,19 @@ def read_all(store, info, start=0, end=None):
     return b"".join(store.read_blob(info, start, end))
 
 
+def entries(path, table: bytes) -> int:
+    """How many entries a table of the store at `path` holds, read with py-lmdb directly. Only
+    with the Store closed: LMDB wants one open environment per file in a process."""
+    with lmdb.open(str(path), readonly=True, max_dbs=16) as env, env.begin() as txn:
+        return txn.stat(env.open_db(table, txn=txn, create=False))["entries"]
+
+
+def corrupt(path, table: bytes, key: bytes, value: bytes) -> None:
+    """Overwrite one entry of the closed store at `path`, as a bad disk would."""
+    with lmdb.open(str(path), max_dbs=16) as env, env.begin(write=True) as txn:
+        txn.put(key, value, db=env.open_db(table, txn=txn, create=False))
+
+
 def test_blob_roundtrip_across_chunks(store):
     data = os.urandom(3 * CHUNK_SIZE + 12345)
     info = write_blob(store, data)
@@ -46,7 +59,8 @@ def test_empty_blob(store):
     assert info.size == 0 and read_all(store, info) == b""
 
 
-def test_wrong_bytes_are_never_visible(store):
+def test_wrong_bytes_are_never_visible(tmp_path):
+    store = Store(tmp_path / "s")
     good = os.urandom(20 * CHUNK_SIZE)  # large enough for intermediate batches
     w = store.begin_blob(digest(good), len(good), "r")
     bad = bytearray(good)
@@ -56,7 +70,8 @@ def test_wrong_bytes_are_never_visible(store):
         w.commit()
     assert store.blob_info(digest(good)) is None
     assert store.size() == 0
-    assert store._read(lambda txn: txn.stat(store._chunks)["entries"]) == 0
+    store.close()
+    assert entries(tmp_path / "s", b"chunks") == 0
 
 
 def test_short_body_is_refused(store):
@@ -73,13 +88,13 @@ def test_interrupted_write_is_cleaned_at_next_open(tmp_path):
     data = os.urandom(40 * CHUNK_SIZE)  # several batches reach the disk
     w = s.begin_blob(digest(data), len(data), "r")
     w.write(data)  # no commit: the process "dies" here
-    assert s._read(lambda txn: txn.stat(s._chunks)["entries"]) > 0
     s.close()
+    assert entries(tmp_path / "s", b"chunks") > 0
     s = Store(tmp_path / "s")
     assert s.blob_info(digest(data)) is None
-    assert s._read(lambda txn: txn.stat(s._chunks)["entries"]) == 0
-    assert s._read(lambda txn: txn.stat(s._pending)["entries"]) == 0
     s.close()
+    assert entries(tmp_path / "s", b"chunks") == 0
+    assert entries(tmp_path / "s", b"pending") == 0
 
 
 def test_manifest_must_match_its_digest(store):
@@ -173,11 +188,13 @@ def test_verify_drops_what_does_not_match_and_orphan_chunks(tmp_path):
     ig, ib = write_blob(s, good), write_blob(s, bad)
     body = b'{"schemaVersion":2}'
     s.put_manifest(sha256_digest(body), "t", body, "r")
+    s.close()
     # rot one chunk of `bad` in place, and leave chunks that no blob owns
-    from hubcache.store.facade import _chunk_key
+    from hubcache.store.blobs import chunk_key
 
-    s._write(lambda txn: txn.put(_chunk_key(ib.blob_id, 1), b"x" * CHUNK_SIZE, db=s._chunks))
-    s._write(lambda txn: txn.put(_chunk_key(b"orphan!!", 0), b"y", db=s._chunks))
+    corrupt(tmp_path / "s", b"chunks", chunk_key(ib.blob_id, 1), b"x" * CHUNK_SIZE)
+    corrupt(tmp_path / "s", b"chunks", chunk_key(b"orphan!!", 0), b"y")
+    s = Store(tmp_path / "s")
     report = s.verify()
     assert report == {"manifests": 1, "blobs": 2, "bad": 1, "orphan_chunks": 1}
     assert s.blob_info(ib.digest) is None and read_all(s, s.blob_info(ig.digest)) == good
@@ -208,18 +225,22 @@ def test_history_command_reads_a_store_in_use(tmp_path):
 def test_group_commit_joins_concurrent_writes_and_isolates_a_failing_one(tmp_path):
     import threading
 
-    s = Store(tmp_path / "s")
+    from hubcache.store.txn import Transactions
+
+    env = lmdb.open(str(tmp_path), max_dbs=1)
+    txns = Transactions(env, tmp_path, readonly=False)
+    table = txns.open_db(b"t")
     results, errors = {}, {}
 
     def put(i):
         def op(txn):
             if i == 3:
                 raise ValueError("this one is bad")
-            txn.put(b"k%d" % i, b"v", db=s._meta)
+            txn.put(b"k%d" % i, b"v", db=table)
             return i
 
         try:
-            results[i] = s._group.run(op, 1 << 20)
+            results[i] = txns.group(op, 1 << 20)
         except ValueError as e:
             errors[i] = e
 
@@ -229,8 +250,9 @@ def test_group_commit_joins_concurrent_writes_and_isolates_a_failing_one(tmp_pat
     for t in threads:
         t.join()
     assert sorted(results) == [0, 1, 2, 4, 5, 6, 7] and list(errors) == [3]
-    assert all(s._read(lambda txn, i=i: txn.get(b"k%d" % i, db=s._meta)) == b"v" for i in results)
-    s.close()
+    assert all(txns.read(lambda txn, i=i: txn.get(b"k%d" % i, db=table)) == b"v" for i in results)
+    txns.close()
+    env.close()
 
 
 def test_concurrent_writes_share_the_write_budget(tmp_path):
@@ -322,9 +344,8 @@ def test_blobs_read_right_without_proc_maps_to_find_the_file_offset(store, monke
     from hubcache.store import pages
 
     data = os.urandom(2 * CHUNK_SIZE + 777)
+    monkeypatch.setattr(pages, "mappings_of", lambda path: [])  # before the store first asks
     info = write_blob(store, data)
-    monkeypatch.setattr(pages, "mappings_of", lambda path: [])
-    store._mapping = []
     assert read_all(store, info, 3, len(data) - 2) == data[3:-2]
     buf = memoryview(bytearray(CHUNK_SIZE))
     assert b"".join(bytes(p) for p in store.send_blob(info, buf, 1)) == data[1:]

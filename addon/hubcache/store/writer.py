@@ -1,0 +1,179 @@
+"""Writing one blob as it downloads: chunks handed over in batches, published by commit() only
+when its sha256 and size match the digest."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import mmap
+import os
+import time
+from typing import Protocol
+
+import lmdb
+
+from hubcache.store.blobs import CHUNK_SIZE, pending_record
+from hubcache.store.errors import DigestMismatch, StoreError
+
+log = logging.getLogger("hubcache.store")
+
+BATCH_BYTES = 4 * 1024 * 1024  # chunks a download hands over at once, when it is alone
+WRITE_BUDGET = 16 * 1024 * 1024  # what all concurrent downloads together hold in batches
+
+
+class BlobSink(Protocol):
+    """All a BlobWriter asks of the store (the store's is sink.StoreSink). Each call returns
+    once its transaction is committed; chunks are views the sink must not keep."""
+
+    def batch_limit(self) -> int:
+        """Bytes a write may hold before handing them over, with the writes now counted."""
+        ...
+
+    def count_writer(self, delta: int) -> None:
+        """One more (+1) or one fewer (-1) write sharing WRITE_BUDGET."""
+        ...
+
+    def write_batch(self, blob_id: bytes, first: int, chunks: list[memoryview], pending: bytes) -> None:
+        """Store chunks `first`, `first` + 1, ... of the write `blob_id` and its pending record."""
+        ...
+
+    def publish(self, digest: str, repository: str, blob_id: bytes, size: int, first: int, chunks: list[memoryview]) -> None:
+        """Store the last chunks and make the blob visible under `digest` (one transaction)."""
+        ...
+
+    def drop(self, blob_id: bytes) -> None:
+        """Delete everything written under `blob_id`."""
+        ...
+
+
+class BlobWriter:
+    """Writes one blob under a fresh id; commit() publishes it only if sha256 and size match.
+
+    Not thread-safe: one writer thread drives it (never the event loop: LMDB commits fsync).
+    """
+
+    def __init__(self, sink: BlobSink, digest: str, expected_size: int | None, repository: str) -> None:
+        self._sink = sink
+        self.digest = digest
+        self.expected_size = expected_size
+        self.repository = repository
+        self.blob_id = os.urandom(8)
+        self.size = 0
+        self._hash = hashlib.sha256()
+        # Received bytes not yet written: one area, allocated once and reused, so that no chunk
+        # costs an allocation. It is an anonymous mapping, not a bytearray: a page costs memory
+        # only once written, so a download that shares WRITE_BUDGET with 15 others and flushes
+        # every 1 MiB holds about 1 MiB, not the BATCH_BYTES that bytearray() zero-fills.
+        self._area: mmap.mmap | None = None
+        self._fill = 0
+        self._index = 0  # chunks written so far
+        self._registered = False
+        self._done = False
+        self._failed: Exception | None = None  # storing failed; hashing goes on so the client is still checked
+        self._started = time.time()
+        self._counted = False
+
+    def write(self, data: bytes) -> None:
+        self._hash.update(data)
+        self.size += len(data)
+        if self._failed:
+            return
+        if self._area is None:
+            self._area = mmap.mmap(-1, BATCH_BYTES)
+        view = memoryview(data)
+        while view:
+            n = min(len(view), BATCH_BYTES - self._fill)
+            self._area[self._fill : self._fill + n] = view[:n]
+            self._fill += n
+            view = view[n:]
+            if self._fill >= self._sink.batch_limit() or self._fill == BATCH_BYTES:
+                try:
+                    self._flush()
+                except lmdb.Error as e:
+                    log.warning("store: writing %s failed: %s", self.digest, e)
+                    self._failed = e
+                    self._discard()
+                    return
+
+    @property
+    def failed(self) -> Exception | None:
+        """Why storing failed (the bytes are still hashed), or None."""
+        return self._failed
+
+    def register(self) -> None:
+        """Make the write visible as in progress (readers can follow it with Store.progress),
+        and count it among the concurrent writes that share WRITE_BUDGET."""
+        if not self._counted:
+            self._counted = True
+            self._sink.count_writer(+1)
+        if not self._registered:
+            self._flush()
+
+    def _uncount(self) -> None:
+        if self._counted:
+            self._counted = False
+            self._sink.count_writer(-1)
+
+    def flush(self) -> None:
+        """Write the whole chunks received so far, so that readers following the blob get them."""
+        if self._fill >= CHUNK_SIZE and not self._failed:
+            self._flush()
+
+    def _whole_chunks(self, final: bool = False) -> tuple[int, list[memoryview]]:
+        """The index of the area's first chunk and views of its whole chunks, with `final` the
+        last partial one too; the views are valid until the area is next written."""
+        first = self._index
+        if self._area is None:
+            return first, []
+        end = self._fill if final else self._fill - self._fill % CHUNK_SIZE
+        area = memoryview(self._area)
+        batch = [area[offset : min(offset + CHUNK_SIZE, end)] for offset in range(0, end, CHUNK_SIZE)]
+        self._index += len(batch)
+        return first, batch
+
+    def _flush(self) -> None:
+        first, batch = self._whole_chunks()
+        pending = pending_record(self.digest, self._started, self.expected_size, self._index * CHUNK_SIZE)
+        self._sink.write_batch(self.blob_id, first, batch, pending)  # committed: LMDB has its own copy now
+        self._registered = True
+        if batch:  # the partial chunk left over moves to the front
+            done = len(batch) * CHUNK_SIZE
+            rest = self._fill - done
+            self._area[:rest] = self._area[done : self._fill]
+            self._fill = rest
+
+    def commit(self) -> None:
+        """Verify and publish. Raises DigestMismatch (and drops everything) when the bytes are
+        wrong, StoreError when they could not be stored."""
+        actual = "sha256:" + self._hash.hexdigest()
+        if actual != self.digest or (self.expected_size is not None and self.size != self.expected_size):
+            self.abort()
+            raise DigestMismatch(
+                f"upstream sent {self.size} bytes hashing to {actual}, expected {self.digest}"
+                + (f" ({self.expected_size} bytes)" if self.expected_size is not None else "")
+            )
+        if self._failed:
+            self._discard()
+            raise StoreError(f"{self.digest} was not stored: {self._failed}")
+        first, batch = self._whole_chunks(final=True)
+        try:
+            self._sink.publish(self.digest, self.repository, self.blob_id, self.size, first, batch)
+        except lmdb.Error as e:
+            self._discard()
+            raise StoreError(f"{self.digest} was not stored: {e}") from e
+        self._done = True
+        self._uncount()
+        self._area = None  # unmapped once LMDB's views of it are gone
+
+    def abort(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        self._discard()
+
+    def _discard(self) -> None:
+        self._uncount()
+        self._area, self._fill = None, 0
+        if self._registered:
+            self._sink.drop(self.blob_id)
+            self._registered = False
