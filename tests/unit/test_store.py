@@ -256,17 +256,16 @@ def test_group_commit_joins_concurrent_writes_and_isolates_a_failing_one(tmp_pat
 
 
 def test_concurrent_writes_share_the_write_budget(tmp_path):
-    from hubcache.store import BATCH_BYTES, CHUNK_SIZE, WRITE_BUDGET
-
+    MiB = 1 << 20
     s = Store(tmp_path / "s")
-    assert s.batch_limit() == BATCH_BYTES
+    assert s.batch_limit() == 4 * MiB
     writers = [s.begin_blob("sha256:" + "%064x" % i, None, "P:r") for i in range(16)]
     for w in writers:
         w.register()
-    assert s.batch_limit() == max(CHUNK_SIZE, min(BATCH_BYTES, WRITE_BUDGET // 16))
+    assert s.batch_limit() == 1 * MiB
     for w in writers:
         w.abort()
-    assert s.batch_limit() == BATCH_BYTES and s.recover() == 0
+    assert s.batch_limit() == 4 * MiB and s.recover() == 0
     s.close()
 
 
