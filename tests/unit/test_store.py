@@ -117,16 +117,27 @@ def test_tag_records_per_media_type(store):
     assert store.tag_records("r", "1")["a"].fetched == 400.0
 
 
-def test_lru_eviction_keeps_recently_used(tmp_path):
-    s = Store(tmp_path / "s", max_size=5 * CHUNK_SIZE)
-    blobs = [os.urandom(2 * CHUNK_SIZE) for _ in range(3)]
-    infos = [write_blob(s, blobs[0]), write_blob(s, blobs[1])]
-    import time
+class Clock:
+    """A store's clock that moves only when told to."""
 
-    time.sleep(0.01)
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_lru_eviction_keeps_recently_used(tmp_path):
+    clock = Clock()
+    s = Store(tmp_path / "s", max_size=5 * CHUNK_SIZE, clock=clock)
+    blobs = [os.urandom(2 * CHUNK_SIZE) for _ in range(3)]
+    infos = [write_blob(s, blobs[0])]
+    clock.now += 1
+    infos.append(write_blob(s, blobs[1]))
+    clock.now += 1
     read_all(s, infos[0])  # blob 0 is now more recently used than blob 1
     s.flush_access()
-    time.sleep(0.01)
+    clock.now += 1
     write_blob(s, blobs[2])
     s.evict_if_needed()
     assert s.blob_info(digest(blobs[1])) is None
