@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from hubcache.store import BlobWriter, DigestMismatch, StoreError
 from hubcache.upstream.client import UpstreamError, relayable
@@ -76,6 +76,7 @@ class Flight:
         self.failure = ""
         self.rejected = False  # the bytes did not match the digest
         self.received = 0
+        self._writer: BlobWriter | None = None
         self._thread = threading.Thread(target=self._run, name=f"hubcache-fetch-{digest[7:19]}", daemon=True)
 
     def start(self) -> "Flight":
@@ -109,14 +110,12 @@ class Flight:
             self._cond.notify_all()
 
     def _run(self) -> None:
-        writer: BlobWriter | None = None
         resp = None
         try:
             resp = self._opener()
             self._on_hops(list(getattr(resp, "hops", [])))
-            if resp.status != 200:
-                headers = relayable(resp.headers)
-                self._set_head(Head(resp.status, headers=headers, body=resp.read_small()))
+            if resp.status != 200:  # relayed to every waiter as upstream gave it
+                self._set_head(Head(resp.status, headers=relayable(resp.headers), body=resp.read_small()))
                 self.failure = f"upstream answered {resp.status}"
                 return
             length = resp.header("content-length")
@@ -125,47 +124,23 @@ class Flight:
                 self.failure = f"not stored: no room for {size} bytes"
                 self._set_head(Head(200, size, no_room=True))
                 return
-            writer = self._begin(size)
-            writer.register()  # followers can find it before the first byte
-            self._set_head(Head(200, -1 if size is None else size, writer.blob_id))
-            last_flush = time.monotonic()
-
-            def idle() -> None:  # upstream paused: followers get everything received so far
-                nonlocal last_flush
-                writer.flush()
-                last_flush = time.monotonic()
-                self._notify()
-
-            for data in resp.iter_body(idle, FLUSH_SECONDS):
-                writer.write(data)
-                self.received += len(data)
-                if writer.failed:  # a full disk: stop here, followers are cut short
-                    raise StoreError(str(writer.failed))
-                if time.monotonic() - last_flush >= FLUSH_SECONDS:
-                    writer.flush()
-                    last_flush = time.monotonic()
-                    self._notify()
-            writer.commit()  # verifies sha256 and size; publishes
-            self.stored = True
-        except DigestMismatch as e:
+            self._download(resp, size)
+        except DigestMismatch as e:  # commit() has dropped the bytes already
             self.failure, self.rejected = str(e), True
             log.warning("%s refused: %s", self.digest, e)
         except UpstreamError as e:
             self.failure = str(e)
             self._on_hops(list(getattr(e, "hops", [])))
             self._set_head(Head(0, error=str(e)))
-            if writer is not None:
-                writer.abort()
+            self._abort()
         except StoreError as e:
             self.failure = f"not stored: {e}"
             log.warning("%s: %s", self.digest, self.failure)
-            if writer is not None:
-                writer.abort()
+            self._abort()
         except BaseException as e:  # never leave followers waiting on a dead thread
             self.failure = f"internal error: {e!r}"
             log.exception("fetching %s failed", self.digest)
-            if writer is not None:
-                writer.abort()
+            self._abort()
         finally:
             if resp is not None:
                 resp.close()
@@ -173,6 +148,34 @@ class Flight:
             self.done = True
             self._notify()
             self._on_end(self)
+
+    def _download(self, resp: Any, size: int | None) -> None:
+        """Write the body into the store as it arrives, handing followers what is written at
+        least every FLUSH_SECONDS; publish it once sha256 and size match."""
+        writer = self._writer = self._begin(size)
+        writer.register()  # followers can find it before the first byte
+        self._set_head(Head(200, -1 if size is None else size, writer.blob_id))
+        last_flush = time.monotonic()
+
+        def idle() -> None:  # upstream paused: followers get everything received so far
+            nonlocal last_flush
+            writer.flush()
+            last_flush = time.monotonic()
+            self._notify()
+
+        for data in resp.iter_body(idle, FLUSH_SECONDS):
+            writer.write(data)
+            self.received += len(data)
+            if writer.failed:  # a full disk: stop here, followers are cut short
+                raise StoreError(str(writer.failed))
+            if time.monotonic() - last_flush >= FLUSH_SECONDS:
+                idle()
+        writer.commit()  # verifies sha256 and size; publishes
+        self.stored = True
+
+    def _abort(self) -> None:
+        if self._writer is not None:
+            self._writer.abort()
 
 
 class Flights:

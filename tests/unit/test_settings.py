@@ -1,0 +1,61 @@
+"""Options parsed once into typed settings; only what changed is parsed again."""
+
+from types import SimpleNamespace
+
+import pytest
+
+from hubcache.settings import REGISTRY_HOSTS, Settings, SettingsError, _PARSERS
+
+
+def options(**overrides):
+    """Every option Settings reads, at mitmproxy's and hubcache's defaults."""
+    values = {
+        "hubcache_store": "/var/lib/hubcache/store", "hubcache_max_size": "0", "hubcache_direct_min": "2m",
+        "hubcache_tag_ttl": 300, "hubcache_registry_hosts": list(REGISTRY_HOSTS),
+        "hubcache_auth_hosts": ["auth.docker.io"], "hubcache_cdn_hosts": ["production.cloudflare.docker.com"],
+        "hubcache_auth_realm": "https://auth.docker.io/token", "hubcache_auth_service": "registry.docker.io",
+        "hubcache_credentials": "", "hubcache_docker_config": "", "hubcache_budget_reserve": 0,
+        "hubcache_metrics_listen": "", "hubcache_upstream_timeout": 15, "hubcache_connect_timeout": 5,
+        "hubcache_backoff": 30, "hubcache_pin_time": "", "hubcache_offline_private": "refuse",
+        "hubcache_offline": False, "ssl_insecure": False, "ssl_verify_upstream_trusted_ca": None,
+        "ssl_verify_upstream_trusted_confdir": None, "tcp_timeout": 60,
+    }
+    assert set(values) == set(_PARSERS)  # the test covers every option the settings read
+    values.update(overrides)
+    return SimpleNamespace(**values)
+
+
+def test_values_are_parsed_into_typed_fields():
+    s = Settings.parse(options(hubcache_max_size="50g", hubcache_direct_min="off",
+                               hubcache_registry_hosts=["Registry-1.Docker.IO"],
+                               hubcache_pin_time="2026-11-27T10:00:00Z",
+                               ssl_verify_upstream_trusted_ca="/etc/ca.pem"), updated=())
+    assert s.max_size == 50 << 30
+    assert s.direct_min is None
+    assert s.registry_hosts == frozenset({"registry-1.docker.io"})
+    assert s.pin_time == 1795773600.0
+    assert s.tls.ca_file == "/etc/ca.pem" and not s.tls.insecure
+
+
+def test_only_the_options_that_changed_are_parsed_again():
+    first = Settings.parse(options(hubcache_max_size="1g"), updated=())
+    # An option that did not change is not read again, even if its value would no longer parse.
+    later = Settings.parse(options(hubcache_max_size="not a size", hubcache_tag_ttl=10), {"hubcache_tag_ttl"}, first)
+    assert later.tag_ttl == 10 and later.max_size == 1 << 30
+    assert first.tag_ttl == 300  # frozen: the old settings object is unchanged
+
+
+@pytest.mark.parametrize("option, value, says", [
+    ("hubcache_max_size", "lots", "hubcache_max_size: not a size: 'lots'"),
+    ("hubcache_direct_min", "big", "(or off)"),
+    ("hubcache_tag_ttl", -1, "hubcache_tag_ttl: must be >= 0, not -1"),
+    ("hubcache_upstream_timeout", 0, "hubcache_upstream_timeout: must be >= 1, not 0"),
+    ("hubcache_metrics_listen", "9090", "must be host:port, not '9090'"),
+    ("hubcache_pin_time", "yesterday", "hubcache_pin_time: not a time: 'yesterday'"),
+    ("hubcache_offline_private", "maybe", "must be refuse or allow, not 'maybe'"),
+    ("hubcache_auth_realm", "http://auth.docker.io/token", "must be an https URL"),
+])
+def test_a_bad_value_is_refused_naming_the_option_and_the_value(option, value, says):
+    with pytest.raises(SettingsError) as e:
+        Settings.parse(options(**{option: value}), updated=())
+    assert says in str(e.value)
