@@ -1,6 +1,7 @@
 """The store as the rest of hubcache sees it: opening (one process per store, interrupted writes
 dropped), and each operation handed to the module that does it: catalog.py (manifests, tags),
-blobs.py and writer.py (blobs), lru.py (the size cap), txn.py (transactions)."""
+blobs.py (blob records and reads), writer.py and sink.py (blob writes), lru.py (the size cap),
+txn.py (transactions)."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from hubcache.store.writer import BATCH_BYTES, BlobWriter
 log = logging.getLogger("hubcache.store")
 
 
-def _lock(path: Path) -> IO[str]:
+def _take_lock(path: Path) -> IO[str]:
     """Take the store's lock, or raise StoreInUse naming who has it. One hubcache per store:
     opening drops interrupted writes, which would be another process's writes in progress."""
     lock = open(path / "hubcache.lock", "a+")
@@ -57,7 +58,7 @@ class Store:
             self._open_readonly()
             return
         self.path.mkdir(parents=True, exist_ok=True)
-        self._lock: IO[str] | None = _lock(self.path)
+        self._lock: IO[str] | None = _take_lock(self.path)
         env = lmdb.open(str(self.path), map_size=map_size, max_dbs=16, max_readers=1024, metasync=False)
         self._open_tables(env)
         self.recovered = self.recover()  # interrupted writes dropped at open

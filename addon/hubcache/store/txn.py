@@ -150,7 +150,7 @@ class Transactions:
         return self._env.open_db(name, create=not self._readonly, **kw)
 
     def close(self) -> None:
-        """Stop the group commit (its queue is empty once every writer has returned)."""
+        """Stop the group commit once what is queued is committed; group() then raises StoreError."""
         self._group.close()
 
     def write(self, fn: Callable[[lmdb.Transaction], T]) -> T:
@@ -190,8 +190,8 @@ class Transactions:
         return self._env.info()["map_size"]
 
     def map_ranges(self) -> list[tuple[int, int, int]]:
-        """Where data.mdb is mapped now. Call inside a transaction (the gate held): a resize
-        moves the map and forgets where it was."""
+        """Where data.mdb is mapped now. Call with the gate held (inside a transaction from
+        here): a resize moves the map and forgets where it was."""
         if not self._mapping:
             self._mapping = pages.mappings_of(self._data_mdb)
         return self._mapping

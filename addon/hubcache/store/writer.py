@@ -22,8 +22,8 @@ WRITE_BUDGET = 16 * 1024 * 1024  # what all concurrent downloads together hold i
 
 
 class BlobSink(Protocol):
-    """All a BlobWriter asks of the store (the store's is sink.StoreSink). Each call returns
-    once its transaction is committed; chunks are views the sink must not keep."""
+    """All a BlobWriter asks of the store (the store's is sink.StoreSink). write_batch, publish
+    and drop return once committed; chunks are views of the writer's area, valid for the call."""
 
     def batch_limit(self) -> int:
         """Bytes a write may hold before handing them over, with the writes now counted."""
