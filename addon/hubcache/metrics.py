@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
@@ -18,7 +19,7 @@ class Metrics:
         self.budget = Gauge("hubcache_pull_budget_remaining", "Pulls left in the window, by account (-1: unknown or unlimited)", ["account"], registry=r)
         self.store_bytes = Gauge("hubcache_store_bytes", "Bytes of content in the store", registry=r)
         self.store_entries = Gauge("hubcache_store_entries", "Entries in the store, by kind", ["kind"], registry=r)
-        self._server = None
+        self._server: Any = None  # prometheus_client's WSGI server, while it runs
 
     def serve(self, listen: str) -> tuple[str, int]:
         """Start the /metrics HTTP server on 'host:port'."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from urllib.parse import urljoin, urlsplit
 
 from mitmproxy import http
@@ -175,9 +176,13 @@ def _start_flight(svc: Services, url: str, headers: list[tuple[str, str]], st: F
 
     flight = Flight(
         digest, opener, lambda size: store.begin_blob(digest, size, seen), owner=owner, room=store.room_for,
-        on_hops=lambda hops: loop.call_soon_threadsafe(record, hops), on_end=ended,
+        on_hops=lambda hops: _soon(loop, record, hops), on_end=ended,
     )
     return svc.flights.add(flight).start()
+
+
+def _soon(loop: asyncio.AbstractEventLoop, fn: Callable[[list[fetch.Hop]], None], hops: list[fetch.Hop]) -> None:
+    loop.call_soon_threadsafe(fn, hops)
 
 
 def _serve(svc: Services, flow: http.HTTPFlow, st: FlowState, info: BlobInfo) -> None:

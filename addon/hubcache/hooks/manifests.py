@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 import lmdb
 from mitmproxy import http
@@ -124,7 +125,7 @@ async def _revalidate(svc: Services, flow: http.HTTPFlow, st: FlowState, digest:
     return False
 
 
-async def _remember_tag(svc: Services, route: Route, status: int, header) -> checks.TagHead | None:
+async def _remember_tag(svc: Services, route: Route, status: int, header: Callable[[str], str]) -> checks.TagHead | None:
     """Upstream answered a HEAD of a tag: record what the tag points to now (and its history)."""
     head = checks.tag_head(header) if status == 200 and not route.by_digest else None
     if head is not None:

@@ -26,6 +26,7 @@ import threading
 import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 from urllib.parse import parse_qs
 
 from hubcache.model import BlobInfo, is_digest, oci_error_body
@@ -43,7 +44,7 @@ WAIT_SLICE = 0.05  # a follower re-checks the store at least this often
 _RANGE_RE = re.compile(r"bytes=(\d*)-(\d*)")
 
 
-def tls_context(certstore) -> ssl.SSLContext:
+def tls_context(certstore: Any) -> ssl.SSLContext:
     """The TLS listener's context: a certificate for DIRECT_HOST made by mitmproxy's CertStore
     (the CA clients already trust for the registry hosts)."""
     from cryptography import x509
@@ -224,11 +225,11 @@ class _Server(ThreadingHTTPServer):
 
 
 class _TLSServer(_Server):
-    def __init__(self, address, handler, context: ssl.SSLContext) -> None:
+    def __init__(self, address: tuple[str, int], handler: type[_Handler], context: ssl.SSLContext) -> None:
         self.context = context
         super().__init__(address, handler)
 
-    def finish_request(self, request, client_address) -> None:  # on the connection's own thread
+    def finish_request(self, request: Any, client_address: Any) -> None:  # on the connection's own thread
         try:
             request.settimeout(TLS_TIMEOUT)
             conn = self.context.wrap_socket(request, server_side=True)
@@ -236,7 +237,7 @@ class _TLSServer(_Server):
             log.debug("TLS handshake with a blob client failed: %s", e)
             return
         try:
-            self.RequestHandlerClass(conn, client_address, self)
+            self.RequestHandlerClass(conn, client_address, self)  # type: ignore[arg-type]  # typeshed wants BaseServer's Self
         finally:
             conn.close()
 

@@ -19,9 +19,9 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from hubcache.store import BlobWriter, DigestMismatch, StoreError
 from hubcache.upstream.client import UpstreamError, relayable
@@ -47,23 +47,36 @@ class Head:
     error: str = ""
 
 
+class Download(Protocol):
+    """What a flight's opener returns: upstream's answer with its body still to read
+    (upstream.fetch.Response; tests pass objects shaped like it)."""
+
+    status: int
+    headers: dict[str, str]
+
+    def header(self, name: str, default: str = "") -> str: ...
+    def read_small(self) -> bytes: ...
+    def iter_body(self, idle: Callable[[], None], tick: float) -> Iterator[bytes]: ...
+    def close(self) -> None: ...
+
+
 class Flight:
     """One download. Created on the event loop; runs on its own thread."""
 
     def __init__(
         self,
         digest: str,
-        opener: Callable[[], object],
+        opener: Callable[[], Download],
         begin: Callable[[int | None], BlobWriter],
         *,
         room: Callable[[int], bool] = lambda size: True,
         owner: str = "",
-        on_hops: Callable[[list], None] = lambda hops: None,
+        on_hops: Callable[[list[Any]], None] = lambda hops: None,
         on_end: Callable[["Flight"], None] = lambda f: None,
     ) -> None:
         self.digest = digest
         self.owner = owner  # "" for a pool-account download anyone may join; else whose login it used
-        self._opener = opener  # () -> fetch.Response (or an object shaped like one)
+        self._opener = opener
         self._begin = begin  # expected size -> BlobWriter
         self._room = room  # size -> whether the store can take it
         self._on_hops = on_hops
@@ -149,7 +162,7 @@ class Flight:
             self._notify()
             self._on_end(self)
 
-    def _download(self, resp: Any, size: int | None) -> None:
+    def _download(self, resp: Download, size: int | None) -> None:
         """Write the body into the store as it arrives, handing followers what is written at
         least every FLUSH_SECONDS; publish it once sha256 and size match."""
         writer = self._writer = self._begin(size)

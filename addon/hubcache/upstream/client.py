@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import ssl
+from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -83,7 +84,7 @@ async def request(
         raise UpstreamError(f"{method} {redact(url)}: {e}") from e
 
 
-def header_dict(raw) -> dict[str, str]:
+def header_dict(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
     """h11's response headers as lower-case names; repeated headers joined with ", "."""
     out: dict[str, str] = {}
     for name, value in raw:

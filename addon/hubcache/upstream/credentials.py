@@ -17,12 +17,15 @@ import re
 import stat
 import subprocess
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 from dataclasses import dataclass, field
 from pathlib import Path
 
 HUB_KEYS = ("https://index.docker.io/v1/", "index.docker.io", "docker.io", "registry-1.docker.io")
 HELPER_TIMEOUT = 10
+
+HelperRunner = Callable[[str, str], dict[str, Any] | None]  # (helper name, server) -> its JSON answer
 
 
 class CredentialsError(Exception):
@@ -85,7 +88,7 @@ def from_env(env: Mapping[str, str]) -> list[Credential]:
     return []
 
 
-def from_docker_config(path: Path, run_helper=None) -> list[Credential]:
+def from_docker_config(path: Path, run_helper: HelperRunner | None = None) -> list[Credential]:
     try:
         config = json.loads(path.read_text())
     except FileNotFoundError:
@@ -113,7 +116,7 @@ def from_docker_config(path: Path, run_helper=None) -> list[Credential]:
     return []
 
 
-def _helper_credential(name: str, server: str, run_helper) -> list[Credential]:
+def _helper_credential(name: str, server: str, run_helper: HelperRunner) -> list[Credential]:
     data = run_helper(name, server)
     if not data or not data.get("Username") or not data.get("Secret"):
         return []
@@ -143,5 +146,7 @@ def load(credentials_file: str, env: Mapping[str, str], docker_config: str) -> l
     found += from_env(env)
     if docker_config:
         found += from_docker_config(Path(docker_config).expanduser())
-    seen: set[str] = set()
-    return [c for c in found if not (c.account in seen or seen.add(c.account))]
+    unique: dict[str, Credential] = {}
+    for c in found:
+        unique.setdefault(c.account, c)  # the first source that names an account wins
+    return list(unique.values())

@@ -8,8 +8,8 @@ the others still get its result."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Hashable
-from typing import Generic, TypeVar
+from collections.abc import Callable, Coroutine, Hashable
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -18,7 +18,7 @@ class Shared(Generic[T]):
     def __init__(self) -> None:
         self._runs: dict[Hashable, asyncio.Task[T]] = {}
 
-    async def run(self, key: Hashable, work: Callable[[], Awaitable[T]]) -> tuple[T, bool]:
+    async def run(self, key: Hashable, work: Callable[[], Coroutine[Any, Any, T]]) -> tuple[T, bool]:
         """The result of `work()` for `key`, and whether this caller joined a run under way."""
         task = self._runs.get(key)
         joined = task is not None
