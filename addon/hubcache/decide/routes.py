@@ -7,6 +7,7 @@ that does not parse is reported as an error kind so the addon can answer in the 
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from urllib.parse import unquote
 
 from hubcache.model import DIGEST_RE, Kind, Route, is_digest
@@ -68,7 +69,8 @@ def classify_registry(method: str, raw_path: str) -> Route:
     return Route(Kind.OTHER)
 
 
-def classify(host: str, method: str, path: str, *, registry_hosts, auth_hosts, cdn_hosts) -> Route | None:
+def classify(host: str, method: str, path: str, *, registry_hosts: Collection[str], auth_hosts: Collection[str],
+             cdn_hosts: Collection[str]) -> Route | None:
     """Classify a request by host; None when the host is not one hubcache serves."""
     host = host.lower().rstrip(".")
     if host in registry_hosts:
