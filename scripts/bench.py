@@ -448,7 +448,7 @@ def fetch_all(proxy: Proxy, blobs: list[tuple[str, int]], token: str, bundle: Pa
     done = [d.done_at - t0 for d in downloads if d.done_at is not None]
     wall = max(done) if len(done) == len(downloads) else time.perf_counter() - t0
     received = sum(size or 0 for _, size, _ in ends)
-    verified = sum(1 for (digest, size), (rc, got, out) in zip(blobs, ends)
+    verified = sum(1 for (digest, size), (rc, got, out) in zip(blobs, ends, strict=True)
                    if rc == 0 and got == size and out.split()[:1] == [digest.split(":", 1)[1]])
     return {"clients": len(blobs), "wall_s": wall, "mb_s": received / wall / 1e6, "received_bytes": received,
             "verified": verified, "failed": len(blobs) - verified, "first_done_s": min(done, default=None),

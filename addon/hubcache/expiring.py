@@ -13,15 +13,11 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
-from typing import Generic, TypeVar
-
-K = TypeVar("K", bound=Hashable)
-V = TypeVar("V")
 
 PRUNE_PER_PUT = 2  # expired entries at the old end dropped on each put: pruning costs O(1)
 
 
-class ExpiringCache(Generic[K, V]):
+class ExpiringCache[K: Hashable, V]:
     def __init__(self, max_entries: int, ttl: float, clock: Callable[[], float] = time.monotonic) -> None:
         if max_entries < 1 or ttl <= 0:
             raise ValueError("an ExpiringCache needs max_entries >= 1 and ttl > 0")

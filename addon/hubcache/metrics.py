@@ -16,7 +16,8 @@ class Metrics:
         self.bytes = Counter("hubcache_bytes", "Body bytes sent to clients, by where they came from", ["source"], registry=r)
         self.upstream = Counter("hubcache_upstream_requests", "Requests that reached upstream, by kind", ["kind"], registry=r)
         self.pulls = Counter("hubcache_pulls_spent", "Counted pulls (manifest GETs) spent, by account", ["account"], registry=r)
-        self.budget = Gauge("hubcache_pull_budget_remaining", "Pulls left in the window, by account (-1: unknown or unlimited)", ["account"], registry=r)
+        self.budget = Gauge("hubcache_pull_budget_remaining", "Pulls left in the window, by account (-1: unknown or unlimited)",
+                            ["account"], registry=r)
         self.store_bytes = Gauge("hubcache_store_bytes", "Bytes of content in the store", registry=r)
         self.store_entries = Gauge("hubcache_store_entries", "Entries in the store, by kind", ["kind"], registry=r)
         self._server: Any = None  # prometheus_client's WSGI server, while it runs

@@ -41,7 +41,7 @@ def _pem_key(key) -> bytes:
 def _builder(subject: str, issuer: str, public_key) -> x509.CertificateBuilder:
     # Backdate a little: the servers and clients share a clock, but Go
     # rejects certs whose notBefore is even a second in the future.
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     return (
         x509.CertificateBuilder()
         .subject_name(_name(subject))

@@ -534,7 +534,7 @@ class Podman(_Engine):
         self.env: dict = {}
         self._mounted = False
 
-    def _start(self) -> "Podman":
+    def _start(self) -> Podman:
         w = self.workdir
         short = self._short_dir()
         for d in (w, self.cert_dir, w / "tmp", w / "graph"):

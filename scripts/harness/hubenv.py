@@ -26,8 +26,8 @@ Without `limits` nobody is limited and no ratelimit headers are sent.
 
 from __future__ import annotations
 
-import ctypes
 import contextlib
+import ctypes
 import json
 import os
 import shutil
@@ -148,7 +148,7 @@ class Upstream:
         """A skopeo/containers cert dir trusting the test CA."""
         return self.workdir / "certs.d"
 
-    def start(self) -> "Upstream":
+    def start(self) -> Upstream:
         if self.started:
             return self
         try:
@@ -180,16 +180,16 @@ class Upstream:
     def _start_services(self) -> None:
         self._start_registry()
         self._start_script("hubfront", "127.0.0.1", REGISTRY_HOST,
-                           ["--backend", "%s:%d" % REGISTRY_BACKEND, "--limits", str(self.front_rules)])
+                           ["--backend", "{}:{}".format(*REGISTRY_BACKEND), "--limits", str(self.front_rules)])
         self._start_script("tokenserver", "127.0.0.2", AUTH_HOST, ["--config", str(self._token_config())])
         self._start_script("cdnserver", "127.0.0.3", CDN_HOST,
                            ["--root", str(self.storage), "--faults", str(self.cdn_faults)])
 
     def _stop_services(self) -> None:
-        for what, proc in reversed(self._procs):
+        for _, proc in reversed(self._procs):
             if proc.poll() is None:
                 proc.terminate()
-        for what, proc in reversed(self._procs):
+        for _, proc in reversed(self._procs):
             try:
                 proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
@@ -222,7 +222,7 @@ class Upstream:
             "http": {
                 # Plain HTTP behind hubfront.py, which terminates TLS and sends
                 # X-Forwarded-Proto: https, so the URLs distribution builds stay https.
-                "addr": "%s:%d" % REGISTRY_BACKEND,
+                "addr": "{}:{}".format(*REGISTRY_BACKEND),
                 "headers": {"X-Content-Type-Options": ["nosniff"]},
                 "secret": os.urandom(16).hex(),  # signs upload state; one instance, so any value
             },
@@ -298,7 +298,7 @@ class Upstream:
         self.ns.leave()
         self.started = False
 
-    def __enter__(self) -> "Upstream":
+    def __enter__(self) -> Upstream:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -68,10 +68,10 @@ class Image:
     blobs: tuple[tuple[str, int], ...]  # (digest, size): config first, then the layers
 
     @classmethod
-    def from_info(cls, info) -> "Image":
+    def from_info(cls, info) -> Image:
         """From a harness.images.ImageInfo returned by Upstream.push_image."""
         blobs = [(info.config_digest, len(info.config_bytes))]
-        blobs += list(zip(info.layer_digests, info.layer_sizes))
+        blobs += list(zip(info.layer_digests, info.layer_sizes, strict=True))
         return cls(info.name, info.tag, info.manifest_digest, info.media_type, info.manifest_bytes, tuple(blobs))
 
 

@@ -65,7 +65,7 @@ class Proxy:
             cmd += ["--set", s]
         return cmd + self.args
 
-    def start(self, timeout: float = 20) -> "Proxy":
+    def start(self, timeout: float = 20) -> Proxy:
         self.port = self.port or free_port()  # a restart keeps the port clients were given
         log = open(self.logfile, "ab")
         env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
@@ -128,7 +128,7 @@ class Proxy:
     def log(self) -> str:
         return self.logfile.read_text(errors="replace") if self.logfile.exists() else ""
 
-    def __enter__(self) -> "Proxy":
+    def __enter__(self) -> Proxy:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -25,11 +25,10 @@ import sys
 import time
 from urllib.parse import parse_qs, urlsplit
 
+import httpsd
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding
-
-import httpsd
 
 TOKEN_TTL = 300  # what Docker Hub hands out
 
@@ -138,7 +137,7 @@ class TokenHandler(httpsd.LoggedHandler):
             "access": access,
         }
         token = self.signer.jwt(claims)
-        issued = datetime.datetime.fromtimestamp(now, datetime.timezone.utc)
+        issued = datetime.datetime.fromtimestamp(now, datetime.UTC)
         self.send_json(
             200,
             {

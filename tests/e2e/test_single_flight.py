@@ -148,7 +148,7 @@ def test_cdn_stall_with_resume_is_slow_but_whole(upstream, tmp_path):
     """Set-up check, no proxy: stall_at + resume sends the first part, pauses, then the rest."""
     img = upstream.push_image("library/sfstallcheck", "1", layers(3 * MiB))
     layer, size = img.layer_digests[0], img.layer_sizes[0]
-    path = "/docker/registry/v2/blobs/sha256/{}/{}/data".format(hexd(layer)[:2], hexd(layer))
+    path = f"/docker/registry/v2/blobs/sha256/{hexd(layer)[:2]}/{hexd(layer)}/data"
     out = tmp_path / "blob"
     with upstream.cdn_fault(layer, stall_at=1 * MiB, stall_seconds=1.5, resume=True):
         t0 = time.monotonic()
@@ -287,7 +287,7 @@ def test_failure_reaches_every_waiter_and_the_next_get_fetches_afresh(upstream, 
             waiters.append(curl(hub, repo, layer, token, f"waiter-{i}"))
             time.sleep(0.5)
         codes = [w.wait() for w in waiters]
-    for i, (w, rc) in enumerate(zip(waiters, codes)):
+    for i, (w, rc) in enumerate(zip(waiters, codes, strict=True)):
         assert rc != 0, f"waiter {i}: curl succeeded with {w.received()} bytes of a cut transfer"
         assert w.received() < size, f"waiter {i}: a whole body from a cut transfer"
     n = len(cdn_gets(upstream.requests_since(mark), layer))

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from harness.clients import dir_blob, skopeo_copy
-from harness.hubenv import CDN_HOST, REGISTRY_HOST, AUTH_HOST, Req, missing_prerequisites
+from harness.hubenv import AUTH_HOST, CDN_HOST, REGISTRY_HOST, Req, missing_prerequisites
 
 pytestmark = [
     pytest.mark.e2e,
@@ -70,7 +70,7 @@ def test_direct_pull_returns_pushed_bytes(upstream, image, tmp_path):
     assert res.returncode == 0, res.stderr
     assert (out / "manifest.json").read_bytes() == image.manifest_bytes
     assert dir_blob(out, image.config_digest).read_bytes() == image.config_bytes
-    for digest, size in zip(image.layer_digests, image.layer_sizes):
+    for digest, size in zip(image.layer_digests, image.layer_sizes, strict=True):
         data = dir_blob(out, digest).read_bytes()
         assert len(data) == size
         assert "sha256:" + hashlib.sha256(data).hexdigest() == digest

@@ -126,7 +126,8 @@ def test_concurrent_manifest_misses_make_one_upstream_request(hub):
 
 
 def test_fuzzed_request_paths_never_crash_and_never_leave_the_registry_grammar(hub):
-    from hypothesis import given, settings, strategies as st
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
 
     alphabet = st.characters(codec="ascii", exclude_characters="\r\n ?#")
 

@@ -4,7 +4,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from hubcache.settings import REGISTRY_HOSTS, Settings, SettingsError, _PARSERS
+from hubcache.settings import _PARSERS, REGISTRY_HOSTS, Settings, SettingsError
 
 
 def options(**overrides):

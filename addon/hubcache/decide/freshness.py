@@ -6,6 +6,7 @@ Pure. A HEAD on a manifest does not count against Docker Hub's pull limit; a GET
 from __future__ import annotations
 
 import enum
+
 from hubcache.model import TagRecord
 
 

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from hubcache.model import INDEX_TYPES
 
 
-
 @dataclass(frozen=True)
 class Accept:
     """Parsed Accept header lines: media range -> quality. Empty means 'anything'."""
@@ -21,7 +20,7 @@ class Accept:
     ranges: tuple[tuple[str, float], ...]
 
     @classmethod
-    def parse(cls, lines: Iterable[str]) -> "Accept":
+    def parse(cls, lines: Iterable[str]) -> Accept:
         ranges: list[tuple[str, float]] = []
         for line in lines:
             for item in line.split(","):

@@ -21,8 +21,7 @@ from hubcache.hooks.services import Services
 from hubcache.model import Kind, Outcome, Refusal
 from hubcache.serve.blobserver import BlobServer, tls_context
 from hubcache.settings import DIRECT_HOST, Settings, SettingsError
-from hubcache.store import Store, StoreError
-from hubcache.store import pages
+from hubcache.store import Store, StoreError, pages
 from hubcache.upstream.credentials import CredentialsError
 from hubcache.upstream.dockerhub import DockerHub
 

@@ -65,7 +65,8 @@ def blob_head(info: BlobInfo) -> http.Response:
     resp = http.Response.make(
         200,
         b"",
-        {"Content-Type": "application/octet-stream", "Docker-Content-Digest": info.digest, "Etag": f'"{info.digest}"', API_VERSION[0]: API_VERSION[1]},
+        {"Content-Type": "application/octet-stream", "Docker-Content-Digest": info.digest, "Etag": f'"{info.digest}"',
+         API_VERSION[0]: API_VERSION[1]},
     )
     resp.headers["Content-Length"] = str(info.size)
     return resp

@@ -90,7 +90,7 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None | str:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
-    server: "_Server"
+    server: _Server
 
     def setup(self) -> None:
         super().setup()

@@ -72,7 +72,7 @@ class Flight:
         room: Callable[[int], bool] = lambda size: True,
         owner: str = "",
         on_hops: Callable[[list[Any]], None] = lambda hops: None,
-        on_end: Callable[["Flight"], None] = lambda f: None,
+        on_end: Callable[[Flight], None] = lambda f: None,
     ) -> None:
         self.digest = digest
         self.owner = owner  # "" for a pool-account download anyone may join; else whose login it used
@@ -92,7 +92,7 @@ class Flight:
         self._writer: BlobWriter | None = None
         self._thread = threading.Thread(target=self._run, name=f"hubcache-fetch-{digest[7:19]}", daemon=True)
 
-    def start(self) -> "Flight":
+    def start(self) -> Flight:
         self._thread.start()
         return self
 

@@ -31,7 +31,7 @@ MAX_ERROR_BODY = 64 * 1024  # of a non-200 answer that is relayed to clients
 class FetchError(UpstreamError):
     """A fetch failed; `hops` says which hosts were asked and how they answered."""
 
-    def __init__(self, message: str, hops: list["Hop"] | None = None) -> None:
+    def __init__(self, message: str, hops: list[Hop] | None = None) -> None:
         super().__init__(message)
         self.hops = hops or []
 
@@ -88,7 +88,7 @@ class Response:
         except (OSError, ssl.SSLError, h11.ProtocolError) as e:
             raise self._broke(f"GET {redact(self.url)}: transfer broke off: {e or type(e).__name__}") from e
 
-    def _broke(self, why: str) -> "FetchError":
+    def _broke(self, why: str) -> FetchError:
         # The host answered: a body that breaks off or stalls is a fault of this transfer, and
         # does not make hubcache back off the host (its hops were already reported).
         return FetchError(why)

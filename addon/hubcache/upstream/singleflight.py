@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Coroutine, Hashable
-from typing import Any, Generic, TypeVar
-
-T = TypeVar("T")
+from typing import Any
 
 
-class Shared(Generic[T]):
+class Shared[T]:
     def __init__(self) -> None:
         self._runs: dict[Hashable, asyncio.Task[T]] = {}
 

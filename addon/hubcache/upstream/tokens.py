@@ -9,9 +9,9 @@ from collections.abc import Awaitable, Callable
 from urllib.parse import urlencode
 
 from hubcache.expiring import ExpiringCache
+from hubcache.upstream.client import UpstreamError, UpstreamResponse
 from hubcache.upstream.credentials import Credential
 from hubcache.upstream.singleflight import Shared
-from hubcache.upstream.client import UpstreamError, UpstreamResponse
 
 LOCAL_PREFIX = "hubcache."
 LOCAL_TTL = 3600
