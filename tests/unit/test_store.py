@@ -270,7 +270,7 @@ def test_concurrent_writes_share_the_write_budget(tmp_path):
     MiB = 1 << 20
     s = Store(tmp_path / "s")
     assert s.batch_limit() == 4 * MiB
-    writers = [s.begin_blob("sha256:" + "%064x" % i, None, "P:r") for i in range(16)]
+    writers = [s.begin_blob(f"sha256:{i:064x}", None, "P:r") for i in range(16)]
     for w in writers:
         w.register()
     assert s.batch_limit() == 1 * MiB

@@ -15,12 +15,10 @@ import struct
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-import lmdb
-
 from hubcache.model import BlobInfo
 from hubcache.store import pages
 from hubcache.store.errors import StoreError
-from hubcache.store.txn import Transactions
+from hubcache.store.txn import Transactions, Txn
 
 log = logging.getLogger("hubcache.store")
 
@@ -75,7 +73,7 @@ class Blobs:
         return [_info(key.decode(), raw) for key, raw in rows]
 
     def progress(self, digest: str, blob_id: bytes) -> tuple[str, int, int]:
-        def op(txn: lmdb.Transaction) -> tuple[str, int, int]:
+        def op(txn: Txn) -> tuple[str, int, int]:
             raw = txn.get(digest.encode(), db=self._blobs)
             if raw is not None:
                 r = json.loads(raw)
@@ -121,20 +119,20 @@ class Blobs:
             self._txns.touched_pages(n)  # the B-tree pages LMDB read (each maps its folio) go back now and then
             yield piece
 
-    def count(self, txn: lmdb.Transaction) -> int:
+    def count(self, txn: Txn) -> int:
         return txn.stat(self._blobs)["entries"]
 
-    def total_size(self, txn: lmdb.Transaction) -> int:
+    def total_size(self, txn: Txn) -> int:
         return sum(json.loads(v)["size"] for _, v in txn.cursor(db=self._blobs))
 
     # -- writing ------------------------------------------------------------------------------
 
-    def write_batch(self, txn: lmdb.Transaction, blob_id: bytes, first: int, chunks: list[memoryview], pending: bytes) -> None:
+    def write_batch(self, txn: Txn, blob_id: bytes, first: int, chunks: list[memoryview], pending: bytes) -> None:
         """Write chunks `first`, `first` + 1, ... of an unfinished blob, and its pending record."""
         txn.put(blob_id, pending, db=self._pending)
         self._put_chunks(txn, blob_id, first, chunks)
 
-    def publish(self, txn: lmdb.Transaction, key: bytes, blob_id: bytes, size: int, first: int, chunks: list[memoryview]) -> bool:
+    def publish(self, txn: Txn, key: bytes, blob_id: bytes, size: int, first: int, chunks: list[memoryview]) -> bool:
         """Write the last chunks and the blob's record, which ends its pending write. Returns
         False, and drops the chunks, when another write published the digest meanwhile."""
         if txn.get(key, db=self._blobs) is not None:  # a concurrent fetch won the race
@@ -145,13 +143,13 @@ class Blobs:
         txn.delete(blob_id, db=self._pending)
         return True
 
-    def _put_chunks(self, txn: lmdb.Transaction, blob_id: bytes, first: int, chunks: list[memoryview]) -> None:
+    def _put_chunks(self, txn: Txn, blob_id: bytes, first: int, chunks: list[memoryview]) -> None:
         for i, chunk in enumerate(chunks, first):
             txn.put(chunk_key(blob_id, i), chunk, db=self._chunks)
 
     # -- deleting -----------------------------------------------------------------------------
 
-    def remove(self, txn: lmdb.Transaction, key: bytes) -> int | None:
+    def remove(self, txn: Txn, key: bytes) -> int | None:
         """Delete a published blob and its chunks; returns its size, or None when there was none."""
         raw = txn.get(key, db=self._blobs)
         if raw is None:
@@ -161,7 +159,7 @@ class Blobs:
         self.drop_chunks(txn, bytes.fromhex(r["id"]))
         return r["size"]
 
-    def drop_chunks(self, txn: lmdb.Transaction, blob_id: bytes) -> None:
+    def drop_chunks(self, txn: Txn, blob_id: bytes) -> None:
         """Delete a blob id's chunks and its pending record. Freeing an overflow page reads its
         header through the map, which maps the header's whole folio (pages.py): without giving
         them back as it goes, dropping a 1 GiB download that failed near its end would put
@@ -195,7 +193,7 @@ class Blobs:
         """Delete chunks that neither a blob nor a pending write owns; returns how many blob ids
         they were under."""
 
-        def orphans(txn: lmdb.Transaction) -> set[bytes]:
+        def orphans(txn: Txn) -> set[bytes]:
             owned = {bytes.fromhex(json.loads(v)["id"]) for _, v in txn.cursor(db=self._blobs)}
             owned |= {k for k, _ in txn.cursor(db=self._pending)}
             return {k[:8] for k in txn.cursor(db=self._chunks).iternext(keys=True, values=False) if k[:8] not in owned}

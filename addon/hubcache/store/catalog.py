@@ -6,10 +6,8 @@ from __future__ import annotations
 import json
 import struct
 
-import lmdb
-
 from hubcache.model import Manifest, TagRecord
-from hubcache.store.txn import Transactions
+from hubcache.store.txn import Transactions, Txn
 
 
 class Catalog:
@@ -32,7 +30,7 @@ class Catalog:
         header, _, body = raw.partition(b"\n")
         return Manifest(digest, json.loads(header)["media_type"], body)
 
-    def add_manifest(self, txn: lmdb.Transaction, key: bytes, media_type: str, body: bytes, stored: float) -> bool:
+    def add_manifest(self, txn: Txn, key: bytes, media_type: str, body: bytes, stored: float) -> bool:
         """Store a manifest unless it is there already; returns whether it was added."""
         if txn.get(key, db=self._manifests) is not None:
             return False
@@ -40,7 +38,7 @@ class Catalog:
         txn.put(key, value, db=self._manifests)
         return True
 
-    def remove_manifest(self, txn: lmdb.Transaction, key: bytes) -> int | None:
+    def remove_manifest(self, txn: Txn, key: bytes) -> int | None:
         """Delete a manifest; returns the size of its body, or None when there was none."""
         raw = txn.get(key, db=self._manifests)
         if raw is None:
@@ -53,7 +51,7 @@ class Catalog:
         rows = self._txns.read(lambda txn: list(txn.cursor(db=self._manifests)))
         return [(key.decode(), raw.partition(b"\n")[2]) for key, raw in rows]
 
-    def manifests_size(self, txn: lmdb.Transaction) -> int:
+    def manifests_size(self, txn: Txn) -> int:
         """The bytes of all manifest bodies (what they count in the store's size)."""
         return sum(len(v) - v.index(b"\n") - 1 for _, v in txn.cursor(db=self._manifests))
 
@@ -72,12 +70,12 @@ class Catalog:
         """Record that upstream says tag -> digest now. Returns True when the digest changed."""
         key = f"{repository}:{tag}".encode()
 
-        def op(txn: lmdb.Transaction) -> bool:
+        def op(txn: Txn) -> bool:
             raw = txn.get(key, db=self._tags)
             records = json.loads(raw) if raw else {}
             old = records.get(media_type)
             changed = old is None or old["digest"] != digest
-            fetched = now if changed else old["fetched"]
+            fetched = old["fetched"] if old is not None and not changed else now
             records[media_type] = {"digest": digest, "size": size, "fetched": fetched, "confirmed": now}
             txn.put(key, json.dumps(records).encode(), db=self._tags)
             if changed:  # the tag's history: every change, with its time
@@ -91,8 +89,8 @@ class Catalog:
         """(tag, time, media type, digest) for every recorded change, oldest first."""
         prefix = f"{repository}:{tag}\0".encode() if tag else f"{repository}:".encode()
 
-        def op(txn: lmdb.Transaction) -> list[tuple[str, float, str, str]]:
-            out = []
+        def op(txn: Txn) -> list[tuple[str, float, str, str]]:
+            out: list[tuple[str, float, str, str]] = []
             cur = txn.cursor(db=self._history)
             if not cur.set_range(prefix):
                 return out
@@ -117,14 +115,14 @@ class Catalog:
 
     # -- repositories -------------------------------------------------------------------------
 
-    def note_repository(self, txn: lmdb.Transaction, key: bytes, repository: str) -> None:
+    def note_repository(self, txn: Txn, key: bytes, repository: str) -> None:
         txn.put(key, repository.encode(), db=self._repos)
 
-    def forget_repositories(self, txn: lmdb.Transaction, key: bytes) -> None:
+    def forget_repositories(self, txn: Txn, key: bytes) -> None:
         txn.delete(key, db=self._repos)
 
     def repositories(self, digest: str) -> list[str]:
-        def op(txn: lmdb.Transaction) -> list[str]:
+        def op(txn: Txn) -> list[str]:
             cur = txn.cursor(db=self._repos)
             if not cur.set_key(digest.encode()):
                 return []
@@ -132,6 +130,6 @@ class Catalog:
 
         return self._txns.read(op)
 
-    def counts(self, txn: lmdb.Transaction) -> tuple[int, int]:
+    def counts(self, txn: Txn) -> tuple[int, int]:
         """How many manifests and tags there are."""
         return txn.stat(self._manifests)["entries"], txn.stat(self._tags)["entries"]

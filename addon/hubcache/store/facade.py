@@ -21,7 +21,7 @@ from hubcache.store.catalog import Catalog
 from hubcache.store.errors import DigestMismatch, StoreError, StoreInUse
 from hubcache.store.lru import Lru
 from hubcache.store.sink import StoreSink
-from hubcache.store.txn import Transactions
+from hubcache.store.txn import Transactions, Txn
 from hubcache.store.writer import BATCH_BYTES, BlobWriter
 
 log = logging.getLogger("hubcache.store")
@@ -124,7 +124,7 @@ class Store:
             raise DigestMismatch(f"manifest body does not match {digest}")
         key, stored = digest.encode(), self._clock()
 
-        def op(txn: lmdb.Transaction) -> None:
+        def op(txn: Txn) -> None:
             self._catalog.note_repository(txn, key, repository)
             if self._catalog.add_manifest(txn, key, media_type, body, stored):
                 self._lru.add_size(txn, len(body))
@@ -195,7 +195,7 @@ class Store:
         return self._lru.size()
 
     def counts(self) -> dict[str, int]:
-        def op(txn: lmdb.Transaction) -> dict[str, int]:
+        def op(txn: Txn) -> dict[str, int]:
             manifests, tags = self._catalog.counts(txn)
             return {"manifests": manifests, "blobs": self._blobs.count(txn), "tags": tags}
 
@@ -235,7 +235,7 @@ class Store:
         """Remove a manifest or blob and its bookkeeping."""
         key = digest.encode()
 
-        def op(txn: lmdb.Transaction) -> None:
+        def op(txn: Txn) -> None:
             for freed in (self._catalog.remove_manifest(txn, key), self._blobs.remove(txn, key)):
                 if freed is not None:
                     self._lru.add_size(txn, -freed)

@@ -10,9 +10,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
 
-import lmdb
-
-from hubcache.store.txn import Transactions
+from hubcache.store.txn import Transactions, Txn
 
 log = logging.getLogger("hubcache.store")
 
@@ -45,16 +43,16 @@ class Lru:
         raw = self._txns.read(lambda txn: txn.get(b"size", db=self._meta))
         return int(raw) if raw else 0
 
-    def add_size(self, txn: lmdb.Transaction, delta: int) -> None:
+    def add_size(self, txn: Txn, delta: int) -> None:
         raw = txn.get(b"size", db=self._meta)
         self.set_size(txn, (int(raw) if raw else 0) + delta)
 
-    def set_size(self, txn: lmdb.Transaction, size: int) -> None:
+    def set_size(self, txn: Txn, size: int) -> None:
         txn.put(b"size", str(size).encode(), db=self._meta)
 
     # -- access times -------------------------------------------------------------------------
 
-    def used_now(self, txn: lmdb.Transaction, key: bytes) -> None:
+    def used_now(self, txn: Txn, key: bytes) -> None:
         """Record new content as used now (which also makes it a candidate for eviction)."""
         self._set_atime(txn, key, self._now_ms())
 
@@ -70,7 +68,7 @@ class Lru:
         if not touched:
             return
 
-        def op(txn: lmdb.Transaction) -> None:
+        def op(txn: Txn) -> None:
             for digest, atime in touched.items():
                 key = digest.encode()
                 if txn.get(key, db=self._atime) is not None:
@@ -78,7 +76,7 @@ class Lru:
 
         self._txns.write(op)
 
-    def _set_atime(self, txn: lmdb.Transaction, key: bytes, atime: int) -> None:
+    def _set_atime(self, txn: Txn, key: bytes, atime: int) -> None:
         old = txn.get(key, db=self._atime)
         if old is not None:
             txn.delete(old + key, db=self._lru)
@@ -86,7 +84,7 @@ class Lru:
         txn.put(key, packed, db=self._atime)
         txn.put(packed + key, b"", db=self._lru)
 
-    def forget(self, txn: lmdb.Transaction, key: bytes) -> None:
+    def forget(self, txn: Txn, key: bytes) -> None:
         """Drop a deleted digest's access time and its place in the index."""
         old = txn.get(key, db=self._atime)
         if old is not None:
@@ -122,7 +120,7 @@ class Lru:
                 return
             delete(victim)
 
-    def _oldest_unpinned(self, txn: lmdb.Transaction) -> str | None:
+    def _oldest_unpinned(self, txn: Txn) -> str | None:
         with self._pin_lock:
             pinned = set(self._pinned)
         for key, _ in txn.cursor(db=self._lru):

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import threading
 
-import lmdb
-
 from hubcache.store.blobs import CHUNK_SIZE, Blobs
 from hubcache.store.catalog import Catalog
 from hubcache.store.lru import Lru
-from hubcache.store.txn import Transactions
+from hubcache.store.txn import Transactions, Txn
 from hubcache.store.writer import BATCH_BYTES, WRITE_BUDGET
 
 
@@ -42,7 +40,7 @@ class StoreSink:
     def publish(self, digest: str, repository: str, blob_id: bytes, size: int, first: int, chunks: list[memoryview]) -> None:
         key = digest.encode()
 
-        def op(txn: lmdb.Transaction) -> None:
+        def op(txn: Txn) -> None:
             self._catalog.note_repository(txn, key, repository)
             if self._blobs.publish(txn, key, blob_id, size, first, chunks):
                 self._lru.add_size(txn, size)

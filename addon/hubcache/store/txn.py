@@ -9,7 +9,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import Any
 
 import lmdb
 
@@ -20,7 +20,8 @@ log = logging.getLogger("hubcache.store")
 
 GROUP_BYTES = 8 * 1024 * 1024  # batches of several downloads committed in one transaction
 RELEASE_EVERY = 8 * 1024 * 1024  # blob bytes read or written (all threads together) between giving back the map pages LMDB touched
-T = TypeVar("T")
+
+type Txn = lmdb.Transaction[bytes]  # the store's transactions hand out values as bytes (reading() excepted)
 
 
 class _Gate:
@@ -67,16 +68,16 @@ class _GroupCommit:
     (fdatasync), so N concurrent downloads would otherwise queue for N syncs where one does.
     Up to GROUP_BYTES of batches go in one transaction (its dirty pages are held in memory)."""
 
-    def __init__(self, write: Callable[[Callable[[lmdb.Transaction], T]], T]) -> None:
+    def __init__(self, write: Callable[[Callable[[Txn], Any]], Any]) -> None:
         self._write = write
         self._cond = threading.Condition()
-        self._queue: list[list] = []  # [fn, bytes, done event, result, error]
+        self._queue: list[list[Any]] = []  # [fn, bytes, done event, result, error]
         self._thread: threading.Thread | None = None
         self._closed = False
 
-    def run(self, fn: Callable[[lmdb.Transaction], T], nbytes: int = 0) -> T:
+    def run[T](self, fn: Callable[[Txn], T], nbytes: int = 0) -> T:
         """Run `fn` in a write transaction, maybe with others'; returns when it is committed."""
-        op = [fn, nbytes, threading.Event(), None, None]
+        op: list[Any] = [fn, nbytes, threading.Event(), None, None]
         with self._cond:
             if self._closed:
                 raise StoreError("store closed")
@@ -97,13 +98,14 @@ class _GroupCommit:
         if self._thread is not None:
             self._thread.join()
 
-    def _take(self) -> list[list] | None:
+    def _take(self) -> list[list[Any]] | None:
         with self._cond:
             while not self._queue and not self._closed:
                 self._cond.wait()
             if not self._queue:
                 return None
-            group, size = [], 0
+            group: list[list[Any]] = []
+            size = 0
             while self._queue and (not group or size + self._queue[0][1] <= GROUP_BYTES):
                 op = self._queue.pop(0)
                 group.append(op)
@@ -114,7 +116,7 @@ class _GroupCommit:
         while (group := self._take()) is not None:
             try:
                 results = self._write(lambda txn: [op[0](txn) for op in group])
-                for op, result in zip(group, results):
+                for op, result in zip(group, results, strict=True):
                     op[3] = result
             except BaseException:
                 if len(group) == 1:
@@ -144,16 +146,16 @@ class Transactions:
         self._since_release = 0
         self._release_lock = threading.Lock()
 
-    def open_db(self, name: bytes, **kw):
+    def open_db(self, name: bytes, dupsort: bool = False) -> lmdb._Database:
         """A named database; created when missing unless the store is opened read-only (where
         a missing one raises lmdb.NotFoundError)."""
-        return self._env.open_db(name, create=not self._readonly, **kw)
+        return self._env.open_db(name, dupsort=dupsort, create=not self._readonly)
 
     def close(self) -> None:
         """Stop the group commit once what is queued is committed; group() then raises StoreError."""
         self._group.close()
 
-    def write(self, fn: Callable[[lmdb.Transaction], T]) -> T:
+    def write[T](self, fn: Callable[[Txn], T]) -> T:
         """Run `fn` in a write transaction of its own, growing the map when it is full."""
         while True:
             size = self._env.info()["map_size"]
@@ -163,17 +165,17 @@ class Transactions:
             except lmdb.MapFullError:
                 self._grow(size)
 
-    def group(self, fn: Callable[[lmdb.Transaction], T], nbytes: int = 0) -> T:
+    def group[T](self, fn: Callable[[Txn], T], nbytes: int = 0) -> T:
         """Run `fn` in a write transaction, maybe together with other threads' (`nbytes`: what
         it writes); returns once committed."""
         return self._group.run(fn, nbytes)
 
-    def read(self, fn: Callable[[lmdb.Transaction], T]) -> T:
+    def read[T](self, fn: Callable[[Txn], T]) -> T:
         with self._gate.shared(), self._env.begin() as txn:
             return fn(txn)
 
     @contextlib.contextmanager
-    def reading(self) -> Iterator[lmdb.Transaction]:
+    def reading(self) -> Iterator[lmdb.Transaction[memoryview]]:
         """A read transaction whose values are views into the map (`buffers=True`), valid until
         it ends; map_ranges() may be called inside it."""
         with self._gate.shared(), self._env.begin(buffers=True) as txn:

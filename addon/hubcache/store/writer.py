@@ -137,6 +137,7 @@ class BlobWriter:
         self._sink.write_batch(self.blob_id, first, batch, pending)  # committed: LMDB has its own copy now
         self._registered = True
         if batch:  # the partial chunk left over moves to the front
+            assert self._area is not None  # the batch was a view of it
             done = len(batch) * CHUNK_SIZE
             rest = self._fill - done
             self._area[:rest] = self._area[done : self._fill]
