@@ -20,7 +20,7 @@ from hubcache.store import pages
 from hubcache.store.errors import StoreError
 from hubcache.store.txn import Transactions, Txn
 
-log = logging.getLogger("hubcache.store")
+log = logging.getLogger(__name__)
 
 CHUNK_SIZE = 256 * 1024  # large enough for few keys, small enough to keep LMDB's free list healthy
 DROP_RELEASE_CHUNKS = 16  # chunks deleted between giving back the map pages their deletion read

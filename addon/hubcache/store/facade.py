@@ -24,7 +24,7 @@ from hubcache.store.sink import StoreSink
 from hubcache.store.txn import Transactions, Txn
 from hubcache.store.writer import BATCH_BYTES, BlobWriter
 
-log = logging.getLogger("hubcache.store")
+log = logging.getLogger(__name__)
 
 
 def _take_lock(path: Path) -> IO[str]:

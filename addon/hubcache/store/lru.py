@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 
 from hubcache.store.txn import Transactions, Txn
 
-log = logging.getLogger("hubcache.store")
+log = logging.getLogger(__name__)
 
 EVICT_TO = 0.9  # after eviction, content is at most this share of the cap
 

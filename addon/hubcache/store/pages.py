@@ -19,7 +19,7 @@ import logging
 import os
 import sys
 
-log = logging.getLogger("hubcache.store")
+log = logging.getLogger(__name__)
 
 MADV_DONTNEED = 4
 

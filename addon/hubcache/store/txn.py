@@ -16,7 +16,7 @@ import lmdb
 from hubcache.store import pages
 from hubcache.store.errors import StoreError
 
-log = logging.getLogger("hubcache.store")
+log = logging.getLogger(__name__)
 
 GROUP_BYTES = 8 * 1024 * 1024  # batches of several downloads committed in one transaction
 RELEASE_EVERY = 8 * 1024 * 1024  # blob bytes read or written (all threads together) between giving back the map pages LMDB touched

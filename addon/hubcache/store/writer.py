@@ -15,7 +15,7 @@ import lmdb
 from hubcache.store.blobs import CHUNK_SIZE, pending_record
 from hubcache.store.errors import DigestMismatch, StoreError
 
-log = logging.getLogger("hubcache.store")
+log = logging.getLogger(__name__)
 
 BATCH_BYTES = 4 * 1024 * 1024  # chunks a download hands over at once, when it is alone
 WRITE_BUDGET = 16 * 1024 * 1024  # what all concurrent downloads together hold in batches
