@@ -9,7 +9,6 @@ import pytest
 from hubcache.tools import doctor
 from hubcache.tools.doctor import Check
 
-
 # ------------------------------------------------------------------------ proxy URLs
 
 
@@ -208,7 +207,7 @@ def _self_signed_pem() -> str:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mitmproxy"),
                       x509.NameAttribute(NameOID.ORGANIZATION_NAME, "mitmproxy")])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
             .serial_number(x509.random_serial_number()).not_valid_before(now)
             .not_valid_after(now + datetime.timedelta(days=1))

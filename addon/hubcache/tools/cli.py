@@ -10,7 +10,7 @@ import signal
 import sys
 import time
 
-from hubcache import __version__
+from hubcache import __version__, logs
 from hubcache.settings import DEFAULT_HOME
 
 
@@ -114,13 +114,14 @@ async def _run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    logs.install()
     if args.command == "run":
         logging.getLogger("hubcache").setLevel(logging.INFO)
         return asyncio.run(_run(args))
     if args.command == "history":
         return _history(args)
     if args.command == "verify":
-        logging.basicConfig(level=logging.WARNING, format="hubcache: %(message)s")
+        logging.basicConfig(level=logging.WARNING, format="%(message)s")  # the prefix is logs.install()'s
         return _verify(args)
     if args.command == "doctor":
         from hubcache.tools.doctor import run as doctor

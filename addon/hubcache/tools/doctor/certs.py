@@ -10,11 +10,12 @@ import re
 import ssl
 import warnings
 
+from cryptography import x509
+
 from hubcache.tools.doctor.check import Check
 
 
-def _load(der: bytes):
-    from cryptography import x509
+def _load(der: bytes) -> x509.Certificate:
 
     with warnings.catch_warnings():  # old CAs in system bundles have non-positive serials
         warnings.simplefilter("ignore")

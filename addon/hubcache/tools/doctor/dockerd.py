@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import shlex
 
-from hubcache.serve.blobserver import DIRECT_HOST
+from hubcache.settings import DIRECT_HOST
 from hubcache.tools.doctor.check import GUIDE, REGISTRY, Check
 from hubcache.tools.doctor.proxyenv import no_proxy_from_env, no_proxy_match, proxy_from_env, same_proxy
 

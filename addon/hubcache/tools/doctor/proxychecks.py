@@ -38,20 +38,26 @@ def check_proxy(proxy: ProxyURL, source: str) -> Check:
     return Check(name, True, f"CONNECT {REGISTRY}:443 through {where}")
 
 
+def _issuer(sock: ssl.SSLSocket) -> str:
+    """Who signed the certificate the proxy showed ("" when it showed none)."""
+    der = sock.getpeercert(binary_form=True)
+    return cert_issuer(der) if der else ""
+
+
 def check_interception(proxy: ProxyURL, ca_der: bytes | None) -> tuple[Check, str]:
     """A TLS handshake with registry-1.docker.io through the proxy, verified with the system
     trust store. Returns the check and the issuer of the certificate the proxy showed."""
     name = "intercepts Docker Hub"
     try:
         with tls(proxy, REGISTRY, ssl.create_default_context()) as s:
-            issuer = cert_issuer(s.getpeercert(binary_form=True))
+            issuer = _issuer(s)
     except ssl.SSLCertVerificationError as e:
         issuer = ""
         try:  # again without verification, only to name who signed it
             ctx = ssl.create_default_context()
             ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
             with tls(proxy, REGISTRY, ctx) as s:
-                issuer = cert_issuer(s.getpeercert(binary_form=True))
+                issuer = _issuer(s)
         except (OSError, ValueError):
             pass
         return Check(name, False, f"certificate for {REGISTRY} issued by {issuer or '?'} is not trusted here "

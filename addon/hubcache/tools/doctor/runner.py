@@ -6,6 +6,7 @@ one cause, one FAIL line.
 
 from __future__ import annotations
 
+import argparse
 import os
 from pathlib import Path
 
@@ -20,7 +21,7 @@ DEFAULT_IMAGE = "library/hello-world:latest"
 DAEMON_JSON = "/etc/docker/daemon.json"
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     checks: list[Check] = []
     if args.proxy:
         url, source = args.proxy, "--proxy"
@@ -33,10 +34,10 @@ def run(args) -> int:
         checks.append(c)
         print(c.line(), flush=True)
 
-    ca_der = None
+    ca_der: bytes | None = None
     if args.ca:
         try:
-            ca_der = (pem_certs(Path(args.ca).read_text(errors="replace")) or [None])[0]
+            ca_der = next(iter(pem_certs(Path(args.ca).read_text(errors="replace"))), None)
         except OSError:
             pass
     try:
@@ -61,7 +62,7 @@ def run(args) -> int:
     return exit_code(checks)
 
 
-def add_arguments(p) -> None:
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--proxy", default="", help="hubcache's URL, http://[USER:PASS@]HOST:PORT "
                    f"(default: HTTPS_PROXY of the environment, else {DEFAULT_PROXY})")
     p.add_argument("--ca", default="", help="hubcache's CA certificate (mitmproxy-ca-cert.pem) to look for in the system store")
