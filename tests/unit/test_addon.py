@@ -162,3 +162,14 @@ def test_an_answer_made_here_does_not_end_the_back_off(hub_ctx):
     assert f.response.status_code == 404  # refused here: upstream is backing off
     asyncio.run(hub.response(f))
     assert hub.dockerhub.unavailable("registry-1.docker.io")  # still backing off
+
+
+def test_a_bad_option_value_is_refused_naming_it_and_the_settings_stay_as_they_were(hub_ctx):
+    from mitmproxy import exceptions
+
+    hub, tctx = hub_ctx
+    tctx.configure(hub, hubcache_max_size="1g")
+    with pytest.raises(exceptions.OptionsError, match="hubcache_max_size: not a size: 'lots'"):
+        tctx.configure(hub, hubcache_max_size="lots")
+    assert hub.svc.settings.max_size == 1 << 30
+    assert hub.svc.store is not None and hub.svc.store.max_size == 1 << 30

@@ -61,9 +61,10 @@ class HubCache:
 
     def configure(self, updated: Collection[str]) -> None:
         svc = self.svc
-        try:
-            svc.settings = Settings.parse(ctx.options, updated, svc.settings if self._configured else None)
-            svc.dockerhub.configure(svc.settings, updated)
+        try:  # taken only when all of it is valid: mitmproxy then rolls the options back
+            new = Settings.parse(ctx.options, updated, svc.settings if self._configured else None)
+            svc.dockerhub.configure(new, updated)
+            svc.settings = new
         except (SettingsError, CredentialsError) as e:
             raise exceptions.OptionsError(str(e)) from e
         self._configured = True
