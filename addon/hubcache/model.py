@@ -65,11 +65,13 @@ class TagRecord:
 
 class Kind(enum.Enum):
     ROOT = "root"  # GET /v2/
-    MANIFEST = "manifest"
+    MANIFEST = "manifest"  # GET or HEAD
+    MANIFEST_WRITE = "manifest-write"  # PUT or DELETE of a manifest: relayed, then the tag record follows
     BLOB = "blob"
+    TAGS = "tags"  # GET /v2/<name>/tags/list
     TOKEN = "token"
     CDN = "cdn"  # a request on a blob CDN host
-    OTHER = "other"  # a registry request hubcache does not cache (tags/list, uploads...)
+    OTHER = "other"  # a registry request hubcache relays: uploads, blob deletes, referrers, _catalog, anything new
     INVALID = "invalid"  # a registry path with a bad name, tag or digest
 
 

@@ -113,3 +113,43 @@ def pull_ok(ref: str, dest: Path, proxy, cert_dir: Path) -> Path:
 def dir_files(d: Path) -> dict[str, bytes]:
     """Manifest and blobs of a `dir:` pull, by file name, for byte-for-byte comparison."""
     return {p.name: p.read_bytes() for p in sorted(Path(d).iterdir()) if p.name != "version"}
+
+
+def skopeo_push(src_dir: Path, dest_ref: str, *, proxy: str | None, cert_dir: Path, creds: str,
+                timeout: float = 600) -> subprocess.CompletedProcess:
+    """`skopeo copy dir:SRC docker://DEST` with a login, through `proxy` (None: direct), digests
+    preserved. Never raises on a failed push: check `.returncode` and `.stderr`."""
+    src_dir = Path(src_dir)
+    ref = dest_ref if dest_ref.startswith("docker://") else "docker://" + dest_ref
+    cmd = ["skopeo", "--policy", str(_policy_file(src_dir)), "copy", "--quiet", "--preserve-digests",
+           "--dest-cert-dir", str(cert_dir), "--dest-creds", creds, f"dir:{src_dir}", ref]
+    env = {"REGISTRY_AUTH_FILE": str(src_dir.parent / f".{src_dir.name}.auth.json")}  # not the machine's logins
+    return subprocess.run(cmd, env=client_env(proxy, env), capture_output=True, text=True, timeout=timeout)
+
+
+def skopeo_list_tags(ref: str, *, proxy: str | None, cert_dir: Path, creds: str | None = None,
+                     timeout: float = 120) -> subprocess.CompletedProcess:
+    """`skopeo list-tags docker://REF` (anonymous unless `creds`), through `proxy` (None: direct)."""
+    ref = ref if ref.startswith("docker://") else "docker://" + ref
+    cmd = ["skopeo", "list-tags", "--cert-dir", str(cert_dir)]
+    cmd += ["--creds", creds] if creds else ["--no-creds"]
+    return subprocess.run(cmd + [ref], env=client_env(proxy), capture_output=True, text=True, timeout=timeout)
+
+
+def direct_request(cafile: Path, method: str, host: str, path: str,
+                   headers: list[tuple[str, str]] = ()) -> tuple[int, dict[str, str], bytes]:
+    """One HTTPS request straight to `host` (no proxy), trusting `cafile`: what the registry
+    itself answers, to compare with hubcache's answer."""
+    import http.client
+    import ssl
+
+    conn = http.client.HTTPSConnection(host, 443, context=ssl.create_default_context(cafile=str(cafile)), timeout=60)
+    try:
+        conn.putrequest(method, path)
+        for k, v in headers:
+            conn.putheader(k, v)
+        conn.endheaders()
+        r = conn.getresponse()
+        return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
+    finally:
+        conn.close()

@@ -40,8 +40,9 @@ def test_visibility_of_cached_content():
 
     pub, priv = seen_as("library/x", False), seen_as("acme/secret", True)
     assert visibility([pub], "library/x") == "public"
-    assert visibility([pub], "other/name") == "public"  # public bytes are public under any name
+    assert visibility([pub], "other/name") == "foreign"  # only under a repository it belongs to, as the registry answers
     assert visibility([priv], "acme/secret") == "private"
     assert visibility([priv], "library/x") == "foreign"  # never under another repository's name
-    assert visibility([priv, seen_as("library/base", False)], "acme/other") == "public"
+    assert visibility([priv, seen_as("library/base", False)], "acme/other") == "foreign"
+    assert visibility(["library/x"], "library/x") == "public"  # an entry written before the prefixes
     assert visibility([], "library/x") == "foreign"

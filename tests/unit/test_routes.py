@@ -3,7 +3,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from hubcache.decide.routes import classify, classify_registry
-from hubcache.model import Kind
+from hubcache.model import Kind, Route
 
 D = "sha256:" + "a" * 64
 HOSTS = dict(
@@ -21,8 +21,10 @@ HOSTS = dict(
         ("/v2/library/postgres/manifests/12.2", Kind.MANIFEST, "library/postgres", "12.2"),
         (f"/v2/library/postgres/manifests/{D}", Kind.MANIFEST, "library/postgres", D),
         (f"/v2/a/b/c/blobs/{D}", Kind.BLOB, "a/b/c", D),
-        ("/v2/library/postgres/tags/list", Kind.OTHER, "", ""),
-        ("/v2/library/postgres/blobs/uploads/", Kind.OTHER, "", ""),
+        ("/v2/library/postgres/tags/list", Kind.TAGS, "library/postgres", ""),
+        ("/v2/library/postgres/blobs/uploads/", Kind.OTHER, "library/postgres", ""),
+        ("/v2/library/postgres/blobs/uploads/6f0c-uuid?_state=x", Kind.OTHER, "library/postgres", ""),
+        (f"/v2/library/postgres/referrers/{D}", Kind.OTHER, "library/postgres", ""),
         ("/v2/_catalog", Kind.OTHER, "", ""),
         ("/something", Kind.OTHER, "", ""),
     ],
@@ -55,8 +57,11 @@ def test_query_string_is_ignored():
     assert classify_registry("GET", "/v2/x/manifests/1?foo=bar").reference == "1"
 
 
-def test_writes_are_not_cached():
-    assert classify_registry("PUT", "/v2/x/manifests/1").kind is Kind.OTHER
+def test_writes_are_relayed_and_known_as_writes():
+    assert classify_registry("PUT", "/v2/x/manifests/1") == Route(Kind.MANIFEST_WRITE, "x", "1")
+    assert classify_registry("DELETE", f"/v2/x/manifests/{D}") == Route(Kind.MANIFEST_WRITE, "x", D)
+    assert classify_registry("DELETE", f"/v2/x/blobs/{D}") == Route(Kind.OTHER, "x", D)
+    assert classify_registry("POST", f"/v2/x/blobs/uploads/?mount={D}&from=y") == Route(Kind.OTHER, "x")
 
 
 def test_classify_by_host():

@@ -1,9 +1,12 @@
-"""Who may get cached content: pure rules over where a digest was seen.
+"""Who may get cached content under a repository: pure rules over the repositories a digest
+belongs to.
 
 Each (digest, repository) pair is recorded as public (fetched with hubcache's own or a pool
-token: anybody may pull it) or private (it took a client's own credentials). Content public
-anywhere is public everywhere; content only ever seen privately is served only under the
-repository it was seen in, and only to a client whose own token upstream accepts there.
+token: anybody may pull it there) or private (it took a client's own credentials), and a stored
+manifest links what it references to its repository. Content is served from the store only under
+a repository it belongs to, as the registry answers: the same bytes in another repository are
+for upstream to confirm (a push probing whether a layer is there must get the registry's 404).
+Private content is served only to a client whose own token upstream accepts there.
 """
 
 from __future__ import annotations
@@ -16,9 +19,10 @@ def seen_as(repository: str, private: bool) -> str:
 
 
 def visibility(seen: list[str], repository: str) -> str:
-    """'public', 'private' (needs the client's own token for `repository`), or 'foreign' (only
-    seen privately in other repositories: not to be served from the store under this name)."""
-    if any(s.startswith(PUBLIC) or not s.startswith(PRIVATE) for s in seen):
+    """'public' (belongs to `repository`, fetched there with hubcache's own or a pool token),
+    'private' (belongs there by a client's own login: needs that client's token confirmed), or
+    'foreign' (not known to belong to `repository`: upstream decides)."""
+    if PUBLIC + repository in seen or repository in seen:  # unprefixed: written before the prefixes
         return "public"
     if PRIVATE + repository in seen:
         return "private"

@@ -50,22 +50,28 @@ def classify_registry(method: str, raw_path: str) -> Route:
     if not path.startswith("/v2/"):
         return Route(Kind.OTHER)
     rest = path[4:]
+    if rest.endswith("/tags/list"):
+        name = rest[: -len("/tags/list")]
+        return bad if (bad := _check_name(name)) else Route(Kind.TAGS if method in ("GET", "HEAD") else Kind.OTHER, name)
     for marker, kind in (("/manifests/", Kind.MANIFEST), ("/blobs/", Kind.BLOB)):
         name, sep, ref = rest.rpartition(marker)
         if not sep:
             continue
-        if kind is Kind.BLOB and ref.startswith("uploads"):
-            return Route(Kind.OTHER)  # pushes are not cached
         if bad := _check_name(name):
             return bad
+        if kind is Kind.BLOB and (ref == "uploads" or ref.startswith("uploads/")):
+            return Route(Kind.OTHER, name)  # a blob push: relayed as it comes
         if kind is Kind.BLOB or ":" in ref:
             if bad := _check_digest(ref):
                 return bad
         elif not TAG_RE.fullmatch(ref):
             return _invalid("TAG_INVALID", f"invalid tag: {ref[:150]!r}")
         if method not in ("GET", "HEAD"):
-            return Route(Kind.OTHER, repository=name, reference=ref)
+            return Route(Kind.MANIFEST_WRITE if kind is Kind.MANIFEST else Kind.OTHER, repository=name, reference=ref)
         return Route(kind, repository=name, reference=ref)
+    name, sep, _ = rest.rpartition("/referrers/")
+    if sep and not _check_name(name):
+        return Route(Kind.OTHER, name)  # OCI 1.1 referrers: relayed with a token for the repository
     return Route(Kind.OTHER)
 
 

@@ -15,7 +15,7 @@ from mitmproxy.proxy import server_hooks
 
 from hubcache import logs, settings
 from hubcache.decide import routes
-from hubcache.hooks import auth, blobs, manifests, responses
+from hubcache.hooks import auth, blobs, manifests, pushes, responses, tags
 from hubcache.hooks.flowstate import META, FlowState, log_request, state_of
 from hubcache.hooks.services import Services
 from hubcache.model import Kind, Outcome, Refusal
@@ -34,6 +34,8 @@ HANDLERS: dict[Kind, Handler] = {
     Kind.ROOT: auth.root,
     Kind.TOKEN: auth.token,
     Kind.MANIFEST: manifests.handle,
+    Kind.MANIFEST_WRITE: auth.other,
+    Kind.TAGS: tags.handle,
     Kind.BLOB: blobs.handle,
     Kind.CDN: blobs.handle_cdn,
     Kind.INVALID: auth.invalid,
@@ -183,10 +185,7 @@ class HubCache:
         if not st.local_stream and not st.answered_here:  # the answer came from upstream
             svc.dockerhub.result(flow.request.host, flow.response.status_code)
             svc.metrics.upstream.labels(st.route.kind.value).inc()
-            if st.route.kind is Kind.MANIFEST and st.outcome is Outcome.MISS:
-                await manifests.after_upstream(svc, flow, st)
-            elif st.route.kind is Kind.BLOB and flow.response.status_code in blobs.REDIRECTS:
-                blobs.note_redirect(svc, flow, st)
+            await _after_upstream(svc, flow, st)
         log_request(flow, st, svc.metrics)
 
     def error(self, flow: http.HTTPFlow) -> None:
@@ -202,6 +201,20 @@ class HubCache:
         elif st.outcome is not Outcome.REJECTED:
             st.note = msg or "error"
         log_request(flow, st, self.svc.metrics)
+
+
+async def _after_upstream(svc: Services, flow: http.HTTPFlow, st: FlowState) -> None:
+    """What hubcache learns from an answer upstream gave a relayed request."""
+    assert flow.response is not None
+    status, kind = flow.response.status_code, st.route.kind
+    if kind is Kind.MANIFEST and st.outcome is Outcome.MISS:
+        await manifests.after_upstream(svc, flow, st)
+    elif kind is Kind.MANIFEST_WRITE:
+        await pushes.after_upstream(svc, flow, st)
+    elif kind is Kind.BLOB and status in blobs.REDIRECTS:
+        blobs.note_redirect(svc, flow, st)
+    if kind in (Kind.MANIFEST, Kind.BLOB) and st.route.by_digest and status == 200:
+        await auth.link_if_stored(svc, st, st.route.reference)  # upstream says it is in this repository
 
 
 def _direct_tls() -> ssl.SSLContext | None:

@@ -19,6 +19,8 @@ from hubcache.model import MANIFEST_TYPES, Kind, Outcome, Refusal
 from hubcache.upstream import tokens
 from hubcache.upstream.client import UpstreamError
 
+CATALOG_SCOPE = "registry:catalog:*"
+
 
 async def root(svc: Services, flow: http.HTTPFlow, st: FlowState) -> None:
     authorized = bool(flow.request.headers.get("authorization"))
@@ -53,51 +55,90 @@ async def invalid(svc: Services, flow: http.HTTPFlow, st: FlowState) -> None:
 
 
 async def other(svc: Services, flow: http.HTTPFlow, st: FlowState) -> None:
-    """A registry request hubcache does not cache: relayed, with credentials upstream accepts
-    in place of a local token."""
+    """A registry request hubcache relays (uploads, manifest writes, referrers, _catalog,
+    anything new): a client's own credentials go as they are; in place of hubcache's local token,
+    a read gets a pool or anonymous token for the same scope, and a write gets none (our token
+    means nothing upstream; the registry then asks the client to log in, as it would directly)."""
     if not tokens.is_local(flow.request.headers.get("authorization", "")):
         return
-    if st.route.repository:
-        await send_upstream(svc, flow, st)
+    scope = ""
+    if flow.request.method in ("GET", "HEAD"):
+        scope = f"repository:{st.route.repository}:pull" if st.route.repository else CATALOG_SCOPE if _is_catalog(flow) else ""
+    if scope:
+        await send_upstream(svc, flow, st, scope)
     else:
-        del flow.request.headers["authorization"]  # our local token means nothing upstream
+        del flow.request.headers["authorization"]
+
+
+def _is_catalog(flow: http.HTTPFlow) -> bool:
+    return flow.request.path.split("?", 1)[0] == "/v2/_catalog"
 
 
 async def allowed(svc: Services, flow: http.HTTPFlow, st: FlowState, digest: str) -> bool:
     """May this client get `digest` from the store under its repository? True: serve it; False:
-    go upstream, which decides. Raises Refusal when upstream said no or cannot be asked."""
-    store = svc.the_store()
-    repo = st.route.repository
-    vis = access.visibility(store.repositories(digest), repo)
-    if vis != "private":
-        return vis == "public"
+    go upstream, which decides. Raises Refusal for private content upstream did not confirm.
+
+    Content that belongs to the repository is served (private content once upstream accepted the
+    client's token there). Content stored but not known to belong there ('foreign') is confirmed
+    with a free HEAD before a GET is served from the store; a HEAD is simply relayed, since the
+    registry's own answer costs the same (a pusher probing for a layer gets the registry's 404)."""
+    if digest in st.verdicts:  # asked already for this flow
+        return st.verdicts[digest]
+    vis = access.visibility(svc.the_store().repositories(digest), st.route.repository)
+    if vis == "public":
+        return True
     auth = flow.request.headers.get("authorization", "")
-    own = bool(auth) and not tokens.is_local(auth)
-    key = (hashlib.sha256(auth.encode()).hexdigest(), repo)
-    if own and svc.confirmed.get(key):
+    key = (hashlib.sha256(auth.encode()).hexdigest(), st.route.repository)
+    if vis == "private" and auth and not tokens.is_local(auth) and svc.confirmed.get(key):
         return True
     if why := svc.dockerhub.unavailable(flow.request.host):
+        if vis == "foreign":
+            return False
         if svc.settings.offline_private == "allow":
             return True
-        raise _unconfirmed(repo, why)
-    # Ask upstream, with a HEAD (free), whether this client's token, or else a pool token, may
-    # pull it there; a pool token's yes makes the content public in this repository.
+        raise _unconfirmed(st.route.repository, why)
+    if vis == "foreign" and flow.request.method == "HEAD":
+        return False
+    st.verdicts[digest] = verdict = await _upstream_has(svc, flow, st, digest, vis, key)
+    return verdict
+
+
+async def _upstream_has(svc: Services, flow: http.HTTPFlow, st: FlowState, digest: str, vis: str,
+                        key: tuple[str, str]) -> bool:
+    """Ask upstream, with a HEAD (free), whether this client's token, or else a pool token, may
+    pull `digest` from the repository; a yes links it there (public with a pool token)."""
+    repo = st.route.repository
     kind = "manifests" if st.route.kind is Kind.MANIFEST else "blobs"
     try:
         auth_up = await svc.upstream_auth(flow, st)
         resp = await svc.dockerhub.request("HEAD", f"https://{flow.request.host}/v2/{repo}/{kind}/{digest}",
                                            [("Authorization", auth_up), ("Accept", ", ".join(MANIFEST_TYPES))])
     except UpstreamError as e:
+        if vis == "foreign":
+            return False
         raise _unconfirmed(repo, str(e)) from e
     if resp.status < 400:
-        if st.account:
-            await svc.in_writer(store.note_repository, digest, access.seen_as(repo, False))
-        else:
+        if st.account or vis == "foreign":
+            await svc.in_writer(svc.the_store().note_repository, digest, access.seen_as(repo, not st.account))
+        if not st.account:
             svc.confirmed.put(key, True)
         return True
+    if vis == "foreign":
+        return False
     challenge = f'Bearer realm="{svc.settings.auth_realm}",service="{svc.settings.auth_service}",scope="repository:{repo}:pull"'
     raise Refusal(401, "UNAUTHORIZED", "authentication required", Outcome.REFUSED,
                   note=f"private: upstream answered {resp.status}", headers={"Www-Authenticate": challenge})
+
+
+async def link_if_stored(svc: Services, st: FlowState, digest: str) -> None:
+    """Upstream answered 200 for `digest` in the flow's repository: if the store has it, it
+    belongs there now (public when hubcache's or a pool token asked, else private)."""
+    store = svc.the_store()
+    if store.blob_info(digest) is None and store.get_manifest(digest) is None:
+        return
+    seen = access.seen_as(st.route.repository, not st.account)
+    if seen not in store.repositories(digest):
+        await svc.in_writer(store.note_repository, digest, seen)
 
 
 def _unconfirmed(repo: str, why: str) -> Refusal:

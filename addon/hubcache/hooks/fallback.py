@@ -51,9 +51,10 @@ async def go_upstream(svc: Services, flow: http.HTTPFlow, st: FlowState, fetch: 
         await send_upstream(svc, flow, st)
 
 
-async def send_upstream(svc: Services, flow: http.HTTPFlow, st: FlowState) -> None:
-    """Let the flow go upstream with credentials that upstream accepts."""
+async def send_upstream(svc: Services, flow: http.HTTPFlow, st: FlowState, scope: str = "") -> None:
+    """Let the flow go upstream with credentials that upstream accepts (for `scope`: by default,
+    pulling from the flow's repository)."""
     try:
-        flow.request.headers["authorization"] = await svc.upstream_auth(flow, st)
+        flow.request.headers["authorization"] = await svc.upstream_auth(flow, st, scope)
     except UpstreamError as e:
         raise not_stored(st, f"no upstream token could be had: {e}") from e

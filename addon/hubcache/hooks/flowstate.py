@@ -36,6 +36,7 @@ class FlowState:
     stale: Manifest | None = None  # what to serve if upstream refuses (429) a counted pull
     private: bool = False  # fetched with the client's own login: stored as private to its repository
     answered_here: bool = False  # the request hook set the response: upstream was not asked
+    verdicts: dict[str, bool] = field(default_factory=dict)  # digest -> may be served from the store (asked upstream)
 
     @property
     def repo(self) -> str:

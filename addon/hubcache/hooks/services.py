@@ -56,9 +56,11 @@ class Services:
         """Run a store write on the writer thread: never on the event loop (LMDB commits fsync)."""
         return await asyncio.get_running_loop().run_in_executor(self.writer, partial(fn, *args))
 
-    async def upstream_auth(self, flow: http.HTTPFlow, st: FlowState) -> str:
-        """The Authorization for an upstream request on behalf of this client (st.account: as whom)."""
-        auth, st.account = await self.dockerhub.authorization(flow.request.headers.get("authorization", ""), st.repo)
+    async def upstream_auth(self, flow: http.HTTPFlow, st: FlowState, scope: str = "") -> str:
+        """The Authorization for an upstream request on behalf of this client (st.account: as
+        whom); a token for `scope`, by default pulling from the flow's repository."""
+        scope = scope or f"repository:{st.repo}:pull"
+        auth, st.account = await self.dockerhub.authorization(flow.request.headers.get("authorization", ""), scope)
         return auth
 
 

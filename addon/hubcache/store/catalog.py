@@ -1,10 +1,17 @@
 """Manifests by digest, tags (what each points to now, and every change), and the repositories
-each digest was seen in."""
+each digest belongs to.
+
+A manifest stored for a repository links what it references (an image's config and layers, an
+index's child manifests) to that repository too: content is served from the store under a
+repository only when it belongs there, as the registry itself answers (a blob pushed to one
+repository is unknown in another until it is pushed or mounted there), and a warm pull still
+needs no upstream request, since every blob it asks for is referenced by the manifest it pulled."""
 
 from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Iterable
 
 from hubcache.model import Manifest, TagRecord
 from hubcache.store.txn import Transactions, Txn
@@ -20,6 +27,7 @@ class Catalog:
         self._tags = txns.open_db(b"tags")
         self._history = txns.open_db(b"history")
         self._repos = txns.open_db(b"repos", dupsort=True)
+        self._meta = txns.open_db(b"meta")
 
     # -- manifests ----------------------------------------------------------------------------
 
@@ -45,6 +53,31 @@ class Catalog:
             return None
         txn.delete(key, db=self._manifests)
         return len(raw) - raw.index(b"\n") - 1
+
+    def link_references(self, txn: Txn, body: bytes, seen: str) -> None:
+        """Link what a manifest references to the repository it was stored for (`seen`, as in
+        the repos table: visibility prefix and repository)."""
+        for digest in references(body):
+            txn.put(digest.encode(), seen.encode(), db=self._repos)
+
+    def link_all_references(self) -> int:
+        """Once per store made before manifests linked their references: link them now, for
+        every repository each manifest was seen in. Returns how many manifests were read."""
+        if self._txns.read(lambda txn: txn.get(b"links", db=self._meta)) == LINKS_VERSION:
+            return 0
+
+        def op(txn: Txn) -> int:
+            n = 0
+            for key, raw in txn.cursor(db=self._manifests):
+                n += 1
+                cur = txn.cursor(db=self._repos)
+                seen = [v.decode() for v in cur.iternext_dup()] if cur.set_key(bytes(key)) else []
+                for s in seen:
+                    self.link_references(txn, bytes(raw).partition(b"\n")[2], s)
+            txn.put(b"links", LINKS_VERSION, db=self._meta)
+            return n
+
+        return self._txns.write(op)
 
     def manifests(self) -> list[tuple[str, bytes]]:
         """(digest, body) of every manifest."""
@@ -85,6 +118,44 @@ class Catalog:
 
         return self._txns.write(op)
 
+    def drop_tag(self, repository: str, tag: str, digest: str | None = None) -> None:
+        """Forget what a tag points to (all media types, or only those pointing to `digest`):
+        the next pull asks upstream. The history keeps what it was."""
+        key = f"{repository}:{tag}".encode()
+
+        def op(txn: Txn) -> None:
+            raw = txn.get(key, db=self._tags)
+            if raw is None:
+                return
+            records = {m: r for m, r in json.loads(raw).items() if digest is not None and r["digest"] != digest}
+            if records:
+                txn.put(key, json.dumps(records).encode(), db=self._tags)
+            else:
+                txn.delete(key, db=self._tags)
+
+        self._txns.write(op)
+
+    def tags(self, repository: str) -> list[str]:
+        """The tags of `repository` that hubcache has a record of, sorted."""
+        prefix = f"{repository}:".encode()
+
+        def op(txn: Txn) -> list[str]:
+            cur = txn.cursor(db=self._tags)
+            out: list[str] = []
+            if cur.set_range(prefix):
+                for key in cur.iternext(keys=True, values=False):
+                    if not bytes(key).startswith(prefix):
+                        break
+                    out.append(bytes(key)[len(prefix):].decode())
+            return out
+
+        return sorted(self._txns.read(op))
+
+    def tags_pointing_to(self, repository: str, digest: str) -> list[str]:
+        """The tags of `repository` whose record points to `digest`."""
+        return [t for t in self.tags(repository)
+                if any(r.digest == digest for r in self.tag_records(repository, t).values())]
+
     def tag_history(self, repository: str, tag: str | None = None) -> list[tuple[str, float, str, str]]:
         """(tag, time, media type, digest) for every recorded change, oldest first."""
         prefix = f"{repository}:{tag}\0".encode() if tag else f"{repository}:".encode()
@@ -118,6 +189,11 @@ class Catalog:
     def note_repository(self, txn: Txn, key: bytes, repository: str) -> None:
         txn.put(key, repository.encode(), db=self._repos)
 
+    def unlink(self, txn: Txn, key: bytes, seen: Iterable[str]) -> None:
+        """Remove these repos entries of a digest (a manifest deleted from a repository)."""
+        for s in seen:
+            txn.delete(key, s.encode(), db=self._repos)
+
     def forget_repositories(self, txn: Txn, key: bytes) -> None:
         txn.delete(key, db=self._repos)
 
@@ -133,3 +209,23 @@ class Catalog:
     def counts(self, txn: Txn) -> tuple[int, int]:
         """How many manifests and tags there are."""
         return txn.stat(self._manifests)["entries"], txn.stat(self._tags)["entries"]
+
+
+LINKS_VERSION = b"1"  # meta["links"]: the store's manifests have linked their references
+
+
+def references(body: bytes) -> list[str]:
+    """The digests a manifest references: an image's config and layers, an index's manifests
+    (a body that is not a JSON object references nothing)."""
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return []
+    if not isinstance(doc, dict):
+        return []
+    found: list[str] = []
+    config = doc.get("config")
+    for item in [config] + list(doc.get("layers") or []) + list(doc.get("manifests") or []):
+        if isinstance(item, dict) and isinstance(item.get("digest"), str):
+            found.append(item["digest"])
+    return found

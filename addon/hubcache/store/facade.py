@@ -62,6 +62,8 @@ class Store:
         env = lmdb.open(str(self.path), map_size=map_size, max_dbs=16, max_readers=1024, metasync=False)
         self._open_tables(env)
         self.recovered = self.recover()  # interrupted writes dropped at open
+        if linked := self._catalog.link_all_references():
+            log.info("linked the references of %d stored manifests to their repositories", linked)
 
     def _open_readonly(self) -> None:
         """For looking at a store while a proxy runs on it (history): no lock, no recovery."""
@@ -126,11 +128,28 @@ class Store:
 
         def op(txn: Txn) -> None:
             self._catalog.note_repository(txn, key, repository)
+            self._catalog.link_references(txn, body, repository)
             if self._catalog.add_manifest(txn, key, media_type, body, stored):
                 self._lru.add_size(txn, len(body))
                 self._lru.used_now(txn, key)
 
         self._txns.write(op)
+
+    def drop_tag(self, repository: str, tag: str) -> None:
+        """Forget what a tag points to (it was deleted or pushed without a body hubcache could
+        keep): the next pull asks upstream."""
+        self._catalog.drop_tag(repository, tag)
+
+    def tags(self, repository: str) -> list[str]:
+        """The tags of `repository` hubcache has a record of, sorted."""
+        return self._catalog.tags(repository)
+
+    def remove_from_repository(self, digest: str, repository: str, seen: list[str]) -> None:
+        """A manifest deleted from `repository` upstream: it no longer belongs there (`seen`:
+        its repos entries for that repository), and no tag of it points to it."""
+        for tag in self._catalog.tags_pointing_to(repository, digest):
+            self._catalog.drop_tag(repository, tag, digest)
+        self._txns.write(lambda txn: self._catalog.unlink(txn, digest.encode(), seen))
 
     def tag_records(self, repository: str, tag: str) -> dict[str, TagRecord]:
         return self._catalog.tag_records(repository, tag)

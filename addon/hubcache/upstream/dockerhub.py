@@ -121,16 +121,16 @@ class DockerHub:
 
     # -- accounts and the pull budget ---------------------------------------------------------
 
-    async def authorization(self, client_auth: str, repository: str) -> tuple[str, str]:
+    async def authorization(self, client_auth: str, scope: str) -> tuple[str, str]:
         """(Authorization, account) for an upstream request on a client's behalf: the client's
-        own credentials with account "", or a token of the pool account with the most pull budget
-        left. Fails fast while the auth host backs off."""
+        own credentials with account "", or a token for `scope` of the pool account with the most
+        pull budget left. Fails fast while the auth host backs off."""
         if client_auth and not tokens.is_local(client_auth):
             return client_auth, ""
         assert self.tokens
         account = self.budgets.choose(self.account_names(), time.time())
         credential = next((c for c in self.accounts if c.account == account), None)
-        return f"Bearer {await self.tokens.token_for(repository, credential)}", account
+        return f"Bearer {await self.tokens.token_for(scope, credential)}", account
 
     def account_names(self) -> list[str]:
         return [c.account for c in self.accounts] or [ANONYMOUS]

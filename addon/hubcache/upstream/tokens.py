@@ -48,9 +48,9 @@ class UpstreamTokens:
         self._cache: ExpiringCache[tuple[str, str], str] = ExpiringCache(MAX_TOKENS, 60, clock=time.time)
         self._fetches: Shared[str] = Shared()  # one token fetch per account and scope, however many clients wait
 
-    async def token_for(self, repository: str, credential: Credential | None = None) -> str:
-        """A pull token for `repository`, as `credential`'s account (anonymous when None)."""
-        scope = f"repository:{repository}:pull"
+    async def token_for(self, scope: str, credential: Credential | None = None) -> str:
+        """A token for `scope` (e.g. repository:library/alpine:pull), as `credential`'s account
+        (anonymous when None)."""
         key = (credential.account if credential else "", scope)
         cached = self._cache.get(key)
         if cached is not None:
