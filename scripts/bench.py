@@ -12,6 +12,9 @@ Sections (all by default; --only picks one, --skip-extra keeps only the table):
           16 slow clients (curl --limit-rate) on them: peak RSS of the proxy's whole process tree
   load    50 clients for 60 s mixing hits, misses (groups asking for one cold image at once), HEADs
           and tags, every body's sha256 checked; `hubcache verify` on the store afterwards
+  push    an authenticated skopeo push of a one-layer image (1 GiB by default) direct, through
+          mitmdump and through hubcache, each to a new repository so the layer is uploaded whole:
+          time and peak RSS (hubcache relays uploads streamed, never buffered)
 
 Every peak RSS is the summed VmRSS of the proxy process and all its descendants, sampled every
 0.1 s; VmHWM of the proxy process itself is reported beside it.
@@ -34,14 +37,15 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from harness.clients import make_cert_dir, skopeo_copy
+from harness import images
+from harness.clients import make_cert_dir, skopeo_copy, skopeo_push
 from harness.hubenv import Upstream, missing_prerequisites
 from harness.proxy import Proxy
 
 ROOT = Path(__file__).resolve().parent.parent
 MiB = 1 << 20
 MODES = ("direct", "mitmdump", "hubcache-cold", "hubcache-warm")
-SECTIONS = ("table", "extra", "memory", "load")
+SECTIONS = ("table", "extra", "memory", "load", "push")
 CLIENT_ENV = {"PATH": "/usr/bin:/bin"}  # no proxy variables: curl gets its proxy with -x
 BIG_REPO = "library/benchbig"
 
@@ -570,6 +574,58 @@ def print_phase(label: str, r: dict) -> None:
               f" received, {r['exited_early']} clients exited early{limit}", file=sys.stderr)
 
 
+# ----------------------------------------------------------------- push: uploads relayed, streamed
+
+PUSH_MODES = ("direct", "mitmdump", "hubcache")
+
+
+def push_section(up: Upstream, work: Path, certs: Path, start, args) -> dict:
+    """Each round: an image pushed direct, through mitmdump and through hubcache. Each push has a
+    layer of its own: the registry would mount one it has already (skopeo remembers where it
+    pushed a blob and asks for a cross-repository mount), and then nothing is uploaded."""
+    src = work / "pushsrc"
+    user, password = up.push_account
+    results: dict = {m: {"push_s": [], "rss_mb": [], "hwm_mb": []} for m in PUSH_MODES}
+    try:
+        for rnd in range(args.rounds):
+            for i, mode in enumerate(PUSH_MODES):
+                shutil.rmtree(src, ignore_errors=True)
+                images.build_image(src, [(args.push_mib * MiB, 9000 + 10 * rnd + i)])  # not timed
+                proxy = None
+                if mode != "direct":
+                    store = work / "stores" / f"push-{rnd}" if mode == "hubcache" else None
+                    proxy = start(mode, store, name=f"push-{mode}-{rnd}")
+                sampler = sampled(proxy) if proxy else None
+                t0 = time.perf_counter()
+                res = skopeo_push(src, f"docker.io/library/benchpush-{mode}-{rnd}:1", proxy=proxy.url if proxy else None,
+                                  cert_dir=certs, creds=f"{user}:{password}")
+                wall = time.perf_counter() - t0
+                if res.returncode != 0:
+                    raise SystemExit(f"bench: push {mode} failed: {res.stderr.strip()}")
+                results[mode]["push_s"].append(wall)
+                if proxy and sampler:
+                    results[mode]["hwm_mb"].append(proxy.peak_rss_mb())
+                    results[mode]["rss_mb"].append(sampler.stop()["peak_rss_mb"])
+                    proxy.stop()
+                print(f"bench: push round {rnd + 1} {mode}: {wall:.2f} s"
+                      + (f", peak tree RSS {results[mode]['rss_mb'][-1]:.0f} MiB" if proxy else ""), file=sys.stderr)
+    finally:
+        shutil.rmtree(src, ignore_errors=True)
+    median = {m: {k: statistics.median(v) if v else None for k, v in r.items()} for m, r in results.items()}
+    return {"push_mib": args.push_mib, "rounds": args.rounds, "median": median, "raw": results,
+            "ratios": {"push_time_vs_mitmdump": median["hubcache"]["push_s"] / median["mitmdump"]["push_s"],
+                       "push_rss_vs_mitmdump": median["hubcache"]["rss_mb"] / median["mitmdump"]["rss_mb"]}}
+
+
+def print_push(r: dict) -> None:
+    print(f"\npush: one {r['push_mib']} MiB layer with skopeo, median of {r['rounds']} rounds")
+    print(f"{'mode':<12}{'push s':>9}{'peak tree RSS MiB':>19}{'VmHWM MiB':>11}")
+    for mode, m in r["median"].items():
+        print(f"{mode:<12}{m['push_s']:>9.2f}{_mib(m['rss_mb']):>19}{_mib(m['hwm_mb']):>11}")
+    for k, v in r["ratios"].items():
+        print(f"{k:<37}{v:>6.2f}")
+
+
 def print_memory(mem: dict) -> None:
     n, mib = mem["clients"], mem["blob_mib"]
     print(f"\n{n} concurrent curl clients, each on its own {mib} MiB blob (sha256 of every body checked);"
@@ -666,6 +722,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--link-mbps", type=lambda v: tuple(float(x) for x in v.split(",")), default=(40, 4),
                     help="extra: paces of each CDN connection for further runs of concurrent pulls, MB/s, "
                          "comma-separated (default 40,4)")
+    ap.add_argument("--push-mib", type=int, default=1024, help="push: size of the pushed layer (default 1024)")
     ap.add_argument("--load-clients", type=int, default=50, help="load: concurrent clients (default 50)")
     ap.add_argument("--load-seconds", type=float, default=60, help="load: how long (default 60)")
     ap.add_argument("--rss-limit-mib", type=float, default=4096,
@@ -714,6 +771,8 @@ def main() -> int:
             summary["memory"] = memory_section(up, work, bundle, start, args)
         if "load" in args.sections:
             summary["load"] = load_section(up, work, start, args)
+        if "push" in args.sections:
+            summary["push"] = push_section(up, work, certs, start, args)
     finally:
         for p in proxies:
             p.stop()
@@ -729,6 +788,8 @@ def main() -> int:
         print_memory(summary["memory"])
     if "load" in summary:
         print_load(summary["load"])
+    if "push" in summary:
+        print_push(summary["push"])
     print(json.dumps(summary))
     return 0
 
