@@ -65,7 +65,7 @@ def test_tags_drop_and_delete_from_a_repository(tmp_path):
     s.remove_from_repository(m, "x/app", ["P:x/app", "C:x/app"])
     assert s.tags("x/app") == [] and s.repositories(m) == []
     assert s.tags("x/apps") == ["9"]  # untouched
-    assert [d for _, _, _, d in s.tag_history("x/app", "2")] == [m]  # history keeps what it was
+    assert [d for _, _, _, d in s.tag_history("x/app", "2")] == [m, ""]  # what it was, then its deletion
     s.close()
 
 
@@ -77,3 +77,18 @@ def test_a_tag_list_page_follows_the_registrys_n_and_last():
     assert page(tags, "x/app", "last=c") == (["d"], "")
     assert page(tags, "x/app", "n=0") == ([], "")
     assert page(tags, "x/app", "n=many") == (["a", "b", "c", "d"], "")
+
+
+def test_a_deleted_tag_is_in_its_history_and_a_replay_after_it_finds_nothing(tmp_path):
+    clock = iter([100.0, 200.0, 300.0]).__next__
+    s = Store(tmp_path / "s", clock=clock)
+    body = image(L1)
+    m = sha256_digest(body)
+    s.put_tag("x/app", "1", "t", m, len(body), 50.0)
+    s.drop_tag("x/app", "1")  # at 100
+    assert [d for _, _, _, d in s.tag_history("x/app", "1")] == [m, ""]
+    assert s.tag_at("x/app", "1", 60.0)["t"].digest == m
+    assert s.tag_at("x/app", "1", 150.0) == {}
+    s.put_tag("x/app", "1", "t", m, len(body), 250.0)  # pushed again
+    assert s.tag_at("x/app", "1", 260.0)["t"].digest == m
+    s.close()

@@ -36,9 +36,15 @@ async def _pushed(svc: Services, flow: http.HTTPFlow, st: FlowState, digest: str
     good = (body is not None and len(body) <= MAX_MANIFEST_BYTES and is_digest(digest) and sha256_digest(body) == digest
             and media_type and (not st.route.by_digest or ref == digest))
     if not good or body is None:
-        if not st.route.by_digest:
+        if st.route.by_digest:
+            return
+        if is_digest(digest) and media_type:  # the tag's new digest, without the manifest: the next pull fetches it
+            size = int(flow.request.headers.get("content-length", "0") or 0)
+            await svc.in_writer(store.put_tag, repo, ref, media_type, digest, size, time.time())
+            st.note = "pushed; tag updated, manifest not kept"
+        else:
             await svc.in_writer(store.drop_tag, repo, ref)
-        st.note = "pushed; tag record dropped"
+            st.note = "pushed; tag record dropped"
         return
     # Pushed with the client's own login: private to the repository until upstream confirms a pull.
     seen = access.seen_as(repo, private=not st.account)

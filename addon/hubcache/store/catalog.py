@@ -118,9 +118,10 @@ class Catalog:
 
         return self._txns.write(op)
 
-    def drop_tag(self, repository: str, tag: str, digest: str | None = None) -> None:
+    def drop_tag(self, repository: str, tag: str, now: float, digest: str | None = None) -> None:
         """Forget what a tag points to (all media types, or only those pointing to `digest`):
-        the next pull asks upstream. The history keeps what it was."""
+        the next pull asks upstream. The history records that from `now` on the tag pointed to
+        nothing hubcache knows (a deletion: `tag_at` answers nothing after it)."""
         key = f"{repository}:{tag}".encode()
 
         def op(txn: Txn) -> None:
@@ -132,6 +133,8 @@ class Catalog:
                 txn.put(key, json.dumps(records).encode(), db=self._tags)
             else:
                 txn.delete(key, db=self._tags)
+                hkey = key + b"\0" + struct.pack(">Q", int(now * 1000))
+                txn.put(hkey, json.dumps({"media_type": "", "digest": "", "size": 0}).encode(), db=self._history)
 
         self._txns.write(op)
 
@@ -177,10 +180,15 @@ class Catalog:
         return sorted(rows, key=lambda r: (r[1], r[0]))
 
     def tag_at(self, repository: str, tag: str, when: float) -> dict[str, TagRecord]:
-        """What the tag pointed to at `when`, per media type (from its history)."""
+        """What the tag pointed to at `when`, per media type (from its history; nothing after
+        a deletion until the next change)."""
         records: dict[str, TagRecord] = {}
         for _, t, media_type, digest in self.tag_history(repository, tag):
-            if t <= when:
+            if t > when:
+                break
+            if not digest:
+                records.clear()
+            else:
                 records[media_type] = TagRecord(repository, tag, media_type, digest, 0, t, t)
         return records
 

@@ -138,7 +138,7 @@ class Store:
     def drop_tag(self, repository: str, tag: str) -> None:
         """Forget what a tag points to (it was deleted or pushed without a body hubcache could
         keep): the next pull asks upstream."""
-        self._catalog.drop_tag(repository, tag)
+        self._catalog.drop_tag(repository, tag, self._clock())
 
     def tags(self, repository: str) -> list[str]:
         """The tags of `repository` hubcache has a record of, sorted."""
@@ -148,7 +148,7 @@ class Store:
         """A manifest deleted from `repository` upstream: it no longer belongs there (`seen`:
         its repos entries for that repository), and no tag of it points to it."""
         for tag in self._catalog.tags_pointing_to(repository, digest):
-            self._catalog.drop_tag(repository, tag, digest)
+            self._catalog.drop_tag(repository, tag, self._clock(), digest)
         self._txns.write(lambda txn: self._catalog.unlink(txn, digest.encode(), seen))
 
     def tag_records(self, repository: str, tag: str) -> dict[str, TagRecord]:

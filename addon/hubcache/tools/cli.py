@@ -57,7 +57,7 @@ def _history(args: argparse.Namespace) -> int:
         return 1
     for name, when, media_type, digest in rows:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when))
-        print(f"{stamp}  docker.io/{repository}:{name}  {digest}  {media_type}")
+        print(f"{stamp}  docker.io/{repository}:{name}  " + (f"{digest}  {media_type}" if digest else "(deleted)"))
     return 0
 
 
