@@ -173,3 +173,42 @@ def test_a_bad_option_value_is_refused_naming_it_and_the_settings_stay_as_they_w
         tctx.configure(hub, hubcache_max_size="lots")
     assert hub.svc.settings.max_size == 1 << 30
     assert hub.svc.store is not None and hub.svc.store.max_size == 1 << 30
+
+
+def test_a_manifest_push_upstream_accepted_updates_the_tag_and_a_delete_forgets_it(hub):
+    body = b'{"schemaVersion":2,"layers":[]}'
+    digest = "sha256:" + hashlib.sha256(body).hexdigest()
+    media_type = "application/vnd.oci.image.manifest.v1+json"
+    put = flow("/v2/acme/app/manifests/1", method="PUT",
+               headers=[("Authorization", "Bearer pusher-token"), ("Content-Type", media_type)])
+    put.request.content = body
+    assert run(hub, put) is None  # relayed, the client's own login untouched
+    assert put.request.headers["authorization"] == "Bearer pusher-token"
+    put.response = tutils.tresp(status_code=201, headers=[(b"Docker-Content-Digest", digest.encode())], content=b"")
+    asyncio.run(hub.response(put))
+    store = hub.svc.store
+    assert store.tag_records("acme/app", "1")[media_type].digest == digest
+    assert store.get_manifest(digest).body == body
+    assert store.repositories(digest) == ["C:acme/app"]  # pushed with a login: private until upstream confirms a pull
+
+    delete = flow("/v2/acme/app/manifests/1", method="DELETE", headers=[("Authorization", "Bearer pusher-token")])
+    assert run(hub, delete) is None
+    delete.response = tutils.tresp(status_code=202, content=b"")
+    asyncio.run(hub.response(delete))
+    assert store.tag_records("acme/app", "1") == {}
+
+
+def test_a_push_upstream_refused_changes_nothing(hub):
+    body = b'{"schemaVersion":2,"layers":[]}'
+    put = flow("/v2/acme/app/manifests/1", method="PUT", headers=[("Authorization", "Bearer x"), ("Content-Type", "t")])
+    put.request.content = body
+    run(hub, put)
+    put.response = tutils.tresp(status_code=401, content=b"")
+    asyncio.run(hub.response(put))
+    assert hub.svc.store.tag_records("acme/app", "1") == {}
+
+
+def test_a_write_with_hubcaches_local_token_goes_without_it(hub):
+    f = flow("/v2/acme/app/blobs/uploads/", method="POST", headers=[("Authorization", "Bearer hubcache.local")])
+    assert run(hub, f) is None
+    assert "authorization" not in f.request.headers  # upstream asks the client to log in, as it would direct
