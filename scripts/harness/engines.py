@@ -4,6 +4,7 @@
     eng.pull("docker.io/library/alpine:3.19")
     eng.describe("docker.io/library/alpine:3.19")   # Image(digest, config_digest, diff_ids)
     eng.remove("docker.io/library/alpine:3.19")
+    eng.login("pusher", "pushpass"); eng.build(context_dir, ref); eng.push(ref)   # Docker only
     eng.stop()
 
 One class per engine, same methods: Docker (Debian's dockerd 20.10 + its own client), Containerd
@@ -215,9 +216,10 @@ class _Engine:
     def __exit__(self, *exc) -> None:
         self.stop()
 
-    def _run(self, cmd: list[str], env: dict, check: bool, timeout: float) -> subprocess.CompletedProcess:
-        res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout,
-                             stdin=subprocess.DEVNULL)
+    def _run(self, cmd: list[str], env: dict, check: bool, timeout: float,
+             input: str | None = None) -> subprocess.CompletedProcess:
+        stdin = {"input": input} if input is not None else {"stdin": subprocess.DEVNULL}
+        res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, **stdin)
         if check and res.returncode != 0:
             raise EngineError(f"{' '.join(cmd)} failed ({res.returncode}):\n{res.stderr.strip()}\n{res.stdout[-2000:]}")
         return res
@@ -312,10 +314,35 @@ class Docker(_Engine):
 
     # --------------------------------------------------------------- clients
 
-    def docker(self, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
-        """The Debian docker client against this daemon only."""
-        env = _clean_env({"DOCKER_CONFIG": str(self.client_config)})
-        return self._run([DOCKER, "-H", f"unix://{self.sock}", *args], env, check, timeout)
+    def docker(self, *args: str, check: bool = True, timeout: float = 300, input: str | None = None,
+               env: dict | None = None) -> subprocess.CompletedProcess:
+        """The Debian docker client against this daemon only, with a client config (logins) of its own."""
+        env = _clean_env({"DOCKER_CONFIG": str(self.client_config), **(env or {})})
+        return self._run([DOCKER, "-H", f"unix://{self.sock}", *args], env, check, timeout, input)
+
+    def login(self, user: str, password: str, server: str = "docker.io", check: bool = True) -> subprocess.CompletedProcess:
+        """`docker login`: the daemon checks the credentials with the registry (through its
+        HTTPS_PROXY), the client keeps them in its own config.json for push and pull."""
+        return self.docker("login", "--username", user, "--password-stdin", server, input=password, check=check)
+
+    def build(self, context: Path, ref: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
+        """`docker build -t REF CONTEXT` with the classic builder (DOCKER_BUILDKIT=0), which runs no
+        container for FROM and COPY: this daemon has no network (--bridge=none)."""
+        return self.docker("build", "--tag", ref, str(context), check=check, timeout=timeout,
+                           env={"DOCKER_BUILDKIT": "0"})
+
+    def push(self, ref: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
+        """`docker push REF` with the client's login; see pushed_digest() for what the registry took."""
+        return self.docker("push", ref, check=check, timeout=timeout)
+
+    @staticmethod
+    def pushed_digest(res: subprocess.CompletedProcess) -> str:
+        """The manifest digest from `docker push`'s last line, "TAG: digest: sha256:... size: N"."""
+        for line in reversed(res.stdout.splitlines()):
+            words = line.split()
+            if len(words) >= 3 and words[1] == "digest:":
+                return words[2]
+        raise EngineError(f"no digest in the output of docker push:\n{res.stdout[-2000:]}")
 
     def api(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None,
             timeout: float = 300) -> tuple[int, bytes]:
