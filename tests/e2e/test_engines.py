@@ -322,12 +322,7 @@ def test_docker_push_of_an_image_on_a_base_cached_from_another_repository_leaves
 
 
 # dockerd 20.10 pushes Docker v2s2; the tag's old version is v2s2 too, or OCI (pushed by BuildKit, say).
-STALE_OCI = pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "hubcache bug: the pushed v2s2 manifest is recorded beside the tag's old OCI record (catalog.put_tag "
-    "keeps the other media types), and mediatypes.choose prefers the OCI one for a client accepting both"))
-
-
-@pytest.mark.parametrize("old_fmt", ["v2s2", pytest.param("oci", marks=STALE_OCI)])
+@pytest.mark.parametrize("old_fmt", ["v2s2", "oci"])
 def test_a_tag_docker_pushed_through_hubcache_is_pulled_through_it_at_once_right_after_the_old_one(
         docker, hub, upstream, certs, tmp_path, old_fmt):
     """The tag's old version was pulled through hubcache just before (fresh for hubcache_tag_ttl,

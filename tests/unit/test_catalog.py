@@ -92,3 +92,12 @@ def test_a_deleted_tag_is_in_its_history_and_a_replay_after_it_finds_nothing(tmp
     s.put_tag("x/app", "1", "t", m, len(body), 250.0)  # pushed again
     assert s.tag_at("x/app", "1", 260.0)["t"].digest == m
     s.close()
+
+
+def test_a_pushed_tag_replaces_every_media_type_the_tag_had(tmp_path):
+    s = Store(tmp_path / "s")
+    oci, v2s2 = "application/vnd.oci.image.manifest.v1+json", "application/vnd.docker.distribution.manifest.v2+json"
+    s.put_tag("x/app", "latest", oci, L1, 10, 100.0)
+    s.put_tag("x/app", "latest", v2s2, L2, 10, 200.0, only=True)
+    assert {m: r.digest for m, r in s.tag_records("x/app", "latest").items()} == {v2s2: L2}
+    s.close()

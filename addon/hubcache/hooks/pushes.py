@@ -40,7 +40,7 @@ async def _pushed(svc: Services, flow: http.HTTPFlow, st: FlowState, digest: str
             return
         if is_digest(digest) and media_type:  # the tag's new digest, without the manifest: the next pull fetches it
             size = int(flow.request.headers.get("content-length", "0") or 0)
-            await svc.in_writer(store.put_tag, repo, ref, media_type, digest, size, time.time())
+            await svc.in_writer(store.put_tag, repo, ref, media_type, digest, size, time.time(), True)
             st.note = "pushed; tag updated, manifest not kept"
         else:
             await svc.in_writer(store.drop_tag, repo, ref)
@@ -52,7 +52,7 @@ async def _pushed(svc: Services, flow: http.HTTPFlow, st: FlowState, digest: str
     def keep() -> None:
         store.put_manifest(digest, media_type, body, seen)
         if not st.route.by_digest:
-            store.put_tag(repo, ref, media_type, digest, len(body), time.time())
+            store.put_tag(repo, ref, media_type, digest, len(body), time.time(), only=True)  # the registry has only this now
 
     await svc.in_writer(keep)
     st.note = "pushed; tag updated" if not st.route.by_digest else "pushed"

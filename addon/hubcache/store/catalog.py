@@ -99,14 +99,19 @@ class Catalog:
             for media_type, r in json.loads(raw).items()
         }
 
-    def put_tag(self, repository: str, tag: str, media_type: str, digest: str, size: int, now: float) -> bool:
-        """Record that upstream says tag -> digest now. Returns True when the digest changed."""
+    def put_tag(self, repository: str, tag: str, media_type: str, digest: str, size: int, now: float,
+                only: bool = False) -> bool:
+        """Record that upstream says tag -> digest now (for clients asking for `media_type`; with
+        `only`, for everyone: a push replaced whatever the tag was). Returns True when the digest
+        changed."""
         key = f"{repository}:{tag}".encode()
 
         def op(txn: Txn) -> bool:
             raw = txn.get(key, db=self._tags)
             records = json.loads(raw) if raw else {}
             old = records.get(media_type)
+            if only:
+                records = {}
             changed = old is None or old["digest"] != digest
             fetched = old["fetched"] if old is not None and not changed else now
             records[media_type] = {"digest": digest, "size": size, "fetched": fetched, "confirmed": now}

@@ -154,9 +154,11 @@ class Store:
     def tag_records(self, repository: str, tag: str) -> dict[str, TagRecord]:
         return self._catalog.tag_records(repository, tag)
 
-    def put_tag(self, repository: str, tag: str, media_type: str, digest: str, size: int, now: float) -> bool:
-        """Record that upstream says tag -> digest now. Returns True when the digest changed."""
-        return self._catalog.put_tag(repository, tag, media_type, digest, size, now)
+    def put_tag(self, repository: str, tag: str, media_type: str, digest: str, size: int, now: float,
+                only: bool = False) -> bool:
+        """Record that upstream says tag -> digest now (`only`: for every media type, as after a
+        push). Returns True when the digest changed."""
+        return self._catalog.put_tag(repository, tag, media_type, digest, size, now, only)
 
     def tag_history(self, repository: str, tag: str | None = None) -> list[tuple[str, float, str, str]]:
         """(tag, time, media type, digest) for every recorded change, oldest first."""
