@@ -19,12 +19,17 @@ from hubcache.hooks.auth import allowed
 from hubcache.hooks.fallback import go_upstream, serve_stale, stale_or_refuse
 from hubcache.hooks.flowstate import FlowState
 from hubcache.hooks.services import Services, owner_of, url_of
-from hubcache.model import MAX_MANIFEST_BYTES, Manifest, Outcome, Refusal, Route
+from hubcache.model import MAX_MANIFEST_BYTES, OCI_INDEX, OCI_MANIFEST, Manifest, Outcome, Refusal, Route
 from hubcache.store import StoreError
 from hubcache.upstream import client
 from hubcache.upstream.client import UpstreamError, UpstreamResponse
 
 log = logging.getLogger(__name__)
+
+# What a registry converts a Docker manifest to for a client that accepts none of the types it has:
+# signed anew at every request, its digest that of the payload without the signatures. Relayed as
+# upstream sent it; never stored, since it cannot be checked as a whole nor served again.
+SCHEMA1_SIGNED = "application/vnd.docker.distribution.manifest.v1+prettyjws"
 
 
 async def handle(svc: Services, flow: http.HTTPFlow, st: FlowState) -> None:
@@ -38,7 +43,12 @@ async def handle(svc: Services, flow: http.HTTPFlow, st: FlowState) -> None:
 
 async def _by_digest(svc: Services, flow: http.HTTPFlow, st: FlowState) -> None:
     m = svc.the_store().get_manifest(st.route.reference)
-    if m is not None and await allowed(svc, flow, st, st.route.reference):
+    accept = Accept.parse(flow.request.headers.get_all("accept"))
+    # The registry answers a digest in its own type whatever the client accepts, except an OCI
+    # manifest or index: 404 MANIFEST_UNKNOWN to a client that accepts only Docker types. Upstream
+    # gives that answer.
+    servable = m is not None and (m.media_type not in (OCI_MANIFEST, OCI_INDEX) or accept.accepts(m.media_type))
+    if m is not None and servable and await allowed(svc, flow, st, st.route.reference):
         flow.response = responses.manifest(m, flow.request.method == "HEAD")
         st.outcome = Outcome.HIT
         return
@@ -128,7 +138,7 @@ async def _revalidate(svc: Services, flow: http.HTTPFlow, st: FlowState, digest:
 async def _remember_tag(svc: Services, route: Route, status: int, header: Callable[[str], str]) -> checks.TagHead | None:
     """Upstream answered a HEAD of a tag: record what the tag points to now (and its history)."""
     head = checks.tag_head(header) if status == 200 and not route.by_digest else None
-    if head is not None:
+    if head is not None and head.media_type != SCHEMA1_SIGNED:
         await svc.in_writer(svc.the_store().put_tag, route.repository, route.reference, head.media_type,
                             head.digest, head.size, time.time())
     return head
@@ -176,16 +186,16 @@ async def _fetch(svc: Services, flow: http.HTTPFlow, st: FlowState) -> None:
         serve_stale(flow, st, st.stale, "pull limit reached: upstream answered 429")
     else:
         flow.response = http.Response.make(got.status, got.body, client.relayable(got.headers))
-        st.note = f"upstream answered {got.status}"
+        st.note = f"upstream answered {got.status}" if got.status != 200 else "a signed schema 1 conversion, relayed"
 
 
 async def _fetch_once(svc: Services, route: Route, url: str, headers: list[tuple[str, str]], account: str,
                       seen: str) -> Manifest | str | UpstreamResponse:
     """One upstream GET of a manifest: the verified, stored Manifest; a reason (str) when
-    upstream's bytes were refused; or upstream's answer when it was not a 200."""
+    upstream's bytes were refused; or upstream's answer when it was not a 200, or a signed schema 1."""
     resp = await svc.dockerhub.request("GET", url, headers, kind="manifest")
     svc.dockerhub.observe_budget(account, "GET", resp.status, resp.headers)
-    if resp.status != 200:
+    if resp.status != 200 or resp.header("content-type").split(";")[0].strip() == SCHEMA1_SIGNED:
         return resp
     m = checks.check(route, resp.header("content-type"), resp.header("docker-content-digest"), resp.body)
     if isinstance(m, str):

@@ -25,10 +25,16 @@ def refusal(r: Refusal) -> http.Response:
     return resp
 
 
+# The registry's own answer to /v2/ without a token, byte for byte: clients only read its challenge,
+# but a client comparing answers (or its Content-Length) sees the registry.
+V2_UNAUTHORIZED = b'{"errors":[{"code":"UNAUTHORIZED","message":"authentication required","detail":null}]}\n'
+
+
 def v2_root(authorized: bool, realm: str, service: str) -> http.Response:
+    headers = {"Content-Type": "application/json", API_VERSION[0]: API_VERSION[1]}
     if authorized:
-        return http.Response.make(200, b"{}", {"Content-Type": "application/json", API_VERSION[0]: API_VERSION[1]})
-    resp = oci_error(401, "UNAUTHORIZED", "authentication required")
+        return http.Response.make(200, b"{}", headers)
+    resp = http.Response.make(401, V2_UNAUTHORIZED, headers)
     resp.headers["Www-Authenticate"] = f'Bearer realm="{realm}",service="{service}"'
     return resp
 
