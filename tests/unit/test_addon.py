@@ -212,3 +212,32 @@ def test_a_write_with_hubcaches_local_token_goes_without_it(hub):
     f = flow("/v2/acme/app/blobs/uploads/", method="POST", headers=[("Authorization", "Bearer hubcache.local")])
     assert run(hub, f) is None
     assert "authorization" not in f.request.headers  # upstream asks the client to log in, as it would direct
+
+
+def test_a_tag_that_moved_to_another_media_type_is_fetched_once_not_at_every_pull(hub):
+    from hubcache import model
+    from hubcache.upstream import client
+
+    old = b'{"schemaVersion":2,"mediaType":"oci"}'
+    new = b'{"schemaVersion":2,"mediaType":"docker"}'
+    old_d, new_d = ("sha256:" + hashlib.sha256(b).hexdigest() for b in (old, new))
+    store = hub.svc.store
+    store.put_manifest(old_d, model.OCI_MANIFEST, old, "P:library/x")
+    store.put_tag("library/x", "1", model.OCI_MANIFEST, old_d, len(old), 0.0)  # long past the TTL
+    calls = []
+
+    async def auth(client_auth, scope):
+        return "Bearer upstream", "anonymous"
+
+    async def upstream(method, url, headers, kind=""):  # the tag is a Docker manifest now
+        calls.append(method)
+        h = {"content-type": model.DOCKER_MANIFEST, "docker-content-digest": new_d, "content-length": str(len(new))}
+        return client.UpstreamResponse(200, h, new if method == "GET" else b"")
+
+    hub.dockerhub.authorization, hub.dockerhub.request = auth, upstream
+    both = [("Accept", model.OCI_MANIFEST), ("Accept", model.DOCKER_MANIFEST)]
+    for _ in range(3):
+        r = run(hub, flow("/v2/library/x/manifests/1", headers=both))
+        assert r.status_code == 200 and r.content == new
+    assert calls == ["HEAD", "GET"]  # then hits: the OCI record upstream no longer gives is gone
+    assert list(store.tag_records("library/x", "1")) == [model.DOCKER_MANIFEST]

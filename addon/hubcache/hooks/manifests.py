@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import lmdb
 from mitmproxy import http
@@ -121,7 +121,7 @@ async def _revalidate(svc: Services, flow: http.HTTPFlow, st: FlowState, digest:
     if resp.status == 429 or resp.status >= 500:
         serve_stale(flow, st, m, f"upstream answered {resp.status}")
         return True
-    head = await _remember_tag(svc, st.route, resp.status, resp.header)
+    head = await _remember_tag(svc, st.route, resp.status, resp.header, flow.request.headers.get_all("accept"))
     if head is None:
         return False
     if head.digest == digest and head.media_type == media_type:
@@ -135,13 +135,23 @@ async def _revalidate(svc: Services, flow: http.HTTPFlow, st: FlowState, digest:
     return False
 
 
-async def _remember_tag(svc: Services, route: Route, status: int, header: Callable[[str], str]) -> checks.TagHead | None:
-    """Upstream answered a HEAD of a tag: record what the tag points to now (and its history)."""
+async def _remember_tag(svc: Services, route: Route, status: int, header: Callable[[str], str],
+                       accept: Iterable[str]) -> checks.TagHead | None:
+    """Upstream answered a HEAD of a tag (asked with the client's `accept`): record what the tag
+    points to now (and its history)."""
     head = checks.tag_head(header) if status == 200 and not route.by_digest else None
     if head is not None and head.media_type != SCHEMA1_SIGNED:
         await svc.in_writer(svc.the_store().put_tag, route.repository, route.reference, head.media_type,
-                            head.digest, head.size, time.time())
+                            head.digest, head.size, time.time(), False, _superseded(svc, route, accept, head.media_type))
     return head
+
+
+def _superseded(svc: Services, route: Route, accept: Iterable[str], chosen: str) -> list[str]:
+    """The tag's other records that the client accepted too: upstream, asked with this Accept,
+    answered `chosen`, so what they say is out of date (a tag that moved from an OCI to a Docker
+    manifest must not keep its OCI record, which a client accepting both would be served)."""
+    parsed = Accept.parse(accept)
+    return [m for m in svc.the_store().tag_records(route.repository, route.reference) if m != chosen and parsed.accepts(m)]
 
 
 async def after_upstream(svc: Services, flow: http.HTTPFlow, st: FlowState) -> None:
@@ -154,7 +164,8 @@ async def after_upstream(svc: Services, flow: http.HTTPFlow, st: FlowState) -> N
     if resp.status_code == 429 and st.stale is not None:
         serve_stale(flow, st, st.stale, "pull limit reached: upstream answered 429")
     if flow.request.method == "HEAD":
-        await _remember_tag(svc, st.route, resp.status_code, lambda name: resp.headers.get(name, ""))
+        await _remember_tag(svc, st.route, resp.status_code, lambda name: resp.headers.get(name, ""),
+                            flow.request.headers.get_all("accept"))
 
 
 async def _fetch(svc: Services, flow: http.HTTPFlow, st: FlowState) -> None:
@@ -204,11 +215,12 @@ async def _fetch_once(svc: Services, route: Route, url: str, headers: list[tuple
         log.warning("upstream manifest %s has no Content-Type: served, not stored", m.digest)
         return m
     store, tag = svc.the_store(), None if route.by_digest else route.reference
+    superseded = _superseded(svc, route, [v for k, v in headers if k == "Accept"], m.media_type) if tag else []
 
     def keep() -> None:  # on the writer thread, in one hand-over
         store.put_manifest(m.digest, m.media_type, m.body, seen)
         if tag is not None:
-            store.put_tag(route.repository, tag, m.media_type, m.digest, len(m.body), time.time())
+            store.put_tag(route.repository, tag, m.media_type, m.digest, len(m.body), time.time(), False, superseded)
 
     try:
         await svc.in_writer(keep)  # awaited: the client's next request must find it

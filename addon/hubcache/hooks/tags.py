@@ -32,6 +32,8 @@ async def handle(svc: Services, flow: http.HTTPFlow, st: FlowState) -> None:
         _partial(svc, flow, st, str(e))
         return
     flow.response = http.Response.make(resp.status, resp.body, client.relayable(resp.headers))
+    if flow.request.method == "HEAD" and resp.header("content-length").isdigit():  # the length a GET would have
+        flow.response.headers["Content-Length"] = resp.header("content-length")
     st.outcome = Outcome.PASSTHROUGH
 
 

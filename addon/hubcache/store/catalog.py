@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import struct
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 
 from hubcache.model import Manifest, TagRecord
 from hubcache.store.txn import Transactions, Txn
@@ -100,9 +100,10 @@ class Catalog:
         }
 
     def put_tag(self, repository: str, tag: str, media_type: str, digest: str, size: int, now: float,
-                only: bool = False) -> bool:
-        """Record that upstream says tag -> digest now (for clients asking for `media_type`; with
-        `only`, for everyone: a push replaced whatever the tag was). Returns True when the digest
+                only: bool = False, replaces: Collection[str] = ()) -> bool:
+        """Record that upstream says tag -> digest now, for clients asking for `media_type`. The
+        records of the media types in `replaces` go (upstream chose this one over them), and with
+        `only` all others (a push replaced whatever the tag was). Returns True when the digest
         changed."""
         key = f"{repository}:{tag}".encode()
 
@@ -112,6 +113,8 @@ class Catalog:
             old = records.get(media_type)
             if only:
                 records = {}
+            for other in replaces:
+                records.pop(other, None)
             changed = old is None or old["digest"] != digest
             fetched = old["fetched"] if old is not None and not changed else now
             records[media_type] = {"digest": digest, "size": size, "fetched": fetched, "confirmed": now}

@@ -9,7 +9,7 @@ import fcntl
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import IO
 
@@ -155,10 +155,10 @@ class Store:
         return self._catalog.tag_records(repository, tag)
 
     def put_tag(self, repository: str, tag: str, media_type: str, digest: str, size: int, now: float,
-                only: bool = False) -> bool:
-        """Record that upstream says tag -> digest now (`only`: for every media type, as after a
-        push). Returns True when the digest changed."""
-        return self._catalog.put_tag(repository, tag, media_type, digest, size, now, only)
+                only: bool = False, replaces: Collection[str] = ()) -> bool:
+        """Record that upstream says tag -> digest now (see Catalog.put_tag for `only` and
+        `replaces`). Returns True when the digest changed."""
+        return self._catalog.put_tag(repository, tag, media_type, digest, size, now, only, replaces)
 
     def tag_history(self, repository: str, tag: str | None = None) -> list[tuple[str, float, str, str]]:
         """(tag, time, media type, digest) for every recorded change, oldest first."""
