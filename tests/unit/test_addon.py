@@ -241,3 +241,27 @@ def test_a_tag_that_moved_to_another_media_type_is_fetched_once_not_at_every_pul
         assert r.status_code == 200 and r.content == new
     assert calls == ["HEAD", "GET"]  # then hits: the OCI record upstream no longer gives is gone
     assert list(store.tag_records("library/x", "1")) == [model.DOCKER_MANIFEST]
+
+
+@pytest.mark.parametrize("path, scope", [
+    ("/v2/library/x/tags/list?n=10", "repository:library/x:pull"),
+    ("/v2/_catalog", "registry:catalog:*"),
+    (f"/v2/library/x/referrers/sha256:{'a' * 64}", "repository:library/x:pull"),
+])
+def test_reads_hubcache_does_not_cache_go_with_a_pool_token_of_their_scope_in_place_of_a_local_one(hub, path, scope):
+    from hubcache.upstream import client
+
+    scopes = []
+
+    async def auth(client_auth, asked):
+        scopes.append(asked)
+        return "Bearer pool-token", "alice"
+
+    async def upstream(method, url, headers, kind=""):
+        return client.UpstreamResponse(200, {"content-type": "application/json"}, b'{"tags": []}')
+
+    hub.dockerhub.authorization, hub.dockerhub.request = auth, upstream
+    f = flow(path, headers=[("Authorization", "Bearer hubcache.local")])
+    asyncio.run(hub.request(f))
+    assert scopes == [scope]
+    assert f.response is not None or f.request.headers["authorization"] == "Bearer pool-token"
