@@ -42,26 +42,29 @@ def test_sigkill_during_cold_pulls_leaves_a_store_that_verifies(upstream, start_
     policy = tmp_path / "policy.json"
     policy.write_text('{"default":[{"type":"insecureAcceptAnything"}]}')
     kills = interrupted = 0
+    # The CDN paced like an internet link (20 MB/s per connection): a layer takes about a second
+    # to arrive, so most kills land while a blob is being written, not before or after it.
     (tmp_path / "k").mkdir()
-    for i in range(50):
-        if i % 10 == 0 and i:
-            for p in hub.store.iterdir():  # a fresh store now and then, so most pulls stay cold
-                p.unlink()
-        if hub.proc is None:
-            hub.start()
-        client = subprocess.Popen(
-            ["skopeo", "--policy", str(policy), "copy", "--quiet", "--src-cert-dir", str(certs), "--src-no-creds",
-             f"docker://docker.io/{images[i % len(images)]}:1", f"dir:{tmp_path / 'k' / str(i)}"],
-            env=client_env(hub.url), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        time.sleep(rng.uniform(0.2, 1.2))  # skopeo starts in ~0.2 s; a cold pull here takes ~1 s
-        hub.kill()
-        kills += 1
-        client.send_signal(signal.SIGKILL)
-        client.wait()
-        report = verify(hub.store)
-        assert " 0 did not match" in report, report
-        interrupted += int(report.split("; ")[1].split()[0])
+    with upstream.cdn_rate(20e6):
+        for i in range(50):
+            if i % 10 == 0 and i:
+                for p in hub.store.iterdir():  # a fresh store now and then, so most pulls stay cold
+                    p.unlink()
+            if hub.proc is None:
+                hub.start()
+            client = subprocess.Popen(
+                ["skopeo", "--policy", str(policy), "copy", "--quiet", "--src-cert-dir", str(certs), "--src-no-creds",
+                 f"docker://docker.io/{images[i % len(images)]}:1", f"dir:{tmp_path / 'k' / str(i)}"],
+                env=client_env(hub.url), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )
+            time.sleep(rng.uniform(0.2, 1.2))  # skopeo starts in ~0.2 s; at 20 MB/s a cold pull takes ~1.5 s
+            hub.kill()
+            kills += 1
+            client.send_signal(signal.SIGKILL)
+            client.wait()
+            report = verify(hub.store)
+            assert " 0 did not match" in report, report
+            interrupted += int(report.split("; ")[1].split()[0])
     assert kills == 50
     assert interrupted > 0  # some kills did land in the middle of a blob write
     hub.start()
