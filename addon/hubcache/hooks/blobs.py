@@ -18,7 +18,7 @@ from hubcache.hooks import responses
 from hubcache.hooks.auth import allowed
 from hubcache.hooks.fallback import go_upstream, not_stored, send_upstream
 from hubcache.hooks.flowstate import FlowState
-from hubcache.hooks.services import Services, owner_of, url_of
+from hubcache.hooks.services import Services, client_of, owner_of, url_of
 from hubcache.model import BlobInfo, Kind, Outcome
 from hubcache.serve.flights import Flight
 from hubcache.settings import DIRECT_HOST
@@ -200,7 +200,7 @@ def _hand_out(svc: Services, flow: http.HTTPFlow, st: FlowState, digest: str, si
     listener's answer to the client."""
     server = svc.blobserver
     assert server is not None  # open whenever the store is
-    path = server.path(digest, pending)
+    path = server.path(digest, pending, client_of(flow))
     least = svc.settings.direct_min
     if server.tls_port and least is not None and size >= max(least, 1):
         flow.response = http.Response.make(307, b"", {"Location": f"https://{DIRECT_HOST}{path}",

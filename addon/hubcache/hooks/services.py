@@ -70,6 +70,12 @@ def url_of(flow: http.HTTPFlow) -> str:
     return f"https://{req.host}{port}{req.path}"
 
 
+def client_of(flow: http.HTTPFlow) -> str:
+    """The client as the log names it: its address and port."""
+    peer = flow.client_conn.peername
+    return f"{peer[0]}:{peer[1]}" if peer else "?"
+
+
 def owner_of(flow: http.HTTPFlow, st: FlowState) -> str:
     """Who may share a download made with a client's own login: the same login, same repository."""
     auth = flow.request.headers.get("authorization", "")

@@ -21,13 +21,14 @@ import os
 import re
 import socket
 import ssl
+import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlencode
 
 from hubcache.model import BlobInfo, is_digest, oci_error_body
 from hubcache.settings import DIRECT_HOST
@@ -95,6 +96,7 @@ class _Handler(BaseHTTPRequestHandler):
     def setup(self) -> None:
         super().setup()
         self._buf: memoryview | None = None  # the connection's read buffer (see _send)
+        self._sent = 0  # body bytes sent on this connection
         # Room for several chunks in the kernel (not in RSS): fewer wake-ups per blob.
         self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
 
@@ -161,8 +163,16 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 self._follow(digest, blob_id, size, start, end)
         except StoreError as e:
-            log.warning("serving %s stopped: %s", digest, e)
+            log.warning("serving %s to %s stopped after %d of %d bytes: %s", digest, self._client(query), self._sent, end - start, e)
             self.close_connection = True
+        except OSError as e:  # the client went away (a cancelled job): expected, not a fault
+            log.info("client %s went away after %d of %d bytes of %s (%s)", self._client(query), self._sent, end - start,
+                     digest, e.strerror or type(e).__name__)
+            self.close_connection = True
+
+    def _client(self, query: str) -> str:
+        """Who the blob is for: the client the addon named in the signed URL, else the peer."""
+        return parse_qs(query).get("client", [""])[0] or str(self.client_address[0])
 
     def _await_size(self, digest: str, blob_id: bytes) -> int:
         """The size of a blob being downloaded (-1 when its download failed). Upstream did not
@@ -212,6 +222,7 @@ class _Handler(BaseHTTPRequestHandler):
         sock = self.connection
         for piece in self.server.store.send_blob(info, self._buf, start, end):
             sock.sendall(piece)
+            self._sent += len(piece)
 
     def log_message(self, format: str, *args: object) -> None:
         pass
@@ -219,6 +230,15 @@ class _Handler(BaseHTTPRequestHandler):
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A connection that fails outside a transfer: a client that went away is one line, not
+        socketserver's traceback on stderr; anything else is a bug, logged with its traceback."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, OSError):
+            log.info("blob client %s went away: %s", client_address[0], exc.strerror or type(exc).__name__)
+        else:
+            log.exception("blob server: the connection from %s failed", client_address[0])
     store: Store
     wait: Callable[[str, float], None]  # (digest, timeout): until a download makes progress
     signed: Callable[[str, str], bool]  # (digest, query): a URL the addon made, not expired
@@ -260,9 +280,11 @@ class BlobServer:
         self.port = self._servers[0].server_address[1]
         self.tls_port = self._servers[1].server_address[1] if tls is not None else 0
 
-    def path(self, digest: str, pending: bytes = b"") -> str:
-        """A signed path for `digest` (`pending`: the blob id of its download under way)."""
+    def path(self, digest: str, pending: bytes = b"", client: str = "") -> str:
+        """A signed path for `digest` (`pending`: the blob id of its download under way; `client`:
+        who it is for, named in the log line of a cancelled transfer)."""
         query = f"exp={int(time.time()) + URL_TTL}" + (f"&pending={pending.hex()}" if pending else "")
+        query += f"&{urlencode({'client': client})}" if client else ""
         return f"{PATH_PREFIX}{digest}?{query}&sig={self._sign(digest, query)}"
 
     def _sign(self, digest: str, query: str) -> str:

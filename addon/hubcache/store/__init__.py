@@ -2,7 +2,7 @@
 
 from hubcache.store.blobs import CHUNK_SIZE
 from hubcache.store.errors import DigestMismatch, StoreError, StoreInUse
-from hubcache.store.facade import Store
+from hubcache.store.facade import Store, probe
 from hubcache.store.writer import BATCH_BYTES, WRITE_BUDGET, BlobWriter
 
-__all__ = ["BATCH_BYTES", "CHUNK_SIZE", "WRITE_BUDGET", "BlobWriter", "DigestMismatch", "Store", "StoreError", "StoreInUse"]
+__all__ = ["BATCH_BYTES", "CHUNK_SIZE", "WRITE_BUDGET", "BlobWriter", "DigestMismatch", "Store", "StoreError", "StoreInUse", "probe"]

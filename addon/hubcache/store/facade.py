@@ -44,6 +44,21 @@ def _take_lock(path: Path) -> IO[str]:
     return lock
 
 
+def probe(path: str | os.PathLike) -> None:
+    """Whether a Store could open at `path`: the directory exists or can be made, and its lock is
+    free (raises StoreInUse naming the holder, or StoreError saying what is wrong)."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise StoreError(f"store {p} is a file, not a directory")
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        _take_lock(p).close()
+    except StoreError:
+        raise
+    except OSError as e:
+        raise StoreError(f"store {p} cannot be used: {e.strerror or e}") from e
+
+
 class Store:
     """hubcache's LMDB store at `path`, capped at `max_size` bytes of content (0: no cap).
     `clock` dates access times and manifests (tests pass their own, to order accesses)."""

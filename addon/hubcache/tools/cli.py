@@ -12,6 +12,7 @@ import time
 
 from hubcache import __version__, logs
 from hubcache.settings import DEFAULT_HOME
+from hubcache.tools import preflight
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,17 +45,24 @@ def _history(args: argparse.Namespace) -> int:
 
     try:
         repository, tag = parse_image(args.image)
-        store = Store(args.store, readonly=True)
-    except (ValueError, StoreError) as e:
+    except ValueError as e:
         print(f"hubcache: {e}", file=sys.stderr)
-        return 2
+        return preflight.EXIT_USAGE
+    try:
+        store = Store(preflight.existing_store(args.store), readonly=True)
+    except preflight.Problem as e:
+        print(f"hubcache: {e}", file=sys.stderr)
+        return e.code
+    except StoreError as e:
+        print(f"hubcache: {e}", file=sys.stderr)
+        return preflight.EXIT_STORE_UNUSABLE
     try:
         rows = store.tag_history(repository, tag)
     finally:
         store.close()
     if not rows:
         print(f"hubcache: no recorded tag changes for {args.image}", file=sys.stderr)
-        return 1
+        return preflight.EXIT_PROBLEM
     for name, when, media_type, digest in rows:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when))
         print(f"{stamp}  docker.io/{repository}:{name}  " + (f"{digest}  {media_type}" if digest else "(deleted)"))
@@ -62,13 +70,19 @@ def _history(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from hubcache.store import Store, StoreError
+    from hubcache.store import Store, StoreError, StoreInUse
 
     try:
-        store = Store(args.store)
+        store = Store(preflight.existing_store(args.store))
+    except preflight.Problem as e:
+        print(f"hubcache: {e}", file=sys.stderr)
+        return e.code
+    except StoreInUse as e:
+        print(f"hubcache: {e}: stop it first (verify needs the store to itself)", file=sys.stderr)
+        return preflight.EXIT_STORE_IN_USE
     except StoreError as e:
-        print(f"hubcache: {e} (stop it first)", file=sys.stderr)
-        return 2
+        print(f"hubcache: {e}", file=sys.stderr)
+        return preflight.EXIT_STORE_UNUSABLE
     try:
         r = store.verify()
     finally:
@@ -98,7 +112,13 @@ async def _run(args: argparse.Namespace) -> int:
         opts.set(*args.sets)
     except exceptions.OptionsError as e:
         print(f"hubcache: {e}", file=sys.stderr)
-        return 2
+        return preflight.EXIT_USAGE
+    try:
+        preflight.check_store(opts.hubcache_store)
+        preflight.check_port(opts.listen_host, opts.listen_port)
+    except preflight.Problem as e:
+        print(f"hubcache: {e}", file=sys.stderr)
+        return e.code
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, master.shutdown)
@@ -108,7 +128,11 @@ async def _run(args: argparse.Namespace) -> int:
         f"store {args.store}, CA to trust: {os.path.join(args.confdir, 'mitmproxy-ca-cert.pem')}",
         flush=True,
     )
-    await master.run()
+    try:
+        await master.run()
+    except exceptions.OptionsError as e:  # the store could not open after all (taken meanwhile)
+        print(f"hubcache: {e}", file=sys.stderr)
+        return preflight.EXIT_STORE_UNUSABLE
     return 0
 
 
