@@ -229,7 +229,7 @@ def test_history_command_reads_a_store_in_use(tmp_path):
     assert len(lines) == 2 and "docker.io/library/postgres:12.2" in lines[0]
     assert lines[0].split()[2] == "sha256:" + "1" * 64 and lines[1].split()[2] == "sha256:" + "2" * 64
     busy = subprocess.run([hubcache, "verify", "--store", tmp_path / "s"], capture_output=True, text=True)
-    assert busy.returncode == 2 and "in use by pid" in busy.stderr
+    assert busy.returncode == 3 and "in use by pid" in busy.stderr  # EXIT_STORE_IN_USE, as for hubcache run (README)
     s.close()
 
 
