@@ -71,12 +71,13 @@ class CurlBlob:
     """`curl -L` GET of /v2/<repo>/blobs/<digest> on the registry host through hubcache: its own
     process, so a test can kill it by PID; the body goes to a file as it arrives."""
 
-    def __init__(self, hub, repo: str, digest: str, token: str, out: Path) -> None:
+    def __init__(self, hub, repo: str, digest: str, token: str, out: Path, rate: str = "") -> None:
         self.out = out
         self.err = out.with_name(out.name + ".err")
         with open(self.err, "wb") as err:
             self.proc = subprocess.Popen(
                 ["curl", "-sS", "-f", "-L", "--max-time", "120", "--proxy", hub.url, "--cacert", str(hub.ca_cert),
+                 *(["--limit-rate", rate] if rate else []),
                  "-H", f"Authorization: Bearer {token}", "-o", str(out), f"https://{REG}/v2/{repo}/blobs/{digest}"],
                 env=client_env(None), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
             )
@@ -109,8 +110,8 @@ def curl(tmp_path):
     is killed by its PID."""
     started: list[CurlBlob] = []
 
-    def start(hub, repo: str, digest: str, token: str, name: str) -> CurlBlob:
-        c = CurlBlob(hub, repo, digest, token, tmp_path / name)
+    def start(hub, repo: str, digest: str, token: str, name: str, rate: str = "") -> CurlBlob:
+        c = CurlBlob(hub, repo, digest, token, tmp_path / name, rate)
         started.append(c)
         return c
 
@@ -351,3 +352,22 @@ def test_a_transfer_whose_only_client_went_away_is_stored_all_the_same(upstream,
     assert c.sha256() == layer and c.received() == size
     assert seen_since(upstream, mark) == [], (
         f"not stored after its only client went away; the CDN transfer (status, bytes sent of {size}): {transfer}")
+
+
+def test_clients_killed_mid_download_leave_one_line_each_and_no_traceback(upstream, start_hubcache, curl):
+    """A cancelled CI job is an everyday event: each transfer it cuts is one log line naming the
+    client and the bytes it got, cold (following a download under way) and warm (from the store)."""
+    layer, size, hub, token, _ = one_blob(upstream, start_hubcache, "library/cancelled", 24 * MiB)
+    with upstream.cdn_rate(4e6):  # cold: the download takes seconds; the client leaves in the middle
+        cold = curl(hub, "library/cancelled", layer, token, "cold")
+        assert wait_until(lambda: cold.received() >= MiB, 30), cold.stderr()
+        cold.kill()
+    assert wait_until(lambda: "stored " + layer in hub.log(), 60)  # the download went on without it
+    warm = curl(hub, "library/cancelled", layer, token, "warm", rate="2M")  # warm: from the store, slowly
+    assert wait_until(lambda: warm.received() >= MiB, 30), warm.stderr()
+    warm.kill()
+    gone = lambda: [line for line in hub.log().splitlines() if "went away after" in line and layer in line]  # noqa: E731
+    assert wait_until(lambda: len(gone()) >= 2, 10), hub.log()[-3000:]
+    for line in gone():
+        assert "hubcache: client 127.0.0.1:" in line and f" of {size} bytes of {layer}" in line
+    assert "Traceback" not in hub.log()
