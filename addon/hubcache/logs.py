@@ -1,16 +1,21 @@
-"""hubcache's log lines: every module logs to `logging.getLogger(__name__)`; this puts the
-`hubcache: ` prefix operators grep for in front of each of their messages, in one place.
+"""hubcache's log lines: every module logs to `logging.getLogger(__name__)`; this module puts
+the `hubcache: ` prefix operators grep for in front of each of their messages, and, with
+`hubcache_log_format=json`, makes every line of the process one JSON object.
 
-mitmproxy's own handler formats the records (time, then the message), so the prefix cannot be a
-handler's format: it is added when a record of a `hubcache.*` logger is made.
+mitmproxy's own handler writes the lines (time, then the message), so the prefix cannot be a
+handler's format: it is added when a record of a `hubcache.*` logger is made. Records may carry
+`event` (what happened: request, store_opened, ...) and `fields` (its data) for the JSON form.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import time
 from typing import Any
 
 PREFIX = "hubcache: "
+LEVELS = ("debug", "info", "warning", "error")
 _installed = False
 
 
@@ -29,3 +34,30 @@ def install() -> None:
         return record
 
     logging.setLogRecordFactory(factory)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record: time, level, logger, event, message, then the event's fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        out: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "event": getattr(record, "event", "message"),
+            "message": message.removeprefix(PREFIX),
+        }
+        out.update(getattr(record, "fields", {}))
+        if record.exc_info:
+            out["traceback"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str)
+
+
+def configure(fmt: str, level: str) -> None:
+    """Apply hubcache_log_format (text or json: every handler of the root logger, mitmproxy's
+    included, writes JSON) and hubcache_log_level (hubcache's own loggers)."""
+    logging.getLogger("hubcache").setLevel(level.upper())
+    for handler in logging.getLogger().handlers:
+        if fmt == "json" and not isinstance(handler.formatter, JsonFormatter):
+            handler.setFormatter(JsonFormatter())

@@ -137,6 +137,8 @@ class Settings:
     pin_time: float | None = None
     offline_private: str = "refuse"
     offline: bool = False
+    log_format: str = "text"
+    log_level: str = "info"
     # mitmproxy's own options that hubcache's own connections honour
     ssl_insecure: bool = False
     ssl_verify_upstream_trusted_ca: str | None = None
@@ -192,6 +194,8 @@ _PARSERS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "hubcache_pin_time": ("pin_time", parse_time),
     "hubcache_offline_private": ("offline_private", _one_of("refuse", "allow")),
     "hubcache_offline": ("offline", _same),
+    "hubcache_log_format": ("log_format", _one_of("text", "json")),
+    "hubcache_log_level": ("log_level", _one_of("debug", "info", "warning", "error")),
     "ssl_insecure": ("ssl_insecure", _same),
     "ssl_verify_upstream_trusted_ca": ("ssl_verify_upstream_trusted_ca", _same),
     "ssl_verify_upstream_trusted_confdir": ("ssl_verify_upstream_trusted_confdir", _same),
@@ -224,6 +228,8 @@ def load(loader: Any) -> None:
         "without asking upstream: replays a past pipeline.")
     add("hubcache_offline_private", str, "refuse", "When upstream cannot confirm a client may pull a private repository: refuse (default) or allow.")
     add("hubcache_offline", bool, False, "Never contact upstream: serve what the store has, answer misses with an error.")
+    add("hubcache_log_format", str, "text", "text: one line per event, columns as documented; json: every line one JSON object.")
+    add("hubcache_log_level", str, "info", "Lowest level of hubcache's log lines: debug, info, warning or error.")
 
 
 def mitmproxy_defaults(options: Any, settings: Settings) -> dict[str, object]:

@@ -202,3 +202,21 @@ def test_size_cap_evicts_least_recently_used(upstream, start_hubcache, certs, tm
         assert store.blob_info(b.layer_digests[0]) is not None
     finally:
         store.close()
+
+
+def test_with_json_logs_every_line_of_a_pull_is_an_object_with_the_request_fields(upstream, start_hubcache, certs, tmp_path):
+    import json
+
+    img = upstream.push_image("library/jsonlogged", "1", [(300_000, 77)])
+    hub = start_hubcache("hubcache_log_format=json")
+    pull_ok("docker.io/library/jsonlogged:1", tmp_path / "pulled", hub, certs)
+    lines = [line for line in hub.log().splitlines() if line.strip()]
+    records = [json.loads(line) for line in lines]  # every line parses
+    assert all({"time", "level", "event", "message"} <= r.keys() for r in records)
+    requests = [r for r in records if r["event"] == "request"]
+    assert {r["reference"] for r in requests} >= {"1", *img.layer_digests}
+    for r in requests:
+        assert r["outcome"] in {"hit", "miss", "revalidated", "stale", "passthrough", "rejected", "refused", "error"}
+        assert {"kind", "registry", "repository", "status", "bytes", "duration_ms", "client", "account", "note"} <= r.keys()
+        assert r["client"].startswith("127.0.0.1:")
+    assert any(r["event"] == "start" and r["store"] for r in records)

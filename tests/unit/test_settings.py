@@ -17,7 +17,8 @@ def options(**overrides):
         "hubcache_credentials": "", "hubcache_docker_config": "", "hubcache_budget_reserve": 0,
         "hubcache_metrics_listen": "", "hubcache_upstream_timeout": 15, "hubcache_connect_timeout": 5,
         "hubcache_backoff": 30, "hubcache_pin_time": "", "hubcache_offline_private": "refuse",
-        "hubcache_offline": False, "ssl_insecure": False, "ssl_verify_upstream_trusted_ca": None,
+        "hubcache_offline": False, "hubcache_log_format": "text", "hubcache_log_level": "info",
+        "ssl_insecure": False, "ssl_verify_upstream_trusted_ca": None,
         "ssl_verify_upstream_trusted_confdir": None, "tcp_timeout": 60,
     }
     assert set(values) == set(_PARSERS)  # the test covers every option the settings read

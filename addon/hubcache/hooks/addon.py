@@ -70,6 +70,8 @@ class HubCache:
         except (SettingsError, CredentialsError) as e:
             raise exceptions.OptionsError(str(e)) from e
         self._configured = True
+        if {"hubcache_log_format", "hubcache_log_level"} & set(updated):
+            logs.configure(svc.settings.log_format, svc.settings.log_level)
         # The store opens when the proxy runs (not while options are still being set, which would
         # open and lock the default store first) and again whenever hubcache_store changes then.
         if self._running and ("hubcache_store" in updated or svc.store is None):

@@ -69,7 +69,17 @@ def log_request(flow: http.HTTPFlow, st: FlowState, metrics: Metrics) -> None:
     status = flow.response.status_code if flow.response and not flow.error else "-"
     what = " ".join(x for x in (st.route.kind.value, st.repo, st.ref) if x)
     ms = (time.monotonic() - st.started) * 1000
-    line = f"{st.outcome.value:<11} {flow.request.method:<4} {what} {status} {ms:.0f}ms"
+    peer = flow.client_conn.peername
+    client = f"{peer[0]}:{peer[1]}" if peer else "-"
+    line = f"{st.outcome.value:<11} {flow.request.method:<4} {what} {status} {ms:.0f}ms {client}"
     if st.note:
         line += f" ({st.note})"
-    (log.warning if st.outcome in WARNED else log.info)("%s", line)
+    length = flow.response.headers.get("content-length", "") if flow.response is not None else ""
+    fields = {
+        "outcome": st.outcome.value, "method": flow.request.method, "kind": st.route.kind.value,
+        "registry": flow.request.pretty_host, "repository": st.repo, "reference": st.ref,
+        "status": status if isinstance(status, int) else None,
+        "bytes": st.direct_bytes or (int(length) if length.isdigit() else None),
+        "duration_ms": round(ms, 1), "client": client, "account": st.account or None, "note": st.note or None,
+    }
+    (log.warning if st.outcome in WARNED else log.info)("%s", line, extra={"event": "request", "fields": fields})

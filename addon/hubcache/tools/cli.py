@@ -123,11 +123,11 @@ async def _run(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, master.shutdown)
     os.makedirs(args.confdir, exist_ok=True)
-    print(
-        f"hubcache {__version__}: proxy on http://{args.listen_host}:{args.listen_port}, "
-        f"store {args.store}, CA to trust: {os.path.join(args.confdir, 'mitmproxy-ca-cert.pem')}",
-        flush=True,
-    )
+    ca = os.path.join(args.confdir, "mitmproxy-ca-cert.pem")
+    url = f"http://{opts.listen_host}:{opts.listen_port}"
+    logging.getLogger(__name__).info(  # a log line, so that it is JSON too with hubcache_log_format=json
+        "proxy on %s (hubcache %s), store %s, CA to trust: %s", url, __version__, opts.hubcache_store, ca,
+        extra={"event": "start", "fields": {"version": __version__, "proxy": url, "store": opts.hubcache_store, "ca": ca}})
     try:
         await master.run()
     except exceptions.OptionsError as e:  # the store could not open after all (taken meanwhile)
