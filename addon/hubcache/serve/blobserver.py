@@ -96,7 +96,7 @@ class _Handler(BaseHTTPRequestHandler):
     def setup(self) -> None:
         super().setup()
         self._buf: memoryview | None = None  # the connection's read buffer (see _send)
-        self._sent = 0  # body bytes sent on this connection
+        self._sent = 0  # body bytes of the current request sent so far
         # Room for several chunks in the kernel (not in RSS): fewer wake-ups per blob.
         self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
 
@@ -123,7 +123,9 @@ class _Handler(BaseHTTPRequestHandler):
         if not self.server.signed(digest, query):
             self._error(403, "DENIED", "this blob URL is not hubcache's, or it expired", send_body)
             return
-        pending = parse_qs(query).get("pending", [""])[0]
+        params = parse_qs(query)
+        pending = params.get("pending", [""])[0]
+        client = params.get("client", [""])[0] or str(self.client_address[0])  # the addon names it in the URL
         try:
             blob_id = bytes.fromhex(pending)
         except ValueError:
@@ -157,22 +159,19 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if not send_body:
             return
+        self._sent = 0  # a kept-alive connection serves several requests
         try:
             if info is not None:
                 self._send(info, start, end)
             else:
                 self._follow(digest, blob_id, size, start, end)
         except StoreError as e:
-            log.warning("serving %s to %s stopped after %d of %d bytes: %s", digest, self._client(query), self._sent, end - start, e)
+            log.warning("serving %s to %s stopped after %d of %d bytes: %s", digest, client, self._sent, end - start, e)
             self.close_connection = True
         except OSError as e:  # the client went away (a cancelled job): expected, not a fault
-            log.info("client %s went away after %d of %d bytes of %s (%s)", self._client(query), self._sent, end - start,
+            log.info("client %s went away after %d of %d bytes of %s (%s)", client, self._sent, end - start,
                      digest, e.strerror or type(e).__name__)
             self.close_connection = True
-
-    def _client(self, query: str) -> str:
-        """Who the blob is for: the client the addon named in the signed URL, else the peer."""
-        return parse_qs(query).get("client", [""])[0] or str(self.client_address[0])
 
     def _await_size(self, digest: str, blob_id: bytes) -> int:
         """The size of a blob being downloaded (-1 when its download failed). Upstream did not
