@@ -17,8 +17,8 @@ from hubcache.decide import access
 from hubcache.hooks import responses
 from hubcache.hooks.auth import allowed
 from hubcache.hooks.fallback import go_upstream, not_stored, send_upstream
-from hubcache.hooks.flowstate import FlowState
-from hubcache.hooks.services import Services, client_of, owner_of, url_of
+from hubcache.hooks.flowstate import FlowState, client_of
+from hubcache.hooks.services import Services, owner_of, url_of
 from hubcache.model import BlobInfo, Kind, Outcome
 from hubcache.serve.flights import Flight
 from hubcache.settings import DIRECT_HOST

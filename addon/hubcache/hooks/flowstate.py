@@ -55,31 +55,36 @@ def state_of(flow: http.HTTPFlow) -> FlowState | None:
     return st if isinstance(st, FlowState) else None
 
 
+def client_of(flow: http.HTTPFlow) -> str:
+    """The client as the log names it: its address and port."""
+    peer = flow.client_conn.peername
+    return f"{peer[0]}:{peer[1]}" if peer else "-"
+
+
 def log_request(flow: http.HTTPFlow, st: FlowState, metrics: Metrics) -> None:
     """The flow's one log line and its metrics, once: `hit GET manifest library/x 1 200 3ms (note)`."""
     if st.logged:
         return
     st.logged = True
     metrics.requests.labels(st.route.kind.value, st.outcome.value).inc()
-    if flow.response is not None and not flow.error and flow.request.method == "GET":
-        length = flow.response.headers.get("content-length", "")
+    length = flow.response.headers.get("content-length", "") if flow.response is not None else ""
+    size = st.direct_bytes or (int(length) if length.isdigit() else None)  # what the client is sent
+    if size is not None and not flow.error and flow.request.method == "GET":
         source = "store" if st.outcome in FROM_STORE else "upstream" if st.outcome is Outcome.MISS else ""
-        if source and (st.direct_bytes or length.isdigit()):
-            metrics.bytes.labels(source).inc(st.direct_bytes or int(length))
+        if source:
+            metrics.bytes.labels(source).inc(size)
     status = flow.response.status_code if flow.response and not flow.error else "-"
     what = " ".join(x for x in (st.route.kind.value, st.repo, st.ref) if x)
     ms = (time.monotonic() - st.started) * 1000
-    peer = flow.client_conn.peername
-    client = f"{peer[0]}:{peer[1]}" if peer else "-"
+    client = client_of(flow)
     line = f"{st.outcome.value:<11} {flow.request.method:<4} {what} {status} {ms:.0f}ms {client}"
     if st.note:
         line += f" ({st.note})"
-    length = flow.response.headers.get("content-length", "") if flow.response is not None else ""
     fields = {
         "outcome": st.outcome.value, "method": flow.request.method, "kind": st.route.kind.value,
         "registry": flow.request.pretty_host, "repository": st.repo, "reference": st.ref,
         "status": status if isinstance(status, int) else None,
-        "bytes": st.direct_bytes or (int(length) if length.isdigit() else None),
+        "bytes": size,
         "duration_ms": round(ms, 1), "client": client, "account": st.account or None, "note": st.note or None,
     }
     (log.warning if st.outcome in WARNED else log.info)("%s", line, extra={"event": "request", "fields": fields})

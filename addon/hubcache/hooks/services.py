@@ -52,9 +52,9 @@ class Services:
             raise RuntimeError("hubcache's store is not open")
         return self.store
 
-    async def in_writer(self, fn: Callable[..., T], *args: Any) -> T:
+    async def in_writer(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a store write on the writer thread: never on the event loop (LMDB commits fsync)."""
-        return await asyncio.get_running_loop().run_in_executor(self.writer, partial(fn, *args))
+        return await asyncio.get_running_loop().run_in_executor(self.writer, partial(fn, *args, **kwargs))
 
     async def upstream_auth(self, flow: http.HTTPFlow, st: FlowState, scope: str = "") -> str:
         """The Authorization for an upstream request on behalf of this client (st.account: as
@@ -68,12 +68,6 @@ def url_of(flow: http.HTTPFlow) -> str:
     req = flow.request
     port = "" if req.port == 443 else f":{req.port}"
     return f"https://{req.host}{port}{req.path}"
-
-
-def client_of(flow: http.HTTPFlow) -> str:
-    """The client as the log names it: its address and port."""
-    peer = flow.client_conn.peername
-    return f"{peer[0]}:{peer[1]}" if peer else "?"
 
 
 def owner_of(flow: http.HTTPFlow, st: FlowState) -> str:
