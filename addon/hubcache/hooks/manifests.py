@@ -142,7 +142,7 @@ async def _remember_tag(svc: Services, route: Route, status: int, header: Callab
     head = checks.tag_head(header) if status == 200 and not route.by_digest else None
     if head is not None and head.media_type != SCHEMA1_SIGNED:
         await svc.in_writer(svc.the_store().put_tag, route.repository, route.reference, head.media_type,
-                            head.digest, head.size, time.time(), False, _superseded(svc, route, accept, head.media_type))
+                            head.digest, head.size, time.time(), replaces=_superseded(svc, route, accept, head.media_type))
     return head
 
 
@@ -220,7 +220,7 @@ async def _fetch_once(svc: Services, route: Route, url: str, headers: list[tuple
     def keep() -> None:  # on the writer thread, in one hand-over
         store.put_manifest(m.digest, m.media_type, m.body, seen)
         if tag is not None:
-            store.put_tag(route.repository, tag, m.media_type, m.digest, len(m.body), time.time(), False, superseded)
+            store.put_tag(route.repository, tag, m.media_type, m.digest, len(m.body), time.time(), replaces=superseded)
 
     try:
         await svc.in_writer(keep)  # awaited: the client's next request must find it

@@ -33,14 +33,14 @@ async def _pushed(svc: Services, flow: http.HTTPFlow, st: FlowState, digest: str
     store, repo, ref = svc.the_store(), st.route.repository, st.route.reference
     body = flow.request.raw_content  # None when mitmproxy streamed it (over stream_large_bodies)
     media_type = flow.request.headers.get("content-type", "").split(";")[0].strip()
-    good = (body is not None and len(body) <= MAX_MANIFEST_BYTES and is_digest(digest) and sha256_digest(body) == digest
-            and media_type and (not st.route.by_digest or ref == digest))
-    if not good or body is None:
+    if body is None or len(body) > MAX_MANIFEST_BYTES or sha256_digest(body) != digest or not media_type \
+            or (st.route.by_digest and ref != digest):
         if st.route.by_digest:
             return
         if is_digest(digest) and media_type:  # the tag's new digest, without the manifest: the next pull fetches it
-            size = int(flow.request.headers.get("content-length", "0") or 0)
-            await svc.in_writer(store.put_tag, repo, ref, media_type, digest, size, time.time(), True)
+            length = flow.request.headers.get("content-length", "")
+            size = int(length) if length.isdigit() else 0
+            await svc.in_writer(store.put_tag, repo, ref, media_type, digest, size, time.time(), only=True)
             st.note = "pushed; tag updated, manifest not kept"
         else:
             await svc.in_writer(store.drop_tag, repo, ref)
