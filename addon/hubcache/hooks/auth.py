@@ -134,10 +134,8 @@ async def link_if_stored(svc: Services, st: FlowState, digest: str) -> None:
     """Upstream answered 200 for `digest` in the flow's repository: if the store has it, it
     belongs there now (public when hubcache's or a pool token asked, else private)."""
     store = svc.the_store()
-    if store.blob_info(digest) is None and store.get_manifest(digest) is None:
-        return
     seen = access.seen_as(st.route.repository, not st.account)
-    if seen not in store.repositories(digest):
+    if seen not in store.repositories(digest) and store.holds(digest):
         await svc.in_writer(store.note_repository, digest, seen)
 
 

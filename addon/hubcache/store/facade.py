@@ -136,6 +136,10 @@ class Store:
             self._lru.touch(digest)
         return m
 
+    def holds(self, digest: str) -> bool:
+        """Whether a manifest or blob of this digest is stored (not an access: its LRU age stays)."""
+        return self._blobs.info(digest) is not None or self._catalog.get_manifest(digest) is not None
+
     def put_manifest(self, digest: str, media_type: str, body: bytes, repository: str) -> None:
         if sha256_digest(body) != digest:
             raise DigestMismatch(f"manifest body does not match {digest}")
