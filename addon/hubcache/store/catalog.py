@@ -134,17 +134,37 @@ class Catalog:
 
         def op(txn: Txn) -> None:
             raw = txn.get(key, db=self._tags)
-            if raw is None:
-                return
-            records = {m: r for m, r in json.loads(raw).items() if digest is not None and r["digest"] != digest}
-            if records:
-                txn.put(key, json.dumps(records).encode(), db=self._tags)
-            else:
-                txn.delete(key, db=self._tags)
-                hkey = key + b"\0" + struct.pack(">Q", int(now * 1000))
-                txn.put(hkey, json.dumps({"media_type": "", "digest": "", "size": 0}).encode(), db=self._history)
+            if raw is not None:
+                self._drop_records(txn, key, json.loads(raw), now, digest)
 
         self._txns.write(op)
+
+    def _drop_records(self, txn: Txn, key: bytes, records: dict[str, dict], now: float, digest: str | None) -> None:
+        kept = {m: r for m, r in records.items() if digest is not None and r["digest"] != digest}
+        if kept:
+            txn.put(key, json.dumps(kept).encode(), db=self._tags)
+        else:
+            txn.delete(key, db=self._tags)
+            hkey = key + b"\0" + struct.pack(">Q", int(now * 1000))
+            txn.put(hkey, json.dumps({"media_type": "", "digest": "", "size": 0}).encode(), db=self._history)
+
+    def forget_in_repository(self, txn: Txn, digest: str, repository: str, seen: Iterable[str], now: float) -> None:
+        """A manifest deleted from `repository`: no tag of it points to it any more, and it no
+        longer belongs there (`seen`: its repos entries for that repository). One pass over the
+        repository's tags, inside the caller's write transaction."""
+        prefix = f"{repository}:".encode()
+        cur = txn.cursor(db=self._tags)
+        found = []
+        if cur.set_range(prefix):
+            for key, raw in cur:
+                if not bytes(key).startswith(prefix):
+                    break
+                records = json.loads(raw)
+                if any(r["digest"] == digest for r in records.values()):
+                    found.append((bytes(key), records))
+        for key, records in found:  # changed after the walk: a cursor's table is not written under it
+            self._drop_records(txn, key, records, now, digest)
+        self.unlink(txn, digest.encode(), seen)
 
     def tags(self, repository: str) -> list[str]:
         """The tags of `repository` that hubcache has a record of, sorted."""
@@ -161,11 +181,6 @@ class Catalog:
             return out
 
         return sorted(self._txns.read(op))
-
-    def tags_pointing_to(self, repository: str, digest: str) -> list[str]:
-        """The tags of `repository` whose record points to `digest`."""
-        return [t for t in self.tags(repository)
-                if any(r.digest == digest for r in self.tag_records(repository, t).values())]
 
     def tag_history(self, repository: str, tag: str | None = None) -> list[tuple[str, float, str, str]]:
         """(tag, time, media type, digest) for every recorded change, oldest first."""

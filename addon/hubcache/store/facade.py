@@ -166,9 +166,8 @@ class Store:
     def remove_from_repository(self, digest: str, repository: str, seen: list[str]) -> None:
         """A manifest deleted from `repository` upstream: it no longer belongs there (`seen`:
         its repos entries for that repository), and no tag of it points to it."""
-        for tag in self._catalog.tags_pointing_to(repository, digest):
-            self._catalog.drop_tag(repository, tag, self._clock(), digest)
-        self._txns.write(lambda txn: self._catalog.unlink(txn, digest.encode(), seen))
+        now = self._clock()
+        self._txns.write(lambda txn: self._catalog.forget_in_repository(txn, digest, repository, seen, now))
 
     def tag_records(self, repository: str, tag: str) -> dict[str, TagRecord]:
         return self._catalog.tag_records(repository, tag)
