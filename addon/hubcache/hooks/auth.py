@@ -61,17 +61,19 @@ async def other(svc: Services, flow: http.HTTPFlow, st: FlowState) -> None:
     means nothing upstream; the registry then asks the client to log in, as it would directly)."""
     if not tokens.is_local(flow.request.headers.get("authorization", "")):
         return
-    scope = ""
-    if flow.request.method in ("GET", "HEAD"):
-        scope = f"repository:{st.route.repository}:pull" if st.route.repository else CATALOG_SCOPE if _is_catalog(flow) else ""
-    if scope:
+    if scope := _read_scope(flow, st):
         await send_upstream(svc, flow, st, scope)
     else:
         del flow.request.headers["authorization"]
 
 
-def _is_catalog(flow: http.HTTPFlow) -> bool:
-    return flow.request.path.split("?", 1)[0] == "/v2/_catalog"
+def _read_scope(flow: http.HTTPFlow, st: FlowState) -> str:
+    """The token scope a read needs ("" for a write, or a path with no known scope)."""
+    if flow.request.method not in ("GET", "HEAD"):
+        return ""
+    if st.route.repository:
+        return f"repository:{st.route.repository}:pull"
+    return CATALOG_SCOPE if flow.request.path.split("?", 1)[0] == "/v2/_catalog" else ""
 
 
 async def allowed(svc: Services, flow: http.HTTPFlow, st: FlowState, digest: str) -> bool:

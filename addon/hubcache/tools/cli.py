@@ -41,21 +41,16 @@ def _parser() -> argparse.ArgumentParser:
 
 def _history(args: argparse.Namespace) -> int:
     from hubcache.decide.routes import parse_image
-    from hubcache.store import Store, StoreError
 
     try:
         repository, tag = parse_image(args.image)
+        store = preflight.open_existing(args.store, readonly=True)
     except ValueError as e:
         print(f"hubcache: {e}", file=sys.stderr)
         return preflight.EXIT_USAGE
-    try:
-        store = Store(preflight.existing_store(args.store), readonly=True)
     except preflight.Problem as e:
         print(f"hubcache: {e}", file=sys.stderr)
         return e.code
-    except StoreError as e:
-        print(f"hubcache: {e}", file=sys.stderr)
-        return preflight.EXIT_STORE_UNUSABLE
     try:
         rows = store.tag_history(repository, tag)
     finally:
@@ -70,19 +65,11 @@ def _history(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from hubcache.store import Store, StoreError, StoreInUse
-
     try:
-        store = Store(preflight.existing_store(args.store))
+        store = preflight.open_existing(args.store)
     except preflight.Problem as e:
         print(f"hubcache: {e}", file=sys.stderr)
         return e.code
-    except StoreInUse as e:
-        print(f"hubcache: {e}: stop it first (verify needs the store to itself)", file=sys.stderr)
-        return preflight.EXIT_STORE_IN_USE
-    except StoreError as e:
-        print(f"hubcache: {e}", file=sys.stderr)
-        return preflight.EXIT_STORE_UNUSABLE
     try:
         r = store.verify()
     finally:

@@ -8,7 +8,7 @@ import errno
 import socket
 from pathlib import Path
 
-from hubcache.store import StoreError, StoreInUse, probe
+from hubcache.store import Store, StoreError, StoreInUse, probe
 
 EXIT_PROBLEM = 1  # the command ran and found something wrong (verify: a bad store, history: nothing recorded)
 EXIT_USAGE = 2  # a bad option value, or a missing or unreadable file
@@ -49,9 +49,15 @@ def check_port(host: str, port: int) -> None:
             raise Problem(f"cannot listen on {host}:{port}: {e.strerror}: check --listen-host", EXIT_USAGE) from e
 
 
-def existing_store(path: str) -> Path:
-    """For read-only commands: the store must be there already (nothing is created)."""
+def open_existing(path: str, readonly: bool = False) -> Store:
+    """For commands that read a store (verify, history): it must be there already, nothing is
+    created; `readonly` opens it beside a running hubcache, else it must not be in use."""
     p = Path(path)
     if not (p / "data.mdb").is_file():
         raise Problem(f"no hubcache store at {p}: check --store (nothing was created)", EXIT_STORE_UNUSABLE)
-    return p
+    try:
+        return Store(p, readonly=readonly)
+    except StoreInUse as e:
+        raise Problem(f"{e}: stop it first (this command needs the store to itself)", EXIT_STORE_IN_USE) from e
+    except StoreError as e:
+        raise Problem(str(e), EXIT_STORE_UNUSABLE) from e
