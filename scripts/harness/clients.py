@@ -8,8 +8,10 @@ plain file reads.
 
 from __future__ import annotations
 
+import http.client
 import os
 import shutil
+import ssl
 import subprocess
 from pathlib import Path
 
@@ -82,23 +84,34 @@ def dir_blob(dest_dir: Path, digest: str) -> Path:
     return Path(dest_dir) / digest.split(":", 1)[1]
 
 
+def https_connection(host: str, tls: ssl.SSLContext, proxy_port: int | None = None) -> http.client.HTTPSConnection:
+    """A connection to host:443, straight or through the proxy at 127.0.0.1:proxy_port (CONNECT,
+    then TLS end to end, as registry clients do)."""
+    if proxy_port is None:
+        return http.client.HTTPSConnection(host, 443, context=tls, timeout=60)
+    conn = http.client.HTTPSConnection("127.0.0.1", proxy_port, context=tls, timeout=60)
+    conn.set_tunnel(host, 443)
+    return conn
+
+
+def send(conn: http.client.HTTPSConnection, method: str, path: str,
+         headers: list[tuple[str, str]] = ()) -> tuple[int, dict[str, str], bytes]:
+    """One request on `conn`; repeated headers (several Accept lines) are sent as given.
+    Returns (status, lower-case headers, body)."""
+    conn.putrequest(method, path)
+    for k, v in headers:
+        conn.putheader(k, v)
+    conn.endheaders()
+    r = conn.getresponse()
+    return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
+
+
 def proxied_request(proxy_port: int, cafile: Path, method: str, host: str, path: str,
                     headers: list[tuple[str, str]] = ()) -> tuple[int, dict[str, str], bytes]:
-    """One HTTPS request through the proxy at 127.0.0.1:proxy_port (CONNECT host:443, then TLS
-    trusting `cafile`). Repeated headers (several Accept lines) are sent as given."""
-    import http.client
-    import ssl
-
-    ctx = ssl.create_default_context(cafile=str(cafile))
-    conn = http.client.HTTPSConnection("127.0.0.1", proxy_port, context=ctx, timeout=60)
-    conn.set_tunnel(host, 443)
+    """One HTTPS request through the proxy at 127.0.0.1:proxy_port, trusting `cafile`."""
+    conn = https_connection(host, ssl.create_default_context(cafile=str(cafile)), proxy_port)
     try:
-        conn.putrequest(method, path)
-        for k, v in headers:
-            conn.putheader(k, v)
-        conn.endheaders()
-        r = conn.getresponse()
-        return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
+        return send(conn, method, path, headers)
     finally:
         conn.close()
 
@@ -140,16 +153,8 @@ def direct_request(cafile: Path, method: str, host: str, path: str,
                    headers: list[tuple[str, str]] = ()) -> tuple[int, dict[str, str], bytes]:
     """One HTTPS request straight to `host` (no proxy), trusting `cafile`: what the registry
     itself answers, to compare with hubcache's answer."""
-    import http.client
-    import ssl
-
-    conn = http.client.HTTPSConnection(host, 443, context=ssl.create_default_context(cafile=str(cafile)), timeout=60)
+    conn = https_connection(host, ssl.create_default_context(cafile=str(cafile)))
     try:
-        conn.putrequest(method, path)
-        for k, v in headers:
-            conn.putheader(k, v)
-        conn.endheaders()
-        r = conn.getresponse()
-        return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
+        return send(conn, method, path, headers)
     finally:
         conn.close()

@@ -19,7 +19,7 @@ from urllib.parse import urljoin, urlsplit
 
 import pytest
 
-from harness.clients import pull_ok
+from harness.clients import https_connection, pull_ok, send
 from harness.hubenv import AUTH_HOST, REGISTRY_HOST, ImageInfo, IndexInfo
 from harness.proxy import Proxy
 from hubcache.model import DOCKER_LIST, DOCKER_MANIFEST, MANIFEST_TYPES, OCI_INDEX, OCI_MANIFEST
@@ -123,19 +123,9 @@ class Client:
             return self._send(method, host, path, headers)
 
     def _send(self, method: str, host: str, path: str, headers: list[tuple[str, str]]) -> tuple[int, dict[str, str], bytes]:
-        if host not in self.conns:
-            if self.hub is None:
-                self.conns[host] = http.client.HTTPSConnection(host, 443, context=self.tls, timeout=60)
-            else:  # a tunnel per host through the proxy, as clients make
-                self.conns[host] = http.client.HTTPSConnection("127.0.0.1", self.hub.port, context=self.tls, timeout=60)
-                self.conns[host].set_tunnel(host, 443)
-        conn = self.conns[host]
-        conn.putrequest(method, path)
-        for k, v in headers:
-            conn.putheader(k, v)
-        conn.endheaders()
-        r = conn.getresponse()
-        return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
+        if host not in self.conns:  # kept alive: a tunnel per host through the proxy, as clients make
+            self.conns[host] = https_connection(host, self.tls, self.hub.port if self.hub else None)
+        return send(self.conns[host], method, path, headers)
 
     def close(self) -> None:
         for conn in self.conns.values():
