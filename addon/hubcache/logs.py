@@ -60,4 +60,10 @@ def configure(fmt: str, level: str) -> None:
     logging.getLogger("hubcache").setLevel(level.upper())
     for handler in logging.getLogger().handlers:
         if fmt == "json" and not isinstance(handler.formatter, JsonFormatter):
+            _text_formatters[handler] = handler.formatter
             handler.setFormatter(JsonFormatter())
+        elif fmt == "text" and handler in _text_formatters:  # set back at run time: the handler's own again
+            handler.setFormatter(_text_formatters.pop(handler))
+
+
+_text_formatters: dict[logging.Handler, logging.Formatter | None] = {}  # what json replaced

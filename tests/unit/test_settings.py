@@ -60,3 +60,20 @@ def test_a_bad_value_is_refused_naming_the_option_and_the_value(option, value, s
     with pytest.raises(SettingsError) as e:
         Settings.parse(options(**{option: value}), updated=())
     assert says in str(e.value)
+
+
+def test_json_logs_can_be_set_back_to_text_at_run_time():
+    import logging
+
+    from hubcache import logs
+
+    handler, text = logging.StreamHandler(), logging.Formatter("%(message)s")
+    handler.setFormatter(text)
+    logging.getLogger().addHandler(handler)
+    try:
+        logs.configure("json", "info")
+        assert isinstance(handler.formatter, logs.JsonFormatter)
+        logs.configure("text", "info")
+        assert handler.formatter is text
+    finally:
+        logging.getLogger().removeHandler(handler)
