@@ -36,6 +36,13 @@ def install() -> None:
     logging.setLogRecordFactory(factory)
 
 
+def event(logger: logging.Logger, level: int, name: str, message: str, /, **fields: Any) -> None:
+    """Log one named event: `message` is the text line (what happened, in hubcache's terms, and
+    the fix when there is one); `name` and `fields` are what the JSON line carries. The catalogue
+    of names is the README's "Events" table."""
+    logger.log(level, "%s", message, extra={"event": name, "fields": fields})
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per record: time, level, logger, event, message, then the event's fields."""
 

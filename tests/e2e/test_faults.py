@@ -24,6 +24,14 @@ BLOB_FAULTS = {
 }
 
 
+def _one_warning_no_traceback(log: str, what: str) -> None:
+    """Upstream trouble is told in hubcache's terms (an error or rejected line naming the object),
+    never as a traceback."""
+    assert "Traceback" not in log, log
+    told = [line for line in log.splitlines() if what in line and ("error" in line or "rejected" in line)]
+    assert told, log
+
+
 def pulls_ok(ref, dest, hub, certs) -> None:
     res = skopeo_copy(ref, dest, proxy=hub.url, cert_dir=certs)
     assert res.returncode == 0, res.stderr
@@ -45,6 +53,7 @@ def test_blob_fault(fault, upstream, start_hubcache, certs, tmp_path):
     assert hashlib.sha256((tmp_path / "good" / layer.split(":")[1]).read_bytes()).hexdigest() == layer.split(":")[1]
     cdn_gets = [r for r in upstream.requests_since(mark) if r.host == CDN and layer.split(":")[1] in r.path]
     assert len(cdn_gets) == 1  # the faulty transfer left nothing in the store
+    _one_warning_no_traceback(hub.log(), layer)
 
 
 # distribution parses a manifest before serving it (an unparsable one is its own 500), so the
@@ -95,3 +104,4 @@ def test_manifest_transfer_fault(fault, upstream, start_hubcache, certs, tmp_pat
     assert (tmp_path / "good" / "manifest.json").read_bytes() == img.manifest_bytes
     gets = [r for r in upstream.requests_since(mark) if r.host == REG and r.method == "GET" and "/manifests/" in r.path]
     assert len(gets) == 1  # nothing of the faulty transfers was stored
+    _one_warning_no_traceback(hub.log(), name)

@@ -17,9 +17,9 @@ MAY_IMPORT = {
     "logs": set(),
     "metrics": set(),
     "decide": {"model", "settings"},
-    "store": {"model", "settings"},
-    "upstream": {"model", "settings", "expiring", "metrics", "decide"},
-    "serve": {"model", "settings", "store", "upstream", "decide"},
+    "store": {"model", "settings", "logs"},
+    "upstream": {"model", "settings", "expiring", "logs", "metrics", "decide"},
+    "serve": {"model", "settings", "logs", "store", "upstream", "decide"},
     "hooks": {"model", "settings", "expiring", "logs", "metrics", "decide", "store", "upstream", "serve"},
     "tools": {"model", "settings", "logs", "decide", "store", "serve", "hooks"},
 }

@@ -32,13 +32,17 @@ class Health:
             return None
         return f"{f.reason} (not retried for {f.until - now:.0f} s)"
 
-    def failed(self, host: str, reason: str, now: float) -> None:
+    def failed(self, host: str, reason: str, now: float) -> bool:
+        """Start (or extend) the back-off of `host`; True when it was not backing off before."""
+        was = self._failures.get(host)
         self._failures[host] = _Failure(now + self.backoff, reason)
         self._last_ok.pop(host, None)
+        return was is None or now >= was.until
 
-    def succeeded(self, host: str, now: float) -> None:
-        self._failures.pop(host, None)
+    def succeeded(self, host: str, now: float) -> bool:
+        """`host` answered; True when it had been failing (it has recovered)."""
         self._last_ok[host] = now
+        return self._failures.pop(host, None) is not None
 
     def recently_ok(self, host: str, now: float, within: float) -> bool:
         return now - self._last_ok.get(host, float("-inf")) < within

@@ -87,7 +87,9 @@ class HubCache:
         except (StoreError, OSError) as e:
             raise exceptions.OptionsError(f"hubcache_store: {e}") from e
         svc.blobserver = BlobServer(svc.store, svc.flights.wait, _direct_tls())
-        log.info("store %s (%d MiB in use)", svc.settings.store, svc.store.size() >> 20)
+        size = svc.store.size()
+        logs.event(log, logging.INFO, "store_opened", f"store {svc.settings.store} ({size >> 20} MiB in use)",
+                   store=svc.settings.store, bytes=size, max_size=svc.settings.max_size)
 
     def running(self) -> None:
         self._running = True
@@ -96,7 +98,8 @@ class HubCache:
             ctx.options.update(**wanted)
         if self.svc.settings.metrics_listen:
             host, port = self.svc.metrics.serve(self.svc.settings.metrics_listen)
-            log.info("metrics on http://%s:%d/metrics", host, port)
+            logs.event(log, logging.INFO, "metrics_listening", f"metrics on http://{host}:{port}/metrics",
+                       url=f"http://{host}:{port}/metrics")
         try:
             self._flusher = asyncio.get_running_loop().create_task(self._flush_access_forever())
         except RuntimeError:  # no event loop: driven by tests
@@ -107,7 +110,10 @@ class HubCache:
             self._flusher.cancel()
         self.svc.metrics.stop()
         self.svc.writer.shutdown(wait=True)
+        store = self.svc.settings.store if self.svc.store else None
         self._close_store()
+        if store:
+            logs.event(log, logging.INFO, "stop", f"stopped; store {store} closed", store=store)
 
     def _close_store(self) -> None:
         svc = self.svc
@@ -195,14 +201,15 @@ class HubCache:
         if st is None:
             return
         msg = flow.error.msg if flow.error else ""
-        if flow.response is None and not st.local_stream and "client" not in msg.lower():
+        upstream_fault = not st.local_stream and "client" not in msg.lower()  # a reset, a timeout: a warning
+        if flow.response is None and upstream_fault:
             self.svc.dockerhub.result(flow.request.host, None, msg)
         if st.flight is not None and st.flight.done and st.flight.failure:  # the download failed
             st.outcome = Outcome.REJECTED if st.flight.rejected else Outcome.ERROR
             st.note = st.flight.failure
         elif st.outcome is not Outcome.REJECTED:
             st.note = msg or "error"
-        log_request(flow, st, self.svc.metrics)
+        log_request(flow, st, self.svc.metrics, warn=upstream_fault)
 
 
 async def _after_upstream(svc: Services, flow: http.HTTPFlow, st: FlowState) -> None:

@@ -13,6 +13,7 @@ from urllib.parse import urljoin, urlsplit
 
 from mitmproxy import http
 
+from hubcache import logs
 from hubcache.decide import access
 from hubcache.hooks import responses
 from hubcache.hooks.auth import allowed
@@ -165,14 +166,19 @@ def _start_flight(svc: Services, url: str, headers: list[tuple[str, str]], st: F
     def ended(f: Flight) -> None:  # on the flight's thread
         svc.flights.end(f)
         if f.stored:
-            log.info("stored %s (%d bytes) for %s", digest, f.received, st.repository)
+            logs.event(log, logging.INFO, "blob_stored", f"stored {digest} ({f.received} bytes) for {st.repository}",
+                       digest=digest, bytes=f.received, repository=st.repository)
             svc.writer.submit(store.evict_if_needed)
         elif f.failure.startswith("not stored"):
             svc.no_room.put(digest, True)
-            log.warning("%s %s", digest, f.failure)
+            logs.event(log, logging.WARNING, "blob_not_stored",
+                       f"blob {digest} of {st.repository} served but {f.failure} (a full disk? lower "
+                       "hubcache_max_size or free space)", digest=digest, repository=st.repository, reason=f.failure)
         else:  # the log's outcome words: rejected (bytes did not match), error (no complete transfer)
-            log.warning("%-11s download of blob %s %s failed: %s", "rejected" if f.rejected else "error",
-                        st.repository, digest, f.failure)
+            logs.event(log, logging.WARNING, "blob_rejected" if f.rejected else "blob_failed",
+                       f"{'rejected' if f.rejected else 'error':<11} download of blob {st.repository} {digest} "
+                       f"failed: {f.failure}", digest=digest, repository=st.repository, reason=f.failure,
+                       bytes=f.received)
 
     flight = Flight(
         digest, opener, lambda size: store.begin_blob(digest, size, seen), owner=owner, room=store.room_for,

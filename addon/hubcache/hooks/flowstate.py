@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from mitmproxy import http
 
+from hubcache import logs
 from hubcache.metrics import Metrics
 from hubcache.model import Manifest, Outcome, Route
 from hubcache.serve.flights import Flight
@@ -61,8 +62,9 @@ def client_of(flow: http.HTTPFlow) -> str:
     return f"{peer[0]}:{peer[1]}" if peer else "-"
 
 
-def log_request(flow: http.HTTPFlow, st: FlowState, metrics: Metrics) -> None:
-    """The flow's one log line and its metrics, once: `hit GET manifest library/x 1 200 3ms (note)`."""
+def log_request(flow: http.HTTPFlow, st: FlowState, metrics: Metrics, warn: bool = False) -> None:
+    """The flow's one log line and its metrics, once: `hit GET manifest library/x 1 200 3ms (note)`.
+    A warning when its outcome is one (WARNED) or `warn` (upstream failed the transfer)."""
     if st.logged:
         return
     st.logged = True
@@ -87,4 +89,5 @@ def log_request(flow: http.HTTPFlow, st: FlowState, metrics: Metrics) -> None:
         "bytes": size,
         "duration_ms": round(ms, 1), "client": client, "account": st.account or None, "note": st.note or None,
     }
-    (log.warning if st.outcome in WARNED else log.info)("%s", line, extra={"event": "request", "fields": fields})
+    level = logging.WARNING if warn or st.outcome in WARNED else logging.INFO
+    logs.event(log, level, "request", line, **fields)

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable
 import lmdb
 from mitmproxy import http
 
+from hubcache import logs
 from hubcache.decide import access, freshness
 from hubcache.decide import manifests as checks
 from hubcache.decide.mediatypes import Accept, choose
@@ -212,7 +213,9 @@ async def _fetch_once(svc: Services, route: Route, url: str, headers: list[tuple
     if isinstance(m, str):
         return m
     if not m.media_type:
-        log.warning("upstream manifest %s has no Content-Type: served, not stored", m.digest)
+        logs.event(log, logging.WARNING, "manifest_not_stored",
+                   f"manifest {m.digest} of {route.repository}: upstream sent no Content-Type, served but not stored",
+                   digest=m.digest, repository=route.repository, reason="no Content-Type")
         return m
     store, tag = svc.the_store(), None if route.by_digest else route.reference
     superseded = _superseded(svc, route, [v for k, v in headers if k == "Accept"], m.media_type) if tag else []
@@ -225,7 +228,9 @@ async def _fetch_once(svc: Services, route: Route, url: str, headers: list[tuple
     try:
         await svc.in_writer(keep)  # awaited: the client's next request must find it
     except (StoreError, lmdb.Error, OSError) as e:  # a full disk: served, not kept
-        log.warning("manifest %s not stored: %s", m.digest, e)
+        logs.event(log, logging.WARNING, "manifest_not_stored",
+                   f"manifest {m.digest} of {route.repository} served but not stored: {e} (a full disk? "
+                   "lower hubcache_max_size or free space)", digest=m.digest, repository=route.repository, reason=str(e))
         return m
     svc.writer.submit(store.evict_if_needed)  # not on the client's time
     return m

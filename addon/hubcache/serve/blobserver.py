@@ -30,6 +30,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlencode
 
+from hubcache import logs
 from hubcache.model import BlobInfo, is_digest, oci_error_body
 from hubcache.settings import DIRECT_HOST
 from hubcache.store import CHUNK_SIZE, Store, StoreError
@@ -165,12 +166,16 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(info, start, end)
             else:
                 self._follow(digest, blob_id, size, start, end)
-        except StoreError as e:
-            log.warning("serving %s to %s stopped after %d of %d bytes: %s", digest, client, self._sent, end - start, e)
+        except StoreError as e:  # a failed download was told as a warning already: the cut client is info
+            logs.event(log, logging.INFO if isinstance(e, DownloadFailed) else logging.WARNING, "serve_stopped",
+                       f"serving {digest} to {client} stopped after {self._sent} of {end - start} bytes: {e}",
+                       digest=digest, client=client, bytes=self._sent, of=end - start, reason=str(e))
             self.close_connection = True
         except OSError as e:  # the client went away (a cancelled job): expected, not a fault
-            log.info("client %s went away after %d of %d bytes of %s (%s)", client, self._sent, end - start,
-                     digest, e.strerror or type(e).__name__)
+            why = e.strerror or type(e).__name__
+            logs.event(log, logging.INFO, "client_gone",
+                       f"client {client} went away after {self._sent} of {end - start} bytes of {digest} ({why})",
+                       digest=digest, client=client, bytes=self._sent, of=end - start, reason=why)
             self.close_connection = True
 
     def _await_size(self, digest: str, blob_id: bytes) -> int:
@@ -200,7 +205,7 @@ class _Handler(BaseHTTPRequestHandler):
             if state == "gone":
                 info = store.blob_info(digest)  # another download may have published the same bytes
                 if info is None:
-                    raise StoreError("its download failed")
+                    raise DownloadFailed("its download failed")
                 self._send(info, pos, end)
                 return
             avail = min(written, size - 1, end)
@@ -227,6 +232,10 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
 
+class DownloadFailed(StoreError):
+    """The download a follower streamed from ended without publishing the blob."""
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
@@ -235,7 +244,9 @@ class _Server(ThreadingHTTPServer):
         socketserver's traceback on stderr; anything else is a bug, logged with its traceback."""
         exc = sys.exc_info()[1]
         if isinstance(exc, OSError):
-            log.info("blob client %s went away: %s", client_address[0], exc.strerror or type(exc).__name__)
+            why = exc.strerror or type(exc).__name__
+            logs.event(log, logging.INFO, "client_gone", f"blob client {client_address[0]} went away: {why}",
+                       client=client_address[0], reason=why)
         else:
             log.exception("blob server: the connection from %s failed", client_address[0])
     store: Store

@@ -139,16 +139,14 @@ class Flight:
                 return
             self._download(resp, size)
         except DigestMismatch as e:  # commit() has dropped the bytes already
-            self.failure, self.rejected = str(e), True
-            log.warning("%s refused: %s", self.digest, e)
+            self.failure, self.rejected = str(e), True  # logged by on_end, with the repository
         except UpstreamError as e:
             self.failure = str(e)
             self._on_hops(list(getattr(e, "hops", [])))
             self._set_head(Head(0, error=str(e)))
             self._abort()
         except StoreError as e:
-            self.failure = f"not stored: {e}"
-            log.warning("%s: %s", self.digest, self.failure)
+            self.failure = f"not stored: {e}"  # logged by on_end
             self._abort()
         except BaseException as e:  # never leave followers waiting on a dead thread
             self.failure = f"internal error: {e!r}"

@@ -15,6 +15,7 @@ import struct
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from hubcache import logs
 from hubcache.model import BlobInfo
 from hubcache.store import pages
 from hubcache.store.errors import StoreError
@@ -186,7 +187,8 @@ class Blobs:
         for blob_id in ids:
             self.drop(blob_id)
         if ids:
-            log.info("store: removed %d interrupted blob writes", len(ids))
+            logs.event(log, logging.INFO, "store_recovered", f"store: removed {len(ids)} interrupted blob writes",
+                       blobs=len(ids))
         return len(ids)
 
     def drop_orphans(self) -> int:

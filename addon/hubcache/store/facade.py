@@ -15,6 +15,7 @@ from typing import IO
 
 import lmdb
 
+from hubcache import logs
 from hubcache.model import BlobInfo, Manifest, TagRecord, sha256_digest
 from hubcache.store.blobs import Blobs, matches
 from hubcache.store.catalog import Catalog
@@ -78,7 +79,8 @@ class Store:
         self._open_tables(env)
         self.recovered = self.recover()  # interrupted writes dropped at open
         if linked := self._catalog.link_all_references():
-            log.info("linked the references of %d stored manifests to their repositories", linked)
+            logs.event(log, logging.INFO, "store_migrated",
+                       f"linked the references of {linked} stored manifests to their repositories", manifests=linked)
 
     def _open_readonly(self) -> None:
         """For looking at a store while a proxy runs on it (history): no lock, no recovery."""
@@ -258,7 +260,8 @@ class Store:
         infos = self._blobs.infos()
         bad += [info.digest for info in infos if not self._intact(info)]
         for digest in bad:
-            log.warning("verify: %s does not match its digest; dropped", digest)
+            logs.event(log, logging.WARNING, "verify_dropped", f"verify: {digest} does not match its digest; dropped",
+                       digest=digest)
             self.delete(digest)
         orphans = self._blobs.drop_orphans()
         self._txns.write(lambda txn: self._lru.set_size(txn, self._blobs.total_size(txn) + self._catalog.manifests_size(txn)))
@@ -283,4 +286,4 @@ class Store:
 
         self._txns.write(op)
         self._txns.release_pages()
-        log.info("store: evicted %s", digest)
+        logs.event(log, logging.INFO, "evicted", f"store: evicted {digest}", digest=digest)

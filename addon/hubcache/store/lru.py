@@ -10,6 +10,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
 
+from hubcache import logs
 from hubcache.store.txn import Transactions, Txn
 
 log = logging.getLogger(__name__)
@@ -116,7 +117,9 @@ class Lru:
         while self.size() > target:
             victim = self._txns.read(self._oldest_unpinned)
             if victim is None:
-                log.warning("store over its cap but everything left is in use")
+                logs.event(log, logging.WARNING, "store_full",
+                           f"store over its cap ({max_size >> 20} MiB) but everything left is being read: nothing "
+                           "evicted now (raise hubcache_max_size if this repeats)", max_size=max_size, size=self.size())
                 return
             delete(victim)
 

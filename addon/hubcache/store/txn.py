@@ -13,6 +13,7 @@ from typing import Any
 
 import lmdb
 
+from hubcache import logs
 from hubcache.store import pages
 from hubcache.store.errors import StoreError
 
@@ -186,7 +187,8 @@ class Transactions:
             if self._env.info()["map_size"] == seen:  # another thread may have grown it already
                 self._env.set_mapsize(seen * 2)
                 self._mapping = []  # the map moved
-                log.info("store map grown to %d MiB", seen * 2 >> 20)
+                logs.event(log, logging.INFO, "store_grown", f"store map grown to {seen * 2 >> 20} MiB",
+                           map_size=seen * 2)
 
     def map_size(self) -> int:
         return self._env.info()["map_size"]

@@ -90,7 +90,7 @@ class BlobWriter:
                 try:
                     self._flush()
                 except lmdb.Error as e:
-                    log.warning("store: writing %s failed: %s", self.digest, e)
+                    log.debug("store: writing %s failed: %s", self.digest, e)  # the flight's end says so
                     self._failed = e
                     self._discard()
                     return

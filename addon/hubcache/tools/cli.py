@@ -112,9 +112,10 @@ async def _run(args: argparse.Namespace) -> int:
     os.makedirs(args.confdir, exist_ok=True)
     ca = os.path.join(args.confdir, "mitmproxy-ca-cert.pem")
     url = f"http://{opts.listen_host}:{opts.listen_port}"
-    logging.getLogger(__name__).info(  # a log line, so that it is JSON too with hubcache_log_format=json
-        "proxy on %s (hubcache %s), store %s, CA to trust: %s", url, __version__, opts.hubcache_store, ca,
-        extra={"event": "start", "fields": {"version": __version__, "proxy": url, "store": opts.hubcache_store, "ca": ca}})
+    logs.event(  # a log line, so that it is JSON too with hubcache_log_format=json
+        logging.getLogger(__name__), logging.INFO, "start",
+        f"proxy on {url} (hubcache {__version__}), store {opts.hubcache_store}, CA to trust: {ca}",
+        version=__version__, proxy=url, store=opts.hubcache_store, ca=ca)
     try:
         await master.run()
     except exceptions.OptionsError as e:  # the store could not open after all (taken meanwhile)

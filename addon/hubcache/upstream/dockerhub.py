@@ -15,6 +15,7 @@ import time
 from collections.abc import Collection, Mapping
 from urllib.parse import urlsplit
 
+from hubcache import logs
 from hubcache.decide.budget import ANONYMOUS, Budgets
 from hubcache.decide.health import Health
 from hubcache.metrics import Metrics
@@ -47,7 +48,9 @@ class DockerHub:
             self._creds_loaded = True
             self.accounts = credentials.load(settings.credentials, os.environ, settings.docker_config)
             if self.accounts:
-                log.info("Docker Hub accounts: %s", ", ".join(str(c) for c in self.accounts))
+                logs.event(log, logging.INFO, "accounts_loaded",
+                           "Docker Hub accounts: " + ", ".join(str(c) for c in self.accounts),
+                           accounts=[c.account for c in self.accounts])
         realm, service = settings.auth_realm, settings.auth_service
         if self.tokens is None or (self.tokens.realm, self.tokens.service) != (realm, service):
             self.tokens = tokens.UpstreamTokens(self._get, realm, service)
@@ -75,9 +78,14 @@ class DockerHub:
         # A 500 can be about one object (distribution answers 500 for a manifest it cannot
         # parse); unreachable, overloaded or rate-limited is about the host.
         if status is None or status in (429, 502, 503, 504):
-            self.health.failed(key, error or f"answered {status}", now)
-        else:
-            self.health.succeeded(key, now)
+            reason = error or f"answered {status}"
+            if self.health.failed(key, reason, now):
+                logs.event(log, logging.WARNING, "upstream_backoff",
+                           f"upstream {host} failed ({reason}): not asked for {self.health.backoff:.0f} s, stored "
+                           "content is served meanwhile (if it persists: check this host's route to it, "
+                           "HTTPS_PROXY and DNS)", host=host, reason=reason, seconds=self.health.backoff)
+        elif self.health.succeeded(key, now):
+            logs.event(log, logging.INFO, "upstream_recovered", f"upstream {host} answers again", host=host)
 
     async def probe(self, host: str, port: int) -> str | None:
         """Before mitmproxy connects to `host` for a client: why it must not (offline, backing
@@ -144,8 +152,10 @@ class DockerHub:
             return False
         window = max(self.budgets.accounts[a].window for a in names if a in self.budgets.accounts)
         if now - self._reserve_warned > window:  # once per window
-            log.warning("every account is below the pull reserve (%d): serving stale tags instead of pulling",
-                        reserve)
+            logs.event(log, logging.WARNING, "budget_low",
+                       f"every account is below the pull reserve ({reserve}): stored tags are served stale "
+                       "instead of pulling until the limit window resets (more accounts: hubcache_credentials)",
+                       reserve=reserve, accounts=names)
             self._reserve_warned = now
         return True
 
@@ -157,7 +167,9 @@ class DockerHub:
         self.budgets.observe(account, {k.lower(): v for k, v in headers.items()}, now)
         if status == 429:
             self.budgets.exhausted(account, now)
-            log.warning("Docker Hub's pull limit reached for %s", account)
+            logs.event(log, logging.WARNING, "pull_limit",
+                       f"Docker Hub's pull limit reached for {account}: other accounts are used, stored "
+                       "tags served stale, until its window resets", account=account)
         elif method == "GET" and status == 200:
             self.budgets.spend(account)
             self.metrics.pulls.labels(account).inc()

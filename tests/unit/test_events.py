@@ -1,0 +1,58 @@
+"""Named log events: what an operator's log pipeline matches on. An upstream that fails is one
+warning when its back-off starts (not one per refused request), and one info line when it
+answers again; JSON lines carry the event's name and fields."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from hubcache import logs
+from hubcache.metrics import Metrics
+from hubcache.settings import Settings
+from hubcache.upstream.dockerhub import DockerHub
+
+
+def _events(caplog, name):
+    return [r for r in caplog.records if getattr(r, "event", None) == name]
+
+
+def test_a_failing_upstream_is_one_warning_per_back_off_and_one_line_when_it_recovers(caplog):
+    dh = DockerHub(Metrics())
+    dh.configure(Settings(), ["hubcache_credentials"])
+    caplog.set_level(logging.INFO, logger="hubcache")
+    for _ in range(5):  # every request during the back-off fails the same way
+        dh.result("registry-1.docker.io", None, "connection refused")
+    dh.result("production.cloudflare.docker.com", 503)
+    backoffs = _events(caplog, "upstream_backoff")
+    assert [(r.levelno, r.fields["host"]) for r in backoffs] == [
+        (logging.WARNING, "registry-1.docker.io"), (logging.WARNING, "production.cloudflare.docker.com")]
+    assert backoffs[0].fields["reason"] == "connection refused"
+    assert "HTTPS_PROXY" in backoffs[0].getMessage()  # the fix is in the line
+    dh.result("registry-1.docker.io", 200)
+    dh.result("registry-1.docker.io", 200)  # already well: nothing more
+    assert [r.fields["host"] for r in _events(caplog, "upstream_recovered")] == ["registry-1.docker.io"]
+
+
+def test_a_pull_limit_and_a_low_budget_are_named_warnings_without_the_secret(caplog, monkeypatch, tmp_path):
+    creds = tmp_path / "creds"
+    creds.write_text('[[accounts]]\nusername = "ci-bot"\ntoken = "s3cr3t-token"\n')
+    creds.chmod(0o600)
+    dh = DockerHub(Metrics())
+    caplog.set_level(logging.INFO, logger="hubcache")
+    dh.configure(Settings(credentials=str(creds), budget_reserve=5), ["hubcache_credentials"])
+    assert _events(caplog, "accounts_loaded")[0].fields["accounts"] == ["ci-bot"]
+    dh.observe_budget("ci-bot", "GET", 200, {"ratelimit-limit": "100;w=21600", "ratelimit-remaining": "3;w=21600"})
+    assert dh.budget_low() and dh.budget_low()
+    assert len(_events(caplog, "budget_low")) == 1  # once per window, not per request
+    dh.observe_budget("ci-bot", "GET", 429, {})
+    assert _events(caplog, "pull_limit")[0].fields == {"account": "ci-bot"}
+    assert "s3cr3t" not in caplog.text
+
+
+def test_json_lines_carry_the_event_name_and_its_fields():
+    record = logging.LogRecord("hubcache.x", logging.WARNING, __file__, 1, "%s", ("upstream h failed",), None)
+    record.event, record.fields = "upstream_backoff", {"host": "h", "seconds": 30.0}
+    line = json.loads(logs.JsonFormatter().format(record))
+    assert line["event"] == "upstream_backoff" and line["host"] == "h" and line["seconds"] == 30.0
+    assert line["level"] == "warning" and line["message"] == "upstream h failed"
