@@ -56,3 +56,16 @@ def test_json_lines_carry_the_event_name_and_its_fields():
     line = json.loads(logs.JsonFormatter().format(record))
     assert line["event"] == "upstream_backoff" and line["host"] == "h" and line["seconds"] == 30.0
     assert line["level"] == "warning" and line["message"] == "upstream h failed"
+
+
+def test_every_event_the_code_logs_is_in_the_readme():
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    code = "\n".join(p.read_text() for p in (root / "addon" / "hubcache").rglob("*.py"))
+    named = set(re.findall(r'logs\.event\([^"]*"(\w+)"', code))  # the first string: the name
+    named |= {n for pair in re.findall(r'"(\w+)" if [^"]+ else "(\w+)"', code) for n in pair if n.startswith("blob_")}
+    assert {"start", "request", "upstream_backoff", "stop"} <= named  # the scan finds them
+    readme = (root / "README.md").read_text()
+    assert [n for n in sorted(named) if f"`{n}`" not in readme] == []
