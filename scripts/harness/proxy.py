@@ -29,7 +29,7 @@ class Proxy:
     """A proxy process. `kind` is "hubcache" (the real CLI) or "mitmdump" (plain, for comparison)."""
 
     def __init__(self, workdir: Path, upstream_ca: Path, *, confdir: Path, sets: list[str] = (), kind: str = "hubcache",
-                 store: Path | None = None, args: list[str] = ()) -> None:
+                 store: Path | None = None, args: list[str] = (), wrap: list[str] = ()) -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.upstream_ca = upstream_ca
@@ -37,6 +37,7 @@ class Proxy:
         self.store = store or self.workdir / "store"
         self.sets = list(sets)
         self.args = list(args)  # extra command-line arguments
+        self.wrap = list(wrap)  # a command that execs the proxy's, e.g. systemd-cat (its stdout then goes there)
         self.kind = kind
         self.port = 0
         self.proc: subprocess.Popen | None = None
@@ -53,7 +54,7 @@ class Proxy:
     def command(self) -> list[str]:
         common = [f"ssl_verify_upstream_trusted_ca={self.upstream_ca}", *self.sets]
         if self.kind == "hubcache":
-            cmd = [str(BIN / "hubcache"), "run", "--listen-host", "127.0.0.1", "--listen-port", str(self.port),
+            cmd = [*self.wrap, str(BIN / "hubcache"), "run", "--listen-host", "127.0.0.1", "--listen-port", str(self.port),
                    "--store", str(self.store), "--confdir", str(self.confdir)]
             for s in common:
                 cmd += ["--set", s]

@@ -43,8 +43,9 @@ def confdir(tmp_path_factory) -> Path:
 def start_hubcache(upstream, confdir, tmp_path):
     started: list[Proxy] = []
 
-    def start(*sets: str, name: str = "hubcache", args: list[str] = ()) -> Proxy:
-        p = Proxy(tmp_path / name, upstream.ca_cert, confdir=confdir, sets=list(sets), args=list(args)).start()
+    def start(*sets: str, name: str = "hubcache", args: list[str] = (), wrap: list[str] = ()) -> Proxy:
+        p = Proxy(tmp_path / name, upstream.ca_cert, confdir=confdir, sets=list(sets), args=list(args),
+                  wrap=list(wrap)).start()
         started.append(p)
         return p
 

@@ -223,7 +223,9 @@ def test_with_json_logs_every_line_of_a_pull_is_an_object_with_the_request_field
     opened = [r for r in records if r["event"] == "store_opened"]
     assert len(opened) == 1 and opened[0]["store"] == str(hub.store) and isinstance(opened[0]["bytes"], int)
     stored = {r["digest"]: r for r in records if r["event"] == "blob_stored"}
-    assert stored[img.layer_digests[0]]["bytes"] == upstream.blob_file(img.layer_digests[0]).stat().st_size and stored[img.layer_digests[0]]["repository"] == "library/jsonlogged"
+    layer = stored[img.layer_digests[0]]
+    assert layer["bytes"] == upstream.blob_file(img.layer_digests[0]).stat().st_size
+    assert layer["repository"] == "library/jsonlogged"
     hub.stop()
     last = json.loads(hub.log().splitlines()[-1])
     assert last["event"] == "stop" and last["store"] == str(hub.store)
