@@ -85,3 +85,18 @@ def test_verify_beside_a_running_hubcache_says_to_stop_it(tmp_path):
         held.close()
     assert res.returncode == preflight.EXIT_STORE_IN_USE
     assert "stop it first" in one_line(res)
+
+
+@pytest.mark.parametrize("setting", ["confdir", "credentials"])
+def test_a_missing_or_unusable_file_is_one_line_naming_it(tmp_path, setting):
+    (tmp_path / "afile").write_text("")
+    args = run_args(tmp_path, str(tmp_path / "store"), free_port())
+    if setting == "confdir":  # a directory that cannot be made: under a file
+        args[args.index("--confdir") + 1] = str(tmp_path / "afile" / "confdir")
+    else:
+        args += ["--set", f"hubcache_credentials={tmp_path / 'missing.toml'}"]
+    res = hubcache(*args, cwd=tmp_path)
+    assert res.returncode == preflight.EXIT_USAGE == 2
+    line = one_line(res)
+    assert ("--confdir" in line and "afile/confdir" in line) if setting == "confdir" else "missing.toml" in line
+    assert not (tmp_path / "store" / "data.mdb").exists()

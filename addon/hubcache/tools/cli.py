@@ -103,13 +103,13 @@ async def _run(args: argparse.Namespace) -> int:
     try:
         preflight.check_store(opts.hubcache_store)
         preflight.check_port(opts.listen_host, opts.listen_port)
+        preflight.check_confdir(args.confdir)
     except preflight.Problem as e:
         print(f"hubcache: {e}", file=sys.stderr)
         return e.code
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, master.shutdown)
-    os.makedirs(args.confdir, exist_ok=True)
     ca = os.path.join(args.confdir, "mitmproxy-ca-cert.pem")
     url = f"http://{opts.listen_host}:{opts.listen_port}"
     logs.event(  # a log line, so that it is JSON too with hubcache_log_format=json

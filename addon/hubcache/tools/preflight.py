@@ -5,6 +5,7 @@ service manager or a script can tell apart (the README lists them)."""
 from __future__ import annotations
 
 import errno
+import os
 import socket
 from pathlib import Path
 
@@ -47,6 +48,21 @@ def check_port(host: str, port: int) -> None:
                 raise Problem(f"port {port} on {host} is in use by another program: choose another with --listen-port",
                               EXIT_PORT_BUSY) from e
             raise Problem(f"cannot listen on {host}:{port}: {e.strerror}: check --listen-host", EXIT_USAGE) from e
+
+
+def check_confdir(path: str) -> None:
+    """The CA's directory exists (made here if not) and hubcache can read its CA, or write one."""
+    ca = os.path.join(path, "mitmproxy-ca.pem")
+    try:
+        os.makedirs(path, exist_ok=True)
+        if os.path.exists(ca):
+            with open(ca, "rb"):
+                pass
+        elif not os.access(path, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, "cannot write the CA there", path)
+    except OSError as e:
+        raise Problem(f"--confdir {path}: {e.strerror or e}: give a directory hubcache may create and write "
+                      "(it keeps its CA there)", EXIT_USAGE) from e
 
 
 def open_existing(path: str, readonly: bool = False) -> Store:
