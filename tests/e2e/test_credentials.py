@@ -90,3 +90,8 @@ def test_proxyauth_guards_who_may_use_the_proxy(upstream, start_hubcache, certs,
     allowed = skopeo_copy("docker.io/library/guarded:1", tmp_path / "yes",
                           proxy=f"http://runner:let-me-in@127.0.0.1:{port}", cert_dir=certs)
     assert allowed.returncode == 0, allowed.stderr
+    # the log names the client by its proxy login (never its password), the blob server's lines too
+    log = hub.log()
+    requests = [line for line in log.splitlines() if " library/guarded " in line]
+    assert requests and all("runner@127.0.0.1:" in line for line in requests), log
+    assert "let-me-in" not in log

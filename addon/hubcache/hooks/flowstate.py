@@ -57,9 +57,13 @@ def state_of(flow: http.HTTPFlow) -> FlowState | None:
 
 
 def client_of(flow: http.HTTPFlow) -> str:
-    """The client as the log names it: its address and port."""
+    """The client as the log names it: its address and port, after its proxy login if it gave
+    one (mitmproxy's proxyauth): `runner7@10.0.0.7:51234`. Never the password."""
     peer = flow.client_conn.peername
-    return f"{peer[0]}:{peer[1]}" if peer else "-"
+    address = f"{peer[0]}:{peer[1]}" if peer else "-"
+    auth = flow.metadata.get("proxyauth")
+    login = str(auth[0]) if isinstance(auth, tuple) and auth and auth[0] else ""
+    return f"{login}@{address}" if login else address
 
 
 def log_request(flow: http.HTTPFlow, st: FlowState, metrics: Metrics, warn: bool = False) -> None:
