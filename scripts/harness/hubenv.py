@@ -48,11 +48,12 @@ __all__ = ["Upstream", "ImageInfo", "IndexInfo", "Req", "missing_prerequisites"]
 REGISTRY_HOST = "registry-1.docker.io"
 AUTH_HOST = "auth.docker.io"
 CDN_HOST = "production.cloudflare.docker.com"
+S3_HOST = "docker-images-prod.s3.dualstack.us-east-1.amazonaws.com"  # where Hub redirects from inside AWS (2026)
 PROXY_HOST = "hubcache.test"
 HOSTS = {
     "127.0.0.1": [REGISTRY_HOST, "index.docker.io", "docker.io"],
     "127.0.0.2": [AUTH_HOST],
-    "127.0.0.3": [CDN_HOST],
+    "127.0.0.3": [CDN_HOST, S3_HOST],  # one storage server under both names
     "127.0.0.4": [PROXY_HOST],
 }
 SERVICE = "registry.docker.io"
@@ -430,6 +431,18 @@ class Upstream:
             yield
         finally:
             self._rules["manifest_faults"] = {}
+            self._write_rules()
+
+    @contextlib.contextmanager
+    def redirect_blobs_to(self, host: str):
+        """While inside, the registry's blob redirects point at `host` (served by the CDN server
+        when it is one of HOSTS' names for 127.0.0.3), as Hub moves between CDNs."""
+        self._rules["redirect_host"] = host
+        self._write_rules()
+        try:
+            yield
+        finally:
+            self._rules["redirect_host"] = ""
             self._write_rules()
 
     def cdn_truncates(self, digest: str, after: int):
