@@ -487,12 +487,13 @@ class Upstream:
         info.name, info.tag = name, tag
         return info
 
-    def push_index(self, name: str, tag: str, platforms: dict, fmt: str = "oci") -> IndexInfo:
+    def push_index(self, name: str, tag: str, platforms: dict, fmt: str = "oci", attestations: bool = False) -> IndexInfo:
         """Push a multi-platform index as docker.io/NAME:TAG.
 
         platforms: {"amd64": ImageInfo | [(size, seed), ...] | {"layers": [...]}, "arm64": ...}
         An ImageInfo is reused as is (its blobs come from the registry's storage);
-        a spec is built with that platform in its config.
+        a spec is built with that platform in its config. attestations: each platform gets an
+        attestation manifest (unknown/unknown), as BuildKit pushes and Hub serves them.
         """
         src = self.workdir / "build" / f"{name.replace('/', '_')}_{tag}"
         shutil.rmtree(src, ignore_errors=True)
@@ -504,7 +505,7 @@ class Upstream:
                 else:
                     layers = spec["layers"] if isinstance(spec, dict) else spec
                     children[key] = images.build_image(src, layers, fmt, key, write_manifest=False)
-            digest, data, media_type = images.build_index(src, children, fmt, self.blob_file)
+            digest, data, media_type = images.build_index(src, children, fmt, self.blob_file, attestations)
             self._skopeo_push(src, name, tag, all_=True)
         finally:
             shutil.rmtree(src, ignore_errors=True)
