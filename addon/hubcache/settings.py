@@ -220,7 +220,8 @@ class Settings:
         for option, (field, parse) in _PARSERS.items():
             if previous is not None and option not in updated:
                 continue
-            value = getattr(options, option)
+            # upstream_auth belongs to one of mitmproxy's addons, absent where it is not loaded
+            value = getattr(options, option, None) if option == "upstream_auth" else getattr(options, option)
             try:
                 changes[field] = parse(value)
             except ValueError as e:
