@@ -159,3 +159,27 @@ def test_a_readable_login_file_is_refused(upstream, start_hubcache, tmp_path, eg
                        wrap=egress_net.enter, host=egress_net.inside_ip)
     assert f"chmod 600 {login_file}" in str(e.value)
     assert LOGIN.split(":", 1)[1] not in str(e.value)
+
+
+def test_doctor_checks_the_egress_proxy_one_line_per_host(upstream, tmp_path, egress_net, proxy_factory):
+    """Run where hubcache runs (its namespace): the corporate proxy opens tunnels to the Hub's hosts."""
+    proxy = proxy_factory(login=LOGIN)
+    login_file = tmp_path / "proxy-login"
+    login_file.write_text(LOGIN + "\n")
+    os.chmod(login_file, 0o600)
+    hubcache = os.path.join(os.path.dirname(sys.executable), "hubcache")
+
+    def doctor(*extra: str) -> list[str]:
+        cmd = [*egress_net.enter, hubcache, "doctor", "--proxy", "http://127.0.0.1:9", "--egress-proxy", proxy.url,
+               "--egress-ca", str(upstream.ca_cert), *extra]
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        return [line for line in res.stdout.splitlines() if "egress proxy" in line]
+
+    without = doctor()
+    assert len(without) == 3, without
+    assert all(line.startswith("FAIL egress proxy to ") and "407" in line and "hubcache_upstream_auth_file" in line
+               for line in without), without
+    with_login = doctor("--egress-auth-file", str(login_file))
+    assert [line.split(":")[0] for line in with_login] == [
+        f"OK   egress proxy to {h}" for h in (REGISTRY_HOST, AUTH_HOST, CDN_HOST)], with_login
+    assert all(LOGIN.split(":", 1)[1] not in line for line in without + with_login)
