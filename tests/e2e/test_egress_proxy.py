@@ -17,7 +17,7 @@ import sys
 
 import pytest
 
-from harness.clients import dir_files, pull_ok, skopeo_copy
+from harness.clients import dir_files, pull_ok, skopeo_copy, skopeo_push
 from harness.egress import EgressNet, Tinyproxy
 from harness.hubenv import AUTH_HOST, CDN_HOST, REGISTRY_HOST
 
@@ -147,6 +147,16 @@ def test_a_proxy_login_from_a_file_or_the_option_lets_the_pull_through(
     secret = LOGIN.split(":", 1)[1]
     assert secret not in hub.log()
     assert img.layer_digests[0].split(":")[1] in "".join(r.path for r in upstream.requests())
+    # A push is relayed by mitmproxy itself (its own CONNECT, probed first through the proxy): the
+    # login must be on that CONNECT too.
+    pmark = proxy.mark()
+    res = skopeo_push(through, f"docker.io/library/egresspushed-{how}:1", proxy=hub.url, cert_dir=certs,
+                      creds="pusher:pushpass")
+    assert res.returncode == 0, res.stderr + hub.log()[-2000:]
+    assert f"{REGISTRY_HOST}:443" in proxy.connects(pmark) and "407" not in proxy.log()
+    again = pull_ok(f"docker.io/library/egresspushed-{how}:1", tmp_path / "again", None, certs)  # direct
+    assert dir_files(again)[img.layer_digests[0].split(":")[1]] == dir_files(direct)[img.layer_digests[0].split(":")[1]]
+    assert secret not in hub.log()
 
 
 def test_a_readable_login_file_is_refused(upstream, start_hubcache, tmp_path, egress_net, proxy_factory):
