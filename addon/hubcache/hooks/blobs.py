@@ -155,7 +155,8 @@ def _start_flight(svc: Services, url: str, headers: list[tuple[str, str]], st: F
     seen = access.seen_as(st.repository, st.private)
 
     def opener() -> fetch.Response:
-        return fetch.get(url, headers, settings.tls, settings.tcp_timeout, dh.unavailable, settings.connect_timeout)
+        return fetch.get(url, headers, settings.tls, settings.tcp_timeout, dh.unavailable, settings.connect_timeout,
+                         pace=dh.pacer.hold)  # each hop waits its turn; the blob's slot is held until closed
 
     def record(hops: list[fetch.Hop]) -> None:  # on the event loop
         for hop in hops:
