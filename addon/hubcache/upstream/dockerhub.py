@@ -3,7 +3,7 @@ pull tokens, and hubcache's own requests (tokens, manifests, HEAD revalidation a
 blob downloads go through fetch.py with the same TLS settings and availability check).
 
 Every upstream request hubcache makes itself goes through `request`, which refuses while offline
-or backing off, bounds the time, and remembers how it went.
+or backing off, waits its turn (pacing.py), bounds the time, and remembers how it went.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from hubcache.decide.health import Health
 from hubcache.metrics import Metrics
 from hubcache.settings import Egress, Settings
 from hubcache.upstream import client, credentials, egress, tokens
+from hubcache.upstream.pacing import Pacer
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,7 @@ class DockerHub:
         self.tokens: tokens.UpstreamTokens | None = None
         self.settings = Settings()
         self.egress: Egress | None = None  # the corporate proxy every connection goes through, with its login
+        self.pacer = Pacer(metrics)  # hubcache's own requests, blob downloads included (fetch.get's pace)
         self._creds_loaded = False
         self._reserve_warned = 0.0
 
@@ -46,6 +48,7 @@ class DockerHub:
         credentials.CredentialsError when a source is unusable."""
         self.settings = settings
         self.health.backoff = settings.backoff
+        self.pacer.configure(settings.upstream_concurrency, settings.upstream_rate, settings.upstream_burst)
         if {"hubcache_credentials", "hubcache_docker_config"} & set(updated) or not self._creds_loaded:
             self._creds_loaded = True
             self.accounts = credentials.load(settings.credentials, os.environ, settings.docker_config)
@@ -116,8 +119,16 @@ class DockerHub:
     # -- hubcache's own requests --------------------------------------------------------------
 
     async def request(self, method: str, url: str, headers: list[tuple[str, str]], kind: str = "") -> client.UpstreamResponse:
-        """One request of hubcache's own, unless the host is backing off; the outcome is remembered.
-        `kind` labels it in the upstream request metric."""
+        """One request of hubcache's own, unless the host is backing off, when its turn comes
+        (hubcache_upstream_concurrency, hubcache_upstream_rate: the wait is not part of the
+        timeout); the outcome is remembered. `kind` labels it in the upstream request metric."""
+        host = urlsplit(url).hostname or ""
+        if why := self.unavailable(host):  # fail fast, not after queueing
+            raise client.UpstreamError(why)
+        async with self.pacer.turn(host):
+            return await self._request(method, url, headers, kind)
+
+    async def _request(self, method: str, url: str, headers: list[tuple[str, str]], kind: str) -> client.UpstreamResponse:
         host = urlsplit(url).hostname or ""
         if why := self.unavailable(host):
             raise client.UpstreamError(why)
