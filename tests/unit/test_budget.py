@@ -86,8 +86,9 @@ def test_every_account_spent_counts_as_below_even_without_a_reserve():
     b.observe("b", limits(DOCUMENTED, 100, 5, 60), now=0)
     b.exhausted("b", now=0)
     assert not b.all_below(["a", "b"], reserve=0, now=1)
-    b.spend("a")
+    b.exhausted("a", now=0)
     assert b.all_below(["a", "b"], reserve=0, now=1)
+    assert not b.all_below(["a", "b"], reserve=0, now=60)  # the window is over
 
 
 def test_a_source_without_limit_headers_is_an_unlimited_account_and_preferred():
@@ -157,8 +158,10 @@ def gauge(dh, account: str) -> float | None:
 def test_the_budget_gauge_and_the_pool_follow_either_header_family(dh, prefix):
     dh.observe_budget("alice", "GET", 200, limits(prefix, 100, 12, 3600, source="alice"))
     dh.observe_budget("bob", "HEAD", 200, limits(prefix, 100, 40, 3600, source="bob"))
-    assert gauge(dh, "alice") == 11 and gauge(dh, "bob") == 40  # alice's GET was a pull: one less
+    assert gauge(dh, "alice") == 12 and gauge(dh, "bob") == 40  # Hub's count already has alice's GET in it
     assert dh.budgets.choose(["alice", "bob"], now=0) == "bob"
+    dh.observe_budget("bob", "GET", 200, {})  # a pull whose answer told nothing: counted here
+    assert gauge(dh, "bob") == 39
 
 
 def test_an_unlimited_account_is_plus_inf_in_the_metrics_and_unknown_is_minus_one(dh):
@@ -196,4 +199,4 @@ def test_a_toomanyrequests_429_spends_that_account_only_and_the_host_stays_up(dh
     dh.observe_budget("alice", "GET", 429, limits(DOCUMENTED, 200, 0, 21600), TOOMANY)
     assert dh.unavailable(REGISTRY) is None  # the next pull goes at once
     assert gauge(dh, "alice") == 0 and dh.budgets.choose(dh.account_names(), now=0) == "bob"
-    assert gauge(dh, "bob") == 99
+    assert gauge(dh, "bob") == 100

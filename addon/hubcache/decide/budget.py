@@ -78,8 +78,9 @@ class Budgets:
     def _get(self, account: str) -> AccountBudget:
         return self.accounts.setdefault(account, AccountBudget())
 
-    def observe(self, account: str, headers: Mapping[str, str], now: float) -> None:
-        """Headers (lower-case keys) of a manifest response that upstream answered for `account`.
+    def observe(self, account: str, headers: Mapping[str, str], now: float) -> bool:
+        """Headers (lower-case keys) of a manifest response that upstream answered for `account`;
+        True when they told what is left (counted after this request's own pull, as Hub counts).
         An answer with neither limit headers nor a source (a 404 from elsewhere) tells nothing."""
         b = self._get(account)
         source = headers.get("docker-ratelimit-source", "")
@@ -93,11 +94,14 @@ class Budgets:
                 b.exhausted_until = 0.0
         elif source:
             b.limit, b.remaining, b.unlimited, b.source = None, math.inf, True, source
+        return read is not None
 
-    def spend(self, account: str) -> None:
+    def spend(self, account: str, told: bool = False) -> None:
+        """A counted pull as `account`; `told`: its answer said what is left, this pull counted."""
         b = self._get(account)
         b.spent += 1
-        b.remaining = max(b.remaining - 1, 0)
+        if not told:
+            b.remaining = max(b.remaining - 1, 0)
 
     def exhausted(self, account: str, now: float) -> None:
         """A TOOMANYREQUESTS 429: nothing left until the window ends."""
@@ -135,6 +139,6 @@ class Budgets:
         return best
 
     def all_below(self, accounts: Iterable[str], reserve: int, now: float) -> bool:
-        """Every account has fewer than `reserve` pulls left, or none at all (spent: asking would
-        only get a 429)."""
-        return all(self.left(a, now) < max(reserve, 1) for a in accounts)
+        """Every account has fewer than `reserve` pulls left, or is spent (a TOOMANYREQUESTS 429
+        in its window: asking again would only get another)."""
+        return all(self.left(a, now) < reserve or self._get(a).exhausted_until > now for a in accounts)

@@ -170,9 +170,9 @@ class DockerHub:
         window = max(self.budgets.window(a) for a in names)
         if now - self._reserve_warned > window:  # once per window
             logs.event(log, logging.WARNING, "budget_low",
-                       f"every account has fewer than {max(reserve, 1)} pulls left (hubcache_budget_reserve "
-                       f"{reserve}): stored tags are served stale instead of pulling until the limit window "
-                       "resets (more accounts: hubcache_credentials)", reserve=reserve, accounts=names)
+                       f"every account is spent or below the pull reserve ({reserve}): stored tags are served "
+                       "stale instead of pulling until the limit window resets (more accounts: "
+                       "hubcache_credentials)", reserve=reserve, accounts=names)
             self._reserve_warned = now
         return True
 
@@ -183,13 +183,13 @@ class DockerHub:
         if not account or (status == 429 and not pull_limited(status, body)):
             return
         now = time.time()
-        self.budgets.observe(account, {k.lower(): v for k, v in headers.items()}, now)
+        told = self.budgets.observe(account, {k.lower(): v for k, v in headers.items()}, now)
         if status == 429:
             self.budgets.exhausted(account, now)
             logs.event(log, logging.WARNING, "pull_limit",
                        f"Docker Hub's pull limit reached for {account}: other accounts are used, stored "
                        "tags served stale, until its window resets", account=account)
         elif method == "GET" and status == 200:
-            self.budgets.spend(account)
+            self.budgets.spend(account, told)
             self.metrics.pulls.labels(account).inc()
         self.metrics.set_budget(account, self.budgets.shown(account, now))
