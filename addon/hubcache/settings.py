@@ -110,6 +110,19 @@ def _https_url(value: str) -> str:
     return value
 
 
+def _repository_patterns(value: Sequence[str]) -> tuple[str, ...]:
+    """`myorg/*`, `otherorg/app`: repositories or namespaces (glob); a bare name is an official image."""
+    patterns = []
+    for item in value:
+        for p in item.split(","):
+            if not (p := p.strip().lower()):
+                continue
+            if not re.fullmatch(r"[a-z0-9*?._/-]+", p) or p.startswith("/") or p.endswith("/"):
+                raise ValueError(f"not a repository or namespace pattern: {p!r} (e.g. myorg/* or myorg/app)")
+            patterns.append(p if "/" in p else "library/" + p)
+    return tuple(patterns)
+
+
 def _hosts(value: Sequence[str]) -> frozenset[str]:
     return frozenset(h.lower() for h in value)
 
@@ -130,6 +143,7 @@ class Settings:
     credentials: str = ""
     docker_config: str = ""
     budget_reserve: int = 0
+    pool_private: tuple[str, ...] = ()
     metrics_listen: str = ""
     upstream_timeout: int = 15
     connect_timeout: int = 5
@@ -187,6 +201,7 @@ _PARSERS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "hubcache_credentials": ("credentials", _same),
     "hubcache_docker_config": ("docker_config", _same),
     "hubcache_budget_reserve": ("budget_reserve", _same),
+    "hubcache_pool_private": ("pool_private", _repository_patterns),
     "hubcache_metrics_listen": ("metrics_listen", _host_port),
     "hubcache_upstream_timeout": ("upstream_timeout", _at_least(1)),
     "hubcache_connect_timeout": ("connect_timeout", _at_least(1)),
@@ -220,6 +235,8 @@ def load(loader: Any) -> None:
     add("hubcache_docker_config", str, os.path.join(os.environ.get("DOCKER_CONFIG", os.path.join(os.path.expanduser("~"), ".docker")), "config.json"),
         "Docker config.json whose Docker Hub login (auths, credHelpers, credsStore) hubcache uses; empty: none.")
     add("hubcache_budget_reserve", int, 0, "When every account has fewer pulls left than this, moved tags are served stale instead of spending them.")
+    add("hubcache_pool_private", Sequence[str], [], "Repositories (glob: myorg/*, otherorg/app) whose private content the pool "
+        "accounts may fetch for clients that did not log in themselves. Default: none, the pool pulls public content only.")
     add("hubcache_metrics_listen", str, "", "host:port for the Prometheus /metrics endpoint (e.g. 127.0.0.1:9090); empty: off.")
     add("hubcache_upstream_timeout", int, 15, "Seconds hubcache waits for its own upstream requests (tokens, revalidation).")
     add("hubcache_connect_timeout", int, 5, "Seconds to wait for a TCP connection to an upstream host that has not answered recently.")

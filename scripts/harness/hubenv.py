@@ -48,11 +48,12 @@ __all__ = ["Upstream", "ImageInfo", "IndexInfo", "Req", "missing_prerequisites"]
 REGISTRY_HOST = "registry-1.docker.io"
 AUTH_HOST = "auth.docker.io"
 CDN_HOST = "production.cloudflare.docker.com"
+S3_HOST = "docker-images-prod.s3.dualstack.us-east-1.amazonaws.com"  # where Hub redirects from inside AWS (2026)
 PROXY_HOST = "hubcache.test"
 HOSTS = {
     "127.0.0.1": [REGISTRY_HOST, "index.docker.io", "docker.io"],
     "127.0.0.2": [AUTH_HOST],
-    "127.0.0.3": [CDN_HOST],
+    "127.0.0.3": [CDN_HOST, S3_HOST],  # one storage server under both names
     "127.0.0.4": [PROXY_HOST],
 }
 SERVICE = "registry.docker.io"
@@ -442,6 +443,18 @@ class Upstream:
             self._rules["manifest_faults"] = {}
             self._write_rules()
 
+    @contextlib.contextmanager
+    def redirect_blobs_to(self, host: str):
+        """While inside, the registry's blob redirects point at `host` (served by the CDN server
+        when it is one of HOSTS' names for 127.0.0.3), as Hub moves between CDNs."""
+        self._rules["redirect_host"] = host
+        self._write_rules()
+        try:
+            yield
+        finally:
+            self._rules["redirect_host"] = ""
+            self._write_rules()
+
     def cdn_truncates(self, digest: str, after: int):
         return self.cdn_fault(digest, truncate_at=after)
 
@@ -484,12 +497,13 @@ class Upstream:
         info.name, info.tag = name, tag
         return info
 
-    def push_index(self, name: str, tag: str, platforms: dict, fmt: str = "oci") -> IndexInfo:
+    def push_index(self, name: str, tag: str, platforms: dict, fmt: str = "oci", attestations: bool = False) -> IndexInfo:
         """Push a multi-platform index as docker.io/NAME:TAG.
 
         platforms: {"amd64": ImageInfo | [(size, seed), ...] | {"layers": [...]}, "arm64": ...}
         An ImageInfo is reused as is (its blobs come from the registry's storage);
-        a spec is built with that platform in its config.
+        a spec is built with that platform in its config. attestations: each platform gets an
+        attestation manifest (unknown/unknown), as BuildKit pushes and Hub serves them.
         """
         src = self.workdir / "build" / f"{name.replace('/', '_')}_{tag}"
         shutil.rmtree(src, ignore_errors=True)
@@ -501,7 +515,7 @@ class Upstream:
                 else:
                     layers = spec["layers"] if isinstance(spec, dict) else spec
                     children[key] = images.build_image(src, layers, fmt, key, write_manifest=False)
-            digest, data, media_type = images.build_index(src, children, fmt, self.blob_file)
+            digest, data, media_type = images.build_index(src, children, fmt, self.blob_file, attestations)
             self._skopeo_push(src, name, tag, all_=True)
         finally:
             shutil.rmtree(src, ignore_errors=True)

@@ -114,6 +114,8 @@ class Rules:
         self.abuse_until = float(cfg.get("abuse_until") or 0)
         # {reference (tag or digest): {truncate_at | stall_at [+ stall_seconds] | length_delta}}
         self.manifest_faults: dict = cfg.get("manifest_faults") or {}
+        # blob redirects point at this host instead of distribution's (Hub moves between CDNs)
+        self.redirect_host: str = cfg.get("redirect_host") or ""
 
     def limit(self, account: str) -> int | None:
         return self.limits[account] if account in self.limits else self.limits.get("*")
@@ -168,6 +170,7 @@ class FrontHandler(httpsd.LoggedHandler):
     backend: tuple[str, int]
     rules_path: Path
     book: PullBook
+    redirect_host = ""  # this request's blob redirect goes to this host instead (Rules.redirect_host)
 
     def host(self) -> str:
         return self.server.default_host  # as the registry's lines: one name for 127.0.0.1
@@ -212,6 +215,8 @@ class FrontHandler(httpsd.LoggedHandler):
         fault = {}
         if manifest and self.command == "GET":
             fault = rules.manifest_faults.get(urlsplit(self.path).path.rsplit("/", 1)[-1], {})
+        redirected = "/blobs/" in self.path and resp.status in (301, 302, 303, 307, 308)
+        self.redirect_host = Rules(self.rules_path).redirect_host if redirected else ""
         try:
             self.relay(resp, headers, fault)
         finally:  # logged even if the client hung up: the pull was counted all the same
@@ -316,6 +321,8 @@ class FrontHandler(httpsd.LoggedHandler):
         for k, v in resp.getheaders():
             if k.lower() == "content-length" and "length_delta" in fault:
                 v = str(int(v) + fault["length_delta"])
+            if k.lower() == "location" and self.redirect_host:
+                v = urlsplit(v)._replace(netloc=self.redirect_host).geturl()
             if k.lower() not in HOP_BY_HOP:
                 self.send_header(k, v)
         for k, v in extra_headers.items():

@@ -205,10 +205,33 @@ def build_image(
     )
 
 
+def build_attestation(directory: Path, child: ImageInfo) -> ImageInfo:
+    """An attestation manifest for `child` as BuildKit attaches one to each platform of an index
+    (provenance, as Hub serves them in 2026): an OCI manifest of in-toto layers, platform
+    unknown/unknown, pointing back at the child by the index entry's annotations."""
+    statement = _dumps({"_type": "https://in-toto.io/Statement/v0.1",
+                        "predicateType": "https://slsa.dev/provenance/v0.2",
+                        "subject": [{"name": "_", "digest": {"sha256": child.manifest_digest.split(":", 1)[1]}}],
+                        "predicate": {"buildType": "https://mobyproject.org/buildkit@v1"}})
+    layer = _write_blob(directory, statement)
+    config_bytes = _dumps({"architecture": "unknown", "os": "unknown", "config": {},
+                           "rootfs": {"type": "layers", "diff_ids": [layer]}})
+    config = _write_blob(directory, config_bytes)
+    manifest_bytes = _dumps({
+        "schemaVersion": 2, "mediaType": TYPES["oci"][0],
+        "config": {"mediaType": TYPES["oci"][1], "digest": config, "size": len(config_bytes)},
+        "layers": [{"mediaType": "application/vnd.in-toto+json", "digest": layer, "size": len(statement),
+                    "annotations": {"in-toto.io/predicate-type": "https://slsa.dev/provenance/v0.2"}}],
+    })
+    return ImageInfo(sha256(manifest_bytes), manifest_bytes, TYPES["oci"][0], config, [layer], [len(statement)],
+                     config_bytes, [layer], {"architecture": "unknown", "os": "unknown"})
+
+
 def build_index(
-    directory: Path, children: dict[str, ImageInfo], fmt: str, blob_source
+    directory: Path, children: dict[str, ImageInfo], fmt: str, blob_source, attestations: bool = False,
 ) -> tuple[str, bytes, str]:
-    """Write an index over already-built children into `directory` (a dir: layout).
+    """Write an index over already-built children into `directory` (a dir: layout); with
+    `attestations`, each child is followed by its attestation manifest (build_attestation).
 
     Child blobs not in `directory` yet are symlinked from `blob_source(digest)`
     (the registry's storage), so nothing is copied. Returns (digest, bytes, media type).
@@ -229,6 +252,15 @@ def build_index(
             "size": len(child.manifest_bytes),
             "platform": child.platform or platform_of(key),
         })
+        if attestations:
+            att = build_attestation(directory, child)
+            (directory / f"{att.manifest_digest.split(':', 1)[1]}.manifest.json").write_bytes(att.manifest_bytes)
+            entries.append({
+                "mediaType": att.media_type, "digest": att.manifest_digest, "size": len(att.manifest_bytes),
+                "annotations": {"vnd.docker.reference.digest": child.manifest_digest,
+                                "vnd.docker.reference.type": "attestation-manifest"},
+                "platform": att.platform,
+            })
     data = _dumps({"schemaVersion": 2, "mediaType": index_type, "manifests": entries})
     (directory / "manifest.json").write_bytes(data)
     return sha256(data), data, index_type

@@ -3,13 +3,15 @@ multi-platform images, and the addon loaded into plain mitmdump."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import socket
 import ssl
 from pathlib import Path
 
 import pytest
 
-from harness.clients import proxied_request, skopeo_copy
+from harness.clients import dir_files, proxied_request, skopeo_copy
 from harness.hubenv import CDN_HOST, REGISTRY_HOST
 from harness.proxy import Proxy
 
@@ -76,6 +78,40 @@ def test_multi_platform_pull_counts_only_the_platform_fetched(upstream, start_hu
     assert res.returncode == 0, res.stderr
     assert upstream.requests_since(mark) == []
     assert (tmp_path / "warm" / "manifest.json").read_bytes() == idx.manifests["amd64"].manifest_bytes
+
+
+def test_an_index_with_attestations_is_kept_whole_and_its_attestations_cost_no_pull_unless_asked(
+        upstream, start_hubcache, certs, tmp_path):
+    """Hub's multi-platform images carry an attestation manifest per platform (unknown/unknown):
+    stored and served by digest like any child, the index never trimmed, and pulled upstream
+    only when a client asks for them."""
+    idx = upstream.push_index("library/attested", "1", {"amd64": [(300_000, 8)], "arm64": [(300_000, 9)]},
+                              attestations=True)
+    attestations = [m["digest"] for m in json.loads(idx.manifest_bytes)["manifests"]
+                    if m.get("annotations", {}).get("vnd.docker.reference.type") == "attestation-manifest"]
+    assert len(attestations) == 2
+    hub = start_hubcache()
+    mark = upstream.mark()
+    one = skopeo_copy("docker.io/library/attested:1", tmp_path / "one", proxy=hub.url, cert_dir=certs,
+                      extra_args=["--override-arch", "amd64", "--override-os", "linux"])
+    assert one.returncode == 0, one.stderr
+    gets = sorted(r.path for r in upstream.requests_since(mark) if r.method == "GET" and "/manifests/" in r.path)
+    assert gets == sorted(["/v2/library/attested/manifests/1",
+                           f"/v2/library/attested/manifests/{idx.manifests['amd64'].manifest_digest}"])
+    direct = skopeo_copy("docker.io/library/attested:1", tmp_path / "direct", proxy=None, cert_dir=certs, all_platforms=True)
+    assert direct.returncode == 0, direct.stderr
+    whole = skopeo_copy("docker.io/library/attested:1", tmp_path / "all", proxy=hub.url, cert_dir=certs, all_platforms=True)
+    assert whole.returncode == 0, whole.stderr
+    assert dir_files(tmp_path / "all") == dir_files(tmp_path / "direct")
+    assert (tmp_path / "all" / "manifest.json").read_bytes() == idx.manifest_bytes  # not trimmed
+    with upstream.down():  # every attestation and its blobs are in the store now
+        for digest in attestations:
+            status, headers, body = get_manifest(hub, f"/v2/library/attested/manifests/{digest}", [OCI_MANIFEST])
+            assert status == 200 and hashlib.sha256(body).hexdigest() == digest.split(":")[1]
+        again = skopeo_copy(f"docker.io/library/attested@{idx.digest}", tmp_path / "again", proxy=hub.url,
+                            cert_dir=certs, all_platforms=True)
+        assert again.returncode == 0, again.stderr
+        assert dir_files(tmp_path / "again") == dir_files(tmp_path / "direct")
 
 
 class MitmdumpWithAddon(Proxy):

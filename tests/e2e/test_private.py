@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness.clients import proxied_request, skopeo_copy
+from harness.clients import dir_files, proxied_request, skopeo_copy
 from harness.hubenv import REGISTRY_HOST
 
 pytestmark = pytest.mark.e2e
@@ -53,3 +53,46 @@ def test_public_image_first_pulled_with_a_login_is_then_served_to_anyone(upstrea
     # confirmed with free HEADs as the pool (anonymous here), not fetched again
     assert not any(r.method == "GET" and r.host == REGISTRY_HOST and "/v2/library" in r.path
                    for r in upstream.requests_since(mark))
+
+
+def _pool(tmp_path, account: str, password: str):
+    creds = tmp_path / "pool.toml"
+    creds.write_text(f'[[accounts]]\nusername = "{account}"\ntoken = "{password}"\n')
+    creds.chmod(0o600)
+    return creds
+
+
+def test_a_pool_accounts_private_repository_is_not_served_to_anonymous_clients_unless_named(
+        upstream, start_hubcache, certs, tmp_path):
+    img = upstream.push_image("acme/poolonly", "1", [(200_000, 73)])
+    upstream.set_private("acme/poolonly", ["pusher", "alice"])
+    upstream.push_image("library/poolpublic", "1", [(100_000, 74)])
+    creds = _pool(tmp_path, "alice", "alice-pw")  # alice may pull acme/poolonly; anonymous may not
+    direct_anon = skopeo_copy("docker.io/acme/poolonly:1", tmp_path / "direct", proxy=None, cert_dir=certs)
+    assert direct_anon.returncode != 0  # what an anonymous client gets without hubcache
+
+    hub = start_hubcache(f"hubcache_credentials={creds}")
+    mark = upstream.mark()
+    anon = skopeo_copy("docker.io/acme/poolonly:1", tmp_path / "anon", proxy=hub.url, cert_dir=certs)
+    assert anon.returncode != 0
+    assert "unauthorized" in anon.stderr.lower() or "denied" in anon.stderr.lower(), anon.stderr
+    assert not (tmp_path / "anon" / img.layer_digests[0].split(":")[1]).exists()
+    reqs = upstream.requests_since(mark)
+    # the pool's login was never used for it: no token as alice for that scope, nothing pulled
+    assert not any(r.host == "auth.docker.io" and r.extra.get("account") == "alice" and "poolonly" in r.path
+                   for r in reqs), reqs
+    assert not any(r.host == REGISTRY_HOST and r.method == "GET" and "poolonly/manifests" in r.path and r.status == 200
+                   for r in reqs)
+    # public content still goes as the pool account (its budget)
+    mark = upstream.mark()
+    public = skopeo_copy("docker.io/library/poolpublic:1", tmp_path / "public", proxy=hub.url, cert_dir=certs)
+    assert public.returncode == 0, public.stderr
+    assert upstream.pulls_by_account().get("alice", 0) >= 1
+    hub.stop()
+
+    named = start_hubcache(f"hubcache_credentials={creds}", "hubcache_pool_private=acme/*", name="named")
+    served = skopeo_copy("docker.io/acme/poolonly:1", tmp_path / "served", proxy=named.url, cert_dir=certs)
+    assert served.returncode == 0, served.stderr
+    own = skopeo_copy("docker.io/acme/poolonly:1", tmp_path / "own", proxy=None, cert_dir=certs, creds="alice:alice-pw")
+    assert own.returncode == 0, own.stderr
+    assert dir_files(tmp_path / "served") == dir_files(tmp_path / "own")

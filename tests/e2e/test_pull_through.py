@@ -49,6 +49,39 @@ def test_cold_pull_is_identical_and_fetches_each_object_once(upstream, start_hub
     assert hosts_count(reqs, AUTH) == 1  # hubcache's own token for the repository
 
 
+@pytest.mark.parametrize("login", [None, "alice:alice-pw"], ids=["pool", "own login"])
+def test_blobs_redirected_to_a_storage_host_no_option_names_are_fetched_by_hubcache(
+        upstream, start_hubcache, certs, tmp_path, login):
+    """Hub has moved its blob redirects from Cloudflare to R2, CloudFront and S3: wherever they
+    point, hubcache follows them itself; neither the client nor any hubcache option needs the host."""
+    from harness.hubenv import S3_HOST
+
+    img = upstream.push_image(f"library/s3redirect{bool(login):d}", "1", layers(2 * MiB, 300_000))
+    ref = f"docker.io/library/s3redirect{bool(login):d}:1"
+    hub = start_hubcache()
+    assert S3_HOST not in hub.log()
+    with upstream.redirect_blobs_to(S3_HOST):
+        direct = skopeo_copy(ref, tmp_path / "direct", proxy=None, cert_dir=certs, creds=login)
+        assert direct.returncode == 0, direct.stderr
+        mark = upstream.mark()
+        cold = skopeo_copy(ref, tmp_path / "cold", proxy=hub.url, cert_dir=certs, creds=login)
+        assert cold.returncode == 0, cold.stderr
+        assert dir_files(tmp_path / "cold") == dir_files(tmp_path / "direct")
+        reqs = upstream.requests_since(mark)
+        for d in (img.config_digest, *img.layer_digests):
+            assert hosts_count(reqs, S3_HOST, "GET", d.split(":")[1]) == 1, reqs  # hubcache's own download
+        assert hosts_count(reqs, CDN) == 0
+        mark = upstream.mark()
+        warm = skopeo_copy(ref, tmp_path / "warm", proxy=hub.url, cert_dir=certs, creds=login)
+        assert warm.returncode == 0, warm.stderr
+        assert dir_files(tmp_path / "warm") == dir_files(tmp_path / "direct")
+        reqs = upstream.requests_since(mark)
+        if login:  # private to the login until upstream confirms it: free HEADs and the login's token
+            assert all(r.method == "HEAD" or r.host == AUTH for r in reqs), reqs
+        else:
+            assert reqs == []
+
+
 def test_warm_pull_makes_no_upstream_request(upstream, start_hubcache, certs, tmp_path):
     upstream.push_image("library/warmpull", "2.0", layers(2 * MiB, 64 * 1024))
     hub = start_hubcache()

@@ -278,7 +278,8 @@ def pooled(hub_ctx, tmp_path, monkeypatch):
     creds = tmp_path / "hub.toml"
     creds.write_text('[[accounts]]\nusername = "alice"\ntoken = "a"\n[[accounts]]\nusername = "bob"\ntoken = "b"\n')
     creds.chmod(0o600)
-    tctx.configure(hub, hubcache_credentials=str(creds), hubcache_docker_config=str(tmp_path / "none.json"))
+    tctx.configure(hub, hubcache_credentials=str(creds), hubcache_docker_config=str(tmp_path / "none.json"),
+                   hubcache_pool_private=["library/*"])  # the pool may fetch these: no anonymous token asked
 
     async def token_for(scope, credential):
         return f"tok-{credential.account}"

@@ -85,3 +85,22 @@ def test_load_merges_sources_in_order_without_duplicates(tmp_path):
     cfg.write_text(json.dumps({"auths": {"docker.io": {"username": "alice", "password": "other"}}}))
     got = load(str(f), {"HUBCACHE_DOCKERHUB_USERNAME": "bob", "HUBCACHE_DOCKERHUB_TOKEN": "t2"}, str(cfg))
     assert [(c.account, c.secret) for c in got] == [("alice", "t1"), ("bob", "t2")]
+
+
+def test_a_tokens_claims_say_whether_it_may_pull_a_repository():
+    import base64
+    import json
+
+    from hubcache.upstream.tokens import grants
+
+    def jwt(claims):
+        enc = lambda d: base64.urlsafe_b64encode(json.dumps(d).encode()).rstrip(b"=").decode()  # noqa: E731
+        return f"{enc({'alg': 'RS256'})}.{enc(claims)}.sig"
+
+    public = jwt({"access": [{"type": "repository", "name": "library/alpine", "actions": ["pull"]}]})
+    refused = jwt({"access": [{"type": "repository", "name": "myorg/app", "actions": []}]})
+    assert grants(public, "library/alpine") is True
+    assert grants(public, "library/other") is False
+    assert grants(refused, "myorg/app") is False
+    assert grants("opaque-token", "myorg/app") is None
+    assert grants("a.b.c", "myorg/app") is None  # not JSON claims

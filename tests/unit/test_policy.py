@@ -46,3 +46,16 @@ def test_visibility_of_cached_content():
     assert visibility([priv, seen_as("library/base", False)], "acme/other") == "foreign"
     assert visibility(["library/x"], "library/x") == "public"  # an entry written before the prefixes
     assert visibility([], "library/x") == "foreign"
+
+
+def test_the_pool_fetches_public_content_and_only_the_private_content_it_was_told_to():
+    from hubcache.decide.access import pool_may_fetch, scope_repository
+
+    assert pool_may_fetch("library/postgres", True, ())
+    assert not pool_may_fetch("myorg/app", False, ())  # default: a pool login's private reach stays private
+    assert pool_may_fetch("myorg/app", False, ("myorg/*",))
+    assert pool_may_fetch("myorg/team/app", False, ("myorg/*",))
+    assert not pool_may_fetch("myorgx/app", False, ("myorg/*",))
+    assert not pool_may_fetch("otherorg/web", False, ("otherorg/app",))
+    assert scope_repository("repository:myorg/app:pull") == "myorg/app"
+    assert scope_repository("registry:catalog:*") == ""

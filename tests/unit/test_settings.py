@@ -15,6 +15,7 @@ def options(**overrides):
         "hubcache_auth_hosts": ["auth.docker.io"], "hubcache_cdn_hosts": ["production.cloudflare.docker.com"],
         "hubcache_auth_realm": "https://auth.docker.io/token", "hubcache_auth_service": "registry.docker.io",
         "hubcache_credentials": "", "hubcache_docker_config": "", "hubcache_budget_reserve": 0,
+        "hubcache_pool_private": [],
         "hubcache_metrics_listen": "", "hubcache_upstream_timeout": 15, "hubcache_connect_timeout": 5,
         "hubcache_backoff": 30, "hubcache_pin_time": "", "hubcache_offline_private": "refuse",
         "hubcache_offline": False, "hubcache_log_format": "text", "hubcache_log_level": "info",
@@ -55,11 +56,17 @@ def test_only_the_options_that_changed_are_parsed_again():
     ("hubcache_pin_time", "yesterday", "hubcache_pin_time: not a time: 'yesterday'"),
     ("hubcache_offline_private", "maybe", "must be refuse or allow, not 'maybe'"),
     ("hubcache_auth_realm", "http://auth.docker.io/token", "must be an https URL"),
+    ("hubcache_pool_private", ["myorg/*", "http://x"], "not a repository or namespace pattern: 'http://x'"),
 ])
 def test_a_bad_value_is_refused_naming_the_option_and_the_value(option, value, says):
     with pytest.raises(SettingsError) as e:
         Settings.parse(options(**{option: value}), updated=())
     assert says in str(e.value)
+
+
+def test_pool_private_takes_globs_per_namespace_or_repository():
+    s = Settings.parse(options(hubcache_pool_private=["MyOrg/*,otherorg/app", "postgres"]), updated=())
+    assert s.pool_private == ("myorg/*", "otherorg/app", "library/postgres")
 
 
 def test_json_logs_can_be_set_back_to_text_at_run_time():

@@ -11,6 +11,9 @@ Private content is served only to a client whose own token upstream accepts ther
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from fnmatch import fnmatchcase
+
 PUBLIC, PRIVATE = "P:", "C:"
 
 
@@ -27,3 +30,17 @@ def visibility(seen: list[str], repository: str) -> str:
     if PRIVATE + repository in seen:
         return "private"
     return "foreign"
+
+
+def pool_may_fetch(repository: str, anonymous_may_pull: bool, pool_private: Iterable[str]) -> bool:
+    """May hubcache fetch `repository` with a pool account's login for a client that brought none?
+    Public content, yes (the pool is there for the budget). Content that only a pool login can
+    pull would be handed to every client of the proxy: only where the operator named it in
+    hubcache_pool_private (globs such as myorg/*)."""
+    return anonymous_may_pull or any(fnmatchcase(repository, p) for p in pool_private)
+
+
+def scope_repository(scope: str) -> str:
+    """`repository:myorg/app:pull` -> `myorg/app`; "" for other scopes."""
+    kind, _, rest = scope.partition(":")
+    return rest.rpartition(":")[0] if kind == "repository" else ""

@@ -16,6 +16,7 @@ from collections.abc import Collection, Mapping
 from urllib.parse import urlsplit
 
 from hubcache import logs
+from hubcache.decide import access
 from hubcache.decide.budget import ANONYMOUS, Budgets, pull_limited
 from hubcache.decide.health import Health
 from hubcache.metrics import Metrics
@@ -152,9 +153,24 @@ class DockerHub:
         if client_auth and not tokens.is_local(client_auth):
             return client_auth, ""
         assert self.tokens
+        if self.accounts and not await self._pool_may_fetch(scope):
+            return f"Bearer {await self.tokens.token_for(scope, None)}", ANONYMOUS
         account = self.budgets.choose(self.account_names(), time.time())
         credential = next((c for c in self.accounts if c.account == account), None)
         return f"Bearer {await self.tokens.token_for(scope, credential)}", account
+
+    async def _pool_may_fetch(self, scope: str) -> bool:
+        """Whether a pool login may be used for `scope`: the repository is public (an anonymous
+        token may pull it: asked once per token lifetime, tokens cost no pulls) or named in
+        hubcache_pool_private."""
+        assert self.tokens
+        repository = access.scope_repository(scope)
+        if not repository:
+            return False
+        if access.pool_may_fetch(repository, False, self.settings.pool_private):
+            return True
+        anonymous = await self.tokens.token_for(scope, None)
+        return access.pool_may_fetch(repository, tokens.grants(anonymous, repository) is True, ())
 
     def account_names(self) -> list[str]:
         return [c.account for c in self.accounts] or [ANONYMOUS]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import secrets
 import time
@@ -28,6 +29,24 @@ def issue_local_token() -> dict:
         "expires_in": LOCAL_TTL,
         "issued_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+
+
+def grants(token: str, repository: str, action: str = "pull") -> bool | None:
+    """Whether a registry token's claims grant `action` on `repository` (Docker Hub's and
+    distribution's tokens are JWTs with an `access` claim); None for a token whose claims do not
+    say. Read, not verified: it only ever narrows what hubcache does with the pool's logins."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+        access = claims["access"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    if not isinstance(access, list):
+        return None
+    return any(isinstance(a, dict) and a.get("type") == "repository" and a.get("name") == repository
+               and action in (a.get("actions") or []) for a in access)
 
 
 def is_local(authorization: str) -> bool:
