@@ -8,6 +8,7 @@ No mitmproxy import: the hooks turn a `SettingsError` into mitmproxy's `OptionsE
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import os
 import re
@@ -38,6 +39,53 @@ class TLSSettings:
     insecure: bool = False
     ca_file: str | None = None
     ca_path: str | None = None
+
+
+@dataclass(frozen=True)
+class Egress:
+    """The corporate HTTP proxy that every upstream connection goes through (mitmproxy's upstream
+    mode): hubcache's own connections open a CONNECT tunnel through it. `login` ("user:password")
+    is sent to this proxy only, never shown."""
+
+    host: str
+    port: int
+    login: str | None = dataclasses.field(default=None, repr=False)
+
+    def __str__(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def authorization(self) -> str | None:
+        """The Proxy-Authorization value for this proxy, or None without a login."""
+        return "Basic " + base64.b64encode(self.login.encode()).decode() if self.login else None
+
+
+_UPSTREAM_RE = re.compile(r"(?:(?P<scheme>[a-z][a-z0-9+.-]*)://)?(?P<host>\[[^\]]+\]|[^/:@\[\]]+)(?::(?P<port>\d{1,5}))?/?")
+
+
+def egress_proxy(modes: Sequence[str]) -> tuple[str, int] | None:
+    """mitmproxy's `mode` -> (host, port) of its first upstream proxy, or None (no upstream mode).
+    Mode specs read `upstream:URL[@listen]`; the port defaults as in mitmproxy (http 80)."""
+    for spec in modes:
+        if not spec.startswith("upstream:"):
+            continue
+        data = spec[len("upstream:"):]
+        m = _UPSTREAM_RE.fullmatch(data.rpartition("@")[0] if "@" in data else data)
+        if not m:
+            raise ValueError(f"not an upstream proxy URL: {spec!r} (example: upstream:http://proxy.corp:3128)")
+        if (m.group("scheme") or "http") != "http":
+            raise ValueError(f"hubcache's own connections reach an egress proxy over http:// only (CONNECT), "
+                             f"not {spec!r}")
+        return m.group("host").strip("[]"), int(m.group("port") or 80)
+    return None
+
+
+def upstream_login(value: str | None) -> str | None:
+    """mitmproxy's `upstream_auth` ("user:password"), checked as mitmproxy does; never echoed."""
+    if value is None or value == "":
+        return None
+    if ":" not in value[1:]:
+        raise ValueError("must be user:password (the value is not shown)")
+    return value
 
 
 def parse_size(value: str) -> int:
@@ -158,6 +206,17 @@ class Settings:
     ssl_verify_upstream_trusted_ca: str | None = None
     ssl_verify_upstream_trusted_confdir: str | None = None
     tcp_timeout: int = 60
+    egress_proxy: tuple[str, int] | None = None  # from mitmproxy's `mode` (upstream:URL)
+    upstream_auth: str | None = dataclasses.field(default=None, repr=False)  # mitmproxy's upstream_auth
+    upstream_auth_file: str = ""
+
+    @property
+    def egress(self) -> Egress | None:
+        """The egress proxy with the login of `upstream_auth` (hubcache_upstream_auth_file is read
+        by upstream/credentials.py, which replaces the login), or None: connect directly."""
+        if self.egress_proxy is None:
+            return None
+        return Egress(*self.egress_proxy, login=self.upstream_auth)
 
     @property
     def tls(self) -> TLSSettings:
@@ -175,7 +234,8 @@ class Settings:
         for option, (field, parse) in _PARSERS.items():
             if previous is not None and option not in updated:
                 continue
-            value = getattr(options, option)
+            # upstream_auth belongs to one of mitmproxy's addons, absent where it is not loaded
+            value = getattr(options, option, None) if option == "upstream_auth" else getattr(options, option)
             try:
                 changes[field] = parse(value)
             except ValueError as e:
@@ -215,6 +275,9 @@ _PARSERS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "ssl_verify_upstream_trusted_ca": ("ssl_verify_upstream_trusted_ca", _same),
     "ssl_verify_upstream_trusted_confdir": ("ssl_verify_upstream_trusted_confdir", _same),
     "tcp_timeout": ("tcp_timeout", _same),
+    "mode": ("egress_proxy", egress_proxy),
+    "upstream_auth": ("upstream_auth", upstream_login),
+    "hubcache_upstream_auth_file": ("upstream_auth_file", _same),
 }
 
 
@@ -246,6 +309,8 @@ def load(loader: Any) -> None:
     add("hubcache_offline_private", str, "refuse", "When upstream cannot confirm a client may pull a private repository: refuse (default) or allow.")
     add("hubcache_offline", bool, False, "Never contact upstream: serve what the store has, answer misses with an error.")
     add("hubcache_log_format", str, "text", "text: one line per event, columns as documented; json: every line one JSON object.")
+    add("hubcache_upstream_auth_file", str, "", "File (mode 0600) holding the egress proxy's login as user:password, "
+        "for mode=upstream:URL; instead of upstream_auth, which `ps` shows.")
     add("hubcache_log_level", str, "info", "Lowest level of hubcache's log lines: debug, info, warning or error.")
 
 

@@ -29,7 +29,8 @@ class Proxy:
     """A proxy process. `kind` is "hubcache" (the real CLI) or "mitmdump" (plain, for comparison)."""
 
     def __init__(self, workdir: Path, upstream_ca: Path, *, confdir: Path, sets: list[str] = (), kind: str = "hubcache",
-                 store: Path | None = None, args: list[str] = (), wrap: list[str] = ()) -> None:
+                 store: Path | None = None, args: list[str] = (), wrap: list[str] = (),
+                 host: str = "127.0.0.1") -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.upstream_ca = upstream_ca
@@ -39,13 +40,14 @@ class Proxy:
         self.args = list(args)  # extra command-line arguments
         self.wrap = list(wrap)  # a command that execs the proxy's, e.g. systemd-cat (its stdout then goes there)
         self.kind = kind
+        self.host = host  # the address it listens on (another one when it runs in a netns of its own)
         self.port = 0
         self.proc: subprocess.Popen | None = None
         self.logfile = self.workdir / f"{kind}.log"
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     @property
     def ca_cert(self) -> Path:
@@ -54,12 +56,12 @@ class Proxy:
     def command(self) -> list[str]:
         common = [f"ssl_verify_upstream_trusted_ca={self.upstream_ca}", *self.sets]
         if self.kind == "hubcache":
-            cmd = [*self.wrap, str(BIN / "hubcache"), "run", "--listen-host", "127.0.0.1", "--listen-port", str(self.port),
+            cmd = [*self.wrap, str(BIN / "hubcache"), "run", "--listen-host", self.host, "--listen-port", str(self.port),
                    "--store", str(self.store), "--confdir", str(self.confdir)]
             for s in common:
                 cmd += ["--set", s]
             return cmd + self.args
-        cmd = [str(BIN / "mitmdump"), "--listen-host", "127.0.0.1", "--listen-port", str(self.port),
+        cmd = [str(BIN / "mitmdump"), "--listen-host", self.host, "--listen-port", str(self.port),
                "--set", f"confdir={self.confdir}", "--set", "http2=false", "--set", "stream_large_bodies=1m",
                "--set", "flow_detail=0"]
         for s in common:
@@ -78,7 +80,7 @@ class Proxy:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.kind} exited with {self.proc.returncode}: {self.log()[-2000:]}")
             try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                socket.create_connection((self.host, self.port), timeout=0.5).close()
                 if self.ca_cert.exists():
                     return self
             except OSError:

@@ -43,9 +43,10 @@ def confdir(tmp_path_factory) -> Path:
 def start_hubcache(upstream, confdir, tmp_path):
     started: list[Proxy] = []
 
-    def start(*sets: str, name: str = "hubcache", args: list[str] = (), wrap: list[str] = ()) -> Proxy:
+    def start(*sets: str, name: str = "hubcache", args: list[str] = (), wrap: list[str] = (),
+              host: str = "127.0.0.1") -> Proxy:
         p = Proxy(tmp_path / name, upstream.ca_cert, confdir=confdir, sets=list(sets), args=list(args),
-                  wrap=list(wrap)).start()
+                  wrap=list(wrap), host=host).start()
         started.append(p)
         return p
 

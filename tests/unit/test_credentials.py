@@ -4,6 +4,7 @@ import os
 
 import pytest
 
+from hubcache.upstream import credentials
 from hubcache.upstream.credentials import Credential, CredentialsError, from_docker_config, from_env, from_file, load
 
 SECRET = "s3cr3t-t0ken-value"
@@ -104,3 +105,25 @@ def test_a_tokens_claims_say_whether_it_may_pull_a_repository():
     assert grants(refused, "myorg/app") is False
     assert grants("opaque-token", "myorg/app") is None
     assert grants("a.b.c", "myorg/app") is None  # not JSON claims
+
+
+def test_egress_proxy_login_from_a_private_file(tmp_path):
+    from hubcache.settings import Settings
+
+    f = tmp_path / "proxy-login"
+    f.write_text("runner:s3cret\n")
+    f.chmod(0o600)
+    s = Settings(egress_proxy=("proxy.corp", 3128), upstream_auth_file=str(f))
+    egress = credentials.egress_with_login(s)
+    assert egress is not None and egress.login == "runner:s3cret" and str(egress) == "http://proxy.corp:3128"
+    assert credentials.egress_with_login(Settings(upstream_auth_file=str(f))) is None  # no upstream mode
+    with pytest.raises(credentials.CredentialsError, match="not both"):
+        credentials.egress_with_login(Settings(egress_proxy=("p", 1), upstream_auth="a:b", upstream_auth_file=str(f)))
+    f.chmod(0o640)
+    with pytest.raises(credentials.CredentialsError, match=f"chmod 600 {f}"):
+        credentials.egress_with_login(s)
+    f.write_text("no login here\n")
+    f.chmod(0o600)
+    with pytest.raises(credentials.CredentialsError) as e:
+        credentials.egress_with_login(s)
+    assert "no login here" not in str(e.value)

@@ -214,3 +214,16 @@ def _self_signed_pem() -> str:
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
             .sign(key, hashes.SHA256()))
     return cert.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def test_the_egress_proxys_login_comes_from_a_file_and_is_never_shown(tmp_path):
+    from hubcache.tools.doctor.egresschecks import egress_proxy
+
+    f = tmp_path / "login"
+    f.write_text("runner:s3cret\n")
+    proxy = egress_proxy("http://proxy.corp:3128", str(f))
+    assert (proxy.host, proxy.port, proxy.user, proxy.password) == ("proxy.corp", 3128, "runner", "s3cret")
+    assert "s3cret" not in proxy.show()
+    f.write_text("nothing\n")
+    with pytest.raises(ValueError, match="one line user:password"):
+        egress_proxy("http://proxy.corp:3128", str(f))

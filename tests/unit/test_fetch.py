@@ -5,8 +5,11 @@ registry `127.0.0.1`."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
+import socket
+import socketserver
 import ssl
 import threading
 
@@ -14,8 +17,9 @@ import pytest
 
 from harness import httpsd
 from harness.certs import make_pki
-from hubcache.upstream import fetch
-from hubcache.upstream.client import TLSSettings
+from hubcache.settings import Egress
+from hubcache.upstream import client, fetch
+from hubcache.upstream.client import TLSSettings, UpstreamError
 
 BODY = os.urandom(3 * 1024 * 1024 + 17)  # several reads, and not a whole number of them
 TOKEN = "Bearer pool-account-token"
@@ -100,3 +104,119 @@ def test_a_redirect_on_the_same_host_keeps_the_authorization_header(servers):
     assert body == BODY
     assert [(h.host, h.status) for h in resp.hops] == [("127.0.0.1", 307), ("127.0.0.1", 200)]
     assert [(path, headers["Authorization"]) for path, headers in registry.seen] == [(BLOB, TOKEN), ("/data", TOKEN)]
+
+
+# -- through an egress proxy (mitmproxy's upstream mode) ---------------------------------------
+
+LOGIN = "runner:corp-pw"
+
+
+class ConnectProxy(socketserver.ThreadingTCPServer):
+    """A minimal corporate proxy: CONNECT only; `status` other than 200 refuses; `login` wanted."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, login: str | None = None, status: int = 200) -> None:
+        super().__init__(("127.0.0.1", 0), _Tunnel)
+        self.login, self.status, self.heads = login, status, []
+        threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+
+    def egress(self, login: str | None = None) -> Egress:
+        return Egress("127.0.0.1", self.server_address[1], login)
+
+
+class _Tunnel(socketserver.BaseRequestHandler):
+    def handle(self) -> None:
+        head = b""
+        while b"\r\n\r\n" not in head:
+            data = self.request.recv(4096)
+            if not data:
+                return
+            head += data
+        self.server.heads.append(head.decode())
+        target = head.split(b" ")[1].decode()
+        wanted = self.server.login and f"Proxy-Authorization: {Egress('x', 1, self.server.login).authorization()}"
+        if wanted and wanted not in head.decode():
+            self.request.sendall(b"HTTP/1.1 407 Proxy Authentication Required\r\nContent-Length: 0\r\n\r\n")
+            return
+        if self.server.status != 200:
+            self.request.sendall(f"HTTP/1.1 {self.server.status} Nope\r\nContent-Length: 0\r\n\r\n".encode())
+            return
+        host, _, port = target.rpartition(":")
+        upstream = socket.create_connection((host, int(port)))
+        self.request.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        threading.Thread(target=_pipe, args=(upstream, self.request), daemon=True).start()
+        _pipe(self.request, upstream)
+
+
+def _pipe(src: socket.socket, dst: socket.socket) -> None:
+    try:
+        while data := src.recv(65536):
+            dst.sendall(data)
+    except OSError:
+        pass
+    finally:
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+def test_every_hop_goes_through_the_egress_proxy_with_its_login_sent_only_to_it(servers):
+    tls, registry, cdn = servers
+    registry.redirect_to = f"https://localhost:{_port(cdn)}/data"
+    proxy = ConnectProxy(login=LOGIN)
+    try:
+        resp = fetch.get(f"https://127.0.0.1:{_port(registry)}{BLOB}", [("Authorization", TOKEN)], tls, timeout=10,
+                         egress=proxy.egress(LOGIN))
+        body = b"".join(resp.iter_body())
+        resp.close()
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+    assert body == BODY
+    targets = [h.split(" ")[1] for h in proxy.heads]
+    assert targets == [f"127.0.0.1:{_port(registry)}", f"localhost:{_port(cdn)}"]  # the redirect's host too
+    assert all("Proxy-Authorization: Basic " in h for h in proxy.heads)
+    for _, headers in registry.seen + cdn.seen:  # inside the tunnels: never the proxy's login
+        assert "proxy-authorization" not in {k.lower() for k in headers}
+
+
+def test_hubcaches_own_requests_go_through_the_egress_proxy(servers):
+    tls, registry, _ = servers
+    proxy = ConnectProxy()
+    try:
+        resp = asyncio.run(client.request("GET", f"https://127.0.0.1:{_port(registry)}/data", [], tls, 10,
+                                          proxy.egress()))
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+    assert resp.status == 200 and resp.body == BODY
+    assert [h.split(" ")[1] for h in proxy.heads] == [f"127.0.0.1:{_port(registry)}"]
+    assert "Proxy-Authorization" not in proxy.heads[0]  # no login configured: none sent
+
+
+@pytest.mark.parametrize("status, fix", [
+    (407, "set upstream_auth or hubcache_upstream_auth_file"),
+    (403, "ask the proxy's operator to allow CONNECT"),
+    (502, "check the proxy's own route and DNS"),
+])
+def test_a_refusing_egress_proxy_is_one_error_with_the_fix_and_never_the_login(servers, status, fix):
+    tls, registry, _ = servers
+    proxy = ConnectProxy(login=LOGIN if status == 407 else None, status=200 if status == 407 else status)
+    url = f"https://127.0.0.1:{_port(registry)}{BLOB}"
+    wrong = proxy.egress()  # without a login (the 407 case); then with a wrong one
+    try:
+        with pytest.raises(UpstreamError) as blocking:
+            fetch.get(url, [], tls, timeout=10, egress=wrong)
+        with pytest.raises(UpstreamError) as evented:
+            asyncio.run(client.request("GET", url, [], tls, 10, Egress(wrong.host, wrong.port, "runner:not-it")))
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+    for e in (blocking.value, evented.value):
+        assert f"refused CONNECT 127.0.0.1:{_port(registry)}: {status}" in str(e) and fix in str(e)
+        assert "not-it" not in str(e) and "\n" not in str(e)
+    assert registry.seen == []

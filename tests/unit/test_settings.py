@@ -21,6 +21,7 @@ def options(**overrides):
         "hubcache_offline": False, "hubcache_log_format": "text", "hubcache_log_level": "info",
         "ssl_insecure": False, "ssl_verify_upstream_trusted_ca": None,
         "ssl_verify_upstream_trusted_confdir": None, "tcp_timeout": 60,
+        "mode": ["regular"], "upstream_auth": None, "hubcache_upstream_auth_file": "",
     }
     assert set(values) == set(_PARSERS)  # the test covers every option the settings read
     values.update(overrides)
@@ -57,6 +58,8 @@ def test_only_the_options_that_changed_are_parsed_again():
     ("hubcache_offline_private", "maybe", "must be refuse or allow, not 'maybe'"),
     ("hubcache_auth_realm", "http://auth.docker.io/token", "must be an https URL"),
     ("hubcache_pool_private", ["myorg/*", "http://x"], "not a repository or namespace pattern: 'http://x'"),
+    ("mode", ["upstream:https://proxy.corp:3128"], "over http:// only"),
+    ("upstream_auth", "nocolon", "upstream_auth: must be user:password (the value is not shown)"),
 ])
 def test_a_bad_value_is_refused_naming_the_option_and_the_value(option, value, says):
     with pytest.raises(SettingsError) as e:
@@ -84,3 +87,26 @@ def test_json_logs_can_be_set_back_to_text_at_run_time():
         assert handler.formatter is text
     finally:
         logging.getLogger().removeHandler(handler)
+
+
+@pytest.mark.parametrize("modes, expected", [
+    (["regular"], None),
+    (["upstream:http://proxy.corp:3128"], ("proxy.corp", 3128)),
+    (["upstream:proxy.corp:3128"], ("proxy.corp", 3128)),
+    (["upstream:http://proxy.corp"], ("proxy.corp", 80)),  # mitmproxy's default port for http
+    (["regular@8080", "upstream:http://10.1.2.3:8080@8081"], ("10.1.2.3", 8080)),
+    (["upstream:http://[fd00::1]:3128"], ("fd00::1", 3128)),
+])
+def test_the_egress_proxy_comes_from_mitmproxys_upstream_mode(modes, expected):
+    s = Settings.parse(options(mode=modes, upstream_auth="runner:pw"), updated=())
+    assert s.egress_proxy == expected
+    if expected:
+        assert s.egress is not None and (s.egress.host, s.egress.port) == expected
+        assert s.egress.authorization() == "Basic cnVubmVyOnB3"
+    else:
+        assert s.egress is None
+
+
+def test_the_proxy_login_is_never_shown():
+    s = Settings.parse(options(mode=["upstream:http://proxy.corp:3128"], upstream_auth="runner:s3cret"), updated=())
+    assert "s3cret" not in repr(s) and "s3cret" not in repr(s.egress) and "s3cret" not in str(s.egress)

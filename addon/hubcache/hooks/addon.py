@@ -10,8 +10,8 @@ import ssl
 from collections.abc import Awaitable, Callable, Collection
 from typing import Any
 
-from mitmproxy import ctx, exceptions, http
-from mitmproxy.proxy import server_hooks
+from mitmproxy import connection, ctx, exceptions, http
+from mitmproxy.proxy import mode_specs, server_hooks
 
 from hubcache import logs, settings
 from hubcache.decide import routes
@@ -49,6 +49,7 @@ class HubCache:
         self._running = False
         self._configured = False
         self._flusher: asyncio.Task[None] | None = None
+        self._tunnels: dict[str, tuple[str, int]] = {}  # upstream mode: client id -> the host it CONNECTed to
 
     @property
     def dockerhub(self) -> DockerHub:
@@ -144,7 +145,7 @@ class HubCache:
         if req.scheme != "https":  # never answer for, or send a token over, plain HTTP
             return
         if req.host.lower() == DIRECT_HOST and svc.blobserver:  # intercepted after all (allow_hosts set so)
-            req.scheme, req.data.host, req.data.port = "http", "127.0.0.1", svc.blobserver.port
+            blobs.to_local(flow, svc.blobserver.port)
             return
         s = svc.settings
         route = routes.classify(req.host, req.method, req.path, registry_hosts=s.registry_hosts,
@@ -164,10 +165,16 @@ class HubCache:
 
     async def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
         """Bound the connect time to upstream hosts that have not answered recently, and never
-        connect while offline or backing off."""
+        connect while offline or backing off. In upstream mode the connection goes to the egress
+        proxy, for the host the client CONNECTed to: that host's route is probed."""
         if not data.server.address or not self._configured:
             return
         host, port = data.server.address[0], data.server.address[1]
+        mode = data.client.proxy_mode
+        if isinstance(mode, mode_specs.UpstreamMode) and data.server.address == mode.address:
+            if data.client.id not in self._tunnels:  # plain HTTP through the egress proxy
+                return
+            host, port = self._tunnels[data.client.id]
         if host.lower() == DIRECT_HOST:  # a redirected client's tunnel: to the blob server's TLS listener
             server = self.svc.blobserver
             if server and server.tls_port:
@@ -177,6 +184,27 @@ class HubCache:
             return
         if self.svc.dockerhub.watched(host) and (why := await self.svc.dockerhub.probe(host, port)):
             data.server.error = why
+
+    def http_connect(self, flow: http.HTTPFlow) -> None:
+        if isinstance(flow.client_conn.proxy_mode, mode_specs.UpstreamMode):
+            self._tunnels[flow.client_conn.id] = (flow.request.host, flow.request.port)
+
+    def client_disconnected(self, client: connection.Client) -> None:
+        self._tunnels.pop(client.id, None)
+
+    def http_connect_upstream(self, flow: http.HTTPFlow) -> None:
+        """mitmproxy's CONNECT to the egress proxy: the login of hubcache_upstream_auth_file (mitmproxy
+        adds upstream_auth's itself), and none on the tunnel to hubcache's own blob listener."""
+        if flow.request.host.lower() == DIRECT_HOST:
+            flow.request.headers.pop("Proxy-Authorization", None)
+        elif (egress := self.svc.dockerhub.egress) and (auth := egress.authorization()):
+            flow.request.headers["Proxy-Authorization"] = auth
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        """A plain-HTTP request in upstream mode goes to the egress proxy as it is: with its login."""
+        if flow.request.scheme == "http" and isinstance(flow.client_conn.proxy_mode, mode_specs.UpstreamMode) \
+                and (egress := self.svc.dockerhub.egress) and (auth := egress.authorization()):
+            flow.request.headers["Proxy-Authorization"] = auth
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         st = state_of(flow)

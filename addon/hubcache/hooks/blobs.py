@@ -11,7 +11,7 @@ import logging
 from collections.abc import Callable
 from urllib.parse import urljoin, urlsplit
 
-from mitmproxy import http
+from mitmproxy import connection, http
 
 from hubcache import logs
 from hubcache.decide import access
@@ -155,7 +155,8 @@ def _start_flight(svc: Services, url: str, headers: list[tuple[str, str]], st: F
     seen = access.seen_as(st.repository, st.private)
 
     def opener() -> fetch.Response:
-        return fetch.get(url, headers, settings.tls, settings.tcp_timeout, dh.unavailable, settings.connect_timeout)
+        return fetch.get(url, headers, settings.tls, settings.tcp_timeout, dh.unavailable, settings.connect_timeout,
+                         egress=dh.egress)
 
     def record(hops: list[fetch.Hop]) -> None:  # on the event loop
         for hop in hops:
@@ -213,6 +214,16 @@ def _hand_out(svc: Services, flow: http.HTTPFlow, st: FlowState, digest: str, si
                                                       "Docker-Content-Digest": digest})
         st.direct_bytes = size
         return
-    req = flow.request
-    req.scheme, req.data.host, req.data.port, req.path = "http", "127.0.0.1", server.port, path
+    to_local(flow, server.port)
+    flow.request.path = path
     st.local_stream = True
+
+
+def to_local(flow: http.HTTPFlow, port: int) -> None:
+    """Send `flow` to the blob server's plain listener on this host. Never through the egress
+    proxy of mitmproxy's upstream mode: the flow's connection to its own host names that proxy in
+    `via`, so it gets a connection of its own."""
+    req = flow.request
+    req.scheme, req.data.host, req.data.port = "http", "127.0.0.1", port
+    if flow.server_conn.via is not None:
+        flow.server_conn = connection.Server(address=("127.0.0.1", port))

@@ -262,6 +262,7 @@ class _TLSServer(_Server):
     def finish_request(self, request: Any, client_address: Any) -> None:  # on the connection's own thread
         try:
             request.settimeout(TLS_TIMEOUT)
+            _accept_connect(request)
             conn = self.context.wrap_socket(request, server_side=True)
         except (OSError, ssl.SSLError) as e:
             log.debug("TLS handshake with a blob client failed: %s", e)
@@ -270,6 +271,20 @@ class _TLSServer(_Server):
             self.RequestHandlerClass(conn, client_address, self)  # type: ignore[arg-type]  # typeshed wants BaseServer's Self
         finally:
             conn.close()
+
+
+def _accept_connect(sock: socket.socket) -> None:
+    """In mitmproxy's upstream mode the tunnel to this listener is opened like one through the
+    egress proxy: a CONNECT head comes first. Answer it as a proxy would; then TLS as usual."""
+    if sock.recv(8, socket.MSG_PEEK) != b"CONNECT ":
+        return
+    head = b""
+    while not head.endswith(b"\r\n\r\n"):
+        byte = sock.recv(1)  # byte by byte: nothing past the head may be taken from the TLS handshake
+        if not byte or len(head) > 8192:
+            raise OSError("incomplete CONNECT head")
+        head += byte
+    sock.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
 
 
 class BlobServer:

@@ -3,7 +3,8 @@
 They use the same TLS settings as mitmproxy's upstream connections (`ssl_insecure`,
 `ssl_verify_upstream_trusted_ca`, `ssl_verify_upstream_trusted_confdir`; certifi's bundle when
 neither is set, as mitmproxy does) and the same name resolution (asyncio's open_connection, i.e.
-the system resolver, like mitmproxy's server connections). Bodies are small and bounded.
+the system resolver, like mitmproxy's server connections); in mitmproxy's upstream mode through
+the same corporate proxy (egress.py). Bodies are small and bounded.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ import certifi
 import h11
 
 from hubcache.model import MAX_MANIFEST_BYTES
-from hubcache.settings import TLSSettings
+from hubcache.settings import Egress, TLSSettings
+from hubcache.upstream import egress as route
 
 MAX_BODY = MAX_MANIFEST_BYTES  # the largest answer hubcache reads whole: a manifest
 USER_AGENT = "hubcache"
@@ -70,10 +72,12 @@ async def request(
     headers: list[tuple[str, str]],
     tls: TLSSettings,
     timeout: float,
+    egress: Egress | None = None,
 ) -> UpstreamResponse:
+    """One request; through a CONNECT tunnel of `egress` (the corporate proxy) when given."""
     answered: list[int] = []  # the status, once the response head is in
     try:
-        return await asyncio.wait_for(_request(method, url, headers, tls, answered), timeout)
+        return await asyncio.wait_for(_request(method, url, headers, tls, answered, egress), timeout)
     except TimeoutError as e:
         if answered:
             raise TransferError(f"{method} {redact(url)}: body stalled (not complete within {timeout:g} s)", answered[0]) from e
@@ -121,12 +125,12 @@ def redact(url: str) -> str:
 
 
 async def _request(method: str, url: str, headers: list[tuple[str, str]], tls: TLSSettings,
-                   answered: list[int]) -> UpstreamResponse:
+                   answered: list[int], egress: Egress | None) -> UpstreamResponse:
     parts = urlsplit(url)
     if parts.scheme != "https" or not parts.hostname:
         raise UpstreamError(f"refusing a non-HTTPS upstream URL: {redact(url)}")
     host = parts.hostname
-    reader, writer = await asyncio.open_connection(host, parts.port or 443, ssl=ssl_context(tls), server_hostname=host)
+    reader, writer = await route.open_tls(host, parts.port or 443, ssl_context(tls), egress)
     try:
         conn = h11.Connection(h11.CLIENT)
         writer.write(request_head(conn, method, url, headers))

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hubcache.settings import Egress, Settings
+
 HUB_KEYS = ("https://index.docker.io/v1/", "index.docker.io", "docker.io", "registry-1.docker.io")
 HELPER_TIMEOUT = 10
 
@@ -45,15 +47,20 @@ class Credential:
         return "Basic " + base64.b64encode(f"{self.account}:{self.secret}".encode()).decode()
 
 
-def from_file(path: Path) -> list[Credential]:
+def _private(path: Path, what: str) -> None:
+    """Refuse a secrets file that anybody but its owner can read or write."""
     try:
         mode = path.stat().st_mode
     except OSError as e:
-        raise CredentialsError(f"cannot read credentials file {path}: {e.strerror}") from e
+        raise CredentialsError(f"cannot read {what} {path}: {e.strerror}") from e
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise CredentialsError(
-            f"credentials file {path} has mode {stat.S_IMODE(mode):04o}: others can read it; run: chmod 600 {path}"
+            f"{what} {path} has mode {stat.S_IMODE(mode):04o}: others can read it; run: chmod 600 {path}"
         )
+
+
+def from_file(path: Path) -> list[Credential]:
+    _private(path, "credentials file")
     text = path.read_text()
     try:
         data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
@@ -150,3 +157,27 @@ def load(credentials_file: str, env: Mapping[str, str], docker_config: str) -> l
     for c in found:
         unique.setdefault(c.account, c)  # the first source that names an account wins
     return list(unique.values())
+
+
+def proxy_login(path: Path) -> str:
+    """The egress proxy's login (one line, user:password) from hubcache_upstream_auth_file."""
+    _private(path, "egress proxy login file")
+    try:
+        lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as e:
+        raise CredentialsError(f"cannot read egress proxy login file {path}: {type(e).__name__}") from None
+    if len(lines) != 1 or ":" not in lines[0][1:]:
+        raise CredentialsError(f"egress proxy login file {path} must hold one line user:password (its content is not shown)")
+    return lines[0]
+
+
+def egress_with_login(settings: Settings) -> Egress | None:
+    """The egress proxy of mitmproxy's upstream mode with its login: upstream_auth, or the one in
+    hubcache_upstream_auth_file (never both)."""
+    egress = settings.egress
+    if not settings.upstream_auth_file:
+        return egress
+    if settings.upstream_auth:
+        raise CredentialsError("set upstream_auth or hubcache_upstream_auth_file, not both")
+    login = proxy_login(Path(settings.upstream_auth_file).expanduser())
+    return Egress(egress.host, egress.port, login) if egress else None

@@ -20,8 +20,8 @@ from hubcache.decide import access
 from hubcache.decide.budget import ANONYMOUS, Budgets, pull_limited
 from hubcache.decide.health import Health
 from hubcache.metrics import Metrics
-from hubcache.settings import Settings
-from hubcache.upstream import client, credentials, tokens
+from hubcache.settings import Egress, Settings
+from hubcache.upstream import client, credentials, egress, tokens
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,7 @@ class DockerHub:
         self.budgets = Budgets()
         self.tokens: tokens.UpstreamTokens | None = None
         self.settings = Settings()
+        self.egress: Egress | None = None  # the corporate proxy every connection goes through, with its login
         self._creds_loaded = False
         self._reserve_warned = 0.0
 
@@ -53,6 +54,7 @@ class DockerHub:
                 logs.event(log, logging.INFO, "accounts_loaded",
                            "Docker Hub accounts: " + ", ".join(str(c) for c in self.accounts),
                            accounts=[c.account for c in self.accounts])
+        self.egress = credentials.egress_with_login(settings)
         realm, service = settings.auth_realm, settings.auth_service
         if self.tokens is None or (self.tokens.realm, self.tokens.service) != (realm, service):
             self.tokens = tokens.UpstreamTokens(self._get, realm, service)
@@ -106,17 +108,23 @@ class DockerHub:
 
     async def probe(self, host: str, port: int) -> str | None:
         """Before mitmproxy connects to `host` for a client: why it must not (offline, backing
-        off, or no TCP connection within hubcache_connect_timeout), or None. A host that answered
-        within the last RECENTLY_OK seconds is not probed: a hit's neighbours cost nothing."""
+        off, or no route within hubcache_connect_timeout), or None. The route is the one that will
+        be used: a TCP connection, or in upstream mode a tunnel the corporate proxy accepted. A host
+        that answered within the last RECENTLY_OK seconds is not probed: a hit's neighbours cost
+        nothing."""
         if why := self.unavailable(host):
             return why
         if self.health.recently_ok(self.health_key(host), time.time(), RECENTLY_OK):
             return None
         try:
-            _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), self.settings.connect_timeout)
-            writer.close()
+            await asyncio.wait_for(egress.probe(host, port, self.egress), self.settings.connect_timeout)
+        except egress.EgressError as e:
+            reason = str(e)
+            self.result(host, None, reason)
+            return reason
         except (OSError, TimeoutError) as e:
-            reason = f"cannot connect to {host}:{port}: {e or 'timed out'}"
+            via = f" through egress proxy {self.egress}" if self.egress else ""
+            reason = f"cannot connect to {host}:{port}{via}: {e or 'timed out'}"
             self.result(host, None, reason)
             return reason
         return None
@@ -131,7 +139,8 @@ class DockerHub:
             raise client.UpstreamError(why)
         self.metrics.upstream.labels(kind or ("token" if method == "GET" else "revalidate")).inc()
         try:
-            resp = await client.request(method, url, headers, self.settings.tls, self.settings.upstream_timeout)
+            resp = await client.request(method, url, headers, self.settings.tls, self.settings.upstream_timeout,
+                                        self.egress)
         except client.TransferError as e:  # the host answered; this one transfer failed
             self.result(host, e.status)
             raise

@@ -12,7 +12,6 @@ clients do; only HTTPS targets are followed.
 
 from __future__ import annotations
 
-import socket
 import ssl
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -20,7 +19,8 @@ from urllib.parse import urljoin, urlsplit
 
 import h11
 
-from hubcache.settings import TLSSettings
+from hubcache.settings import Egress, TLSSettings
+from hubcache.upstream import egress as route
 from hubcache.upstream.client import UpstreamError, header_dict, redact, request_head, ssl_context
 
 MAX_REDIRECTS = 5
@@ -118,12 +118,14 @@ def get(
     timeout: float,
     allowed: Callable[[str], str | None] = lambda host: None,
     connect_timeout: float | None = None,
+    egress: Egress | None = None,
 ) -> Response:
     """GET `url`, following redirects; the returned response's body is not read yet.
 
     `allowed(host)` returns why a host may not be asked now (offline, backing off), or None.
     `timeout` bounds every read (a stalled transfer fails after it), `connect_timeout` (default:
-    `timeout`) the TCP connect.
+    `timeout`) the TCP connect. With `egress` (the corporate proxy) every hop, redirects to
+    other hosts too, goes through a CONNECT tunnel of its own.
     """
     hops: list[Hop] = []
     for _ in range(MAX_REDIRECTS + 1):
@@ -134,7 +136,7 @@ def get(
         if why := allowed(host):
             raise FetchError(why, hops)
         try:
-            resp = _request(url, headers, tls, timeout, connect_timeout or timeout)
+            resp = _request(url, headers, tls, timeout, connect_timeout or timeout, egress)
         except UpstreamError as e:
             hops.append(Hop(host, None, str(e)))
             raise FetchError(str(e), hops) from e
@@ -152,17 +154,19 @@ def get(
     raise FetchError(f"GET {redact(url)}: more than {MAX_REDIRECTS} redirects", hops)
 
 
-def _request(url: str, headers: list[tuple[str, str]], tls: TLSSettings, timeout: float, connect_timeout: float) -> Response:
+def _request(url: str, headers: list[tuple[str, str]], tls: TLSSettings, timeout: float, connect_timeout: float,
+             egress: Egress | None) -> Response:
     parts = urlsplit(url)
     host, port = parts.hostname or "", parts.port or 443
     try:
-        raw = socket.create_connection((host, port), timeout=connect_timeout)
+        raw = route.open_socket(host, port, egress, connect_timeout, timeout)
+    except route.EgressError as e:
+        raise UpstreamError(f"GET {redact(url)}: {e}") from e
     except TimeoutError as e:
         raise UpstreamError(f"GET {redact(url)}: cannot connect to {host}:{port}: timed out") from e
     except OSError as e:
         raise UpstreamError(f"GET {redact(url)}: cannot connect to {host}:{port}: {e}") from e
     try:
-        raw.settimeout(timeout)
         sock = ssl_context(tls).wrap_socket(raw, server_hostname=host)
         conn = h11.Connection(h11.CLIENT)
         sock.sendall(request_head(conn, "GET", url, headers))

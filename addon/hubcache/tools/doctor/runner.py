@@ -12,6 +12,7 @@ from pathlib import Path
 
 from hubcache.tools.doctor.certs import pem_certs
 from hubcache.tools.doctor.check import Check, exit_code
+from hubcache.tools.doctor.egresschecks import check_all as check_egress
 from hubcache.tools.doctor.hostchecks import DOCKER_PIDFILE, check_ca_store, check_docker
 from hubcache.tools.doctor.proxychecks import check_interception, check_proxy, check_pull
 from hubcache.tools.doctor.proxyenv import parse_proxy, proxy_from_env
@@ -59,6 +60,9 @@ def run(args: argparse.Namespace) -> int:
         emit(check_pull(proxy, args.image))
     else:
         emit(Check("test pull", None, "not tried: the checks of the proxy above failed"))
+    if args.egress_proxy:  # the corporate proxy that hubcache itself goes through
+        for c in check_egress(args.egress_proxy, args.egress_auth_file, args.egress_ca):
+            emit(c)
     return exit_code(checks)
 
 
@@ -69,4 +73,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image", default=DEFAULT_IMAGE, help=f"image for the test pull (default {DEFAULT_IMAGE}); only a manifest HEAD, "
                    "which Docker Hub does not count")
     p.add_argument("--dockerd-pid", type=int, default=None, help=f"the dockerd to check (default: {DOCKER_PIDFILE}, else the only dockerd)")
+    p.add_argument("--egress-proxy", default="", help="the corporate proxy hubcache goes through (its mode=upstream:URL): "
+                   "check that it opens CONNECT tunnels to Docker Hub's hosts")
+    p.add_argument("--egress-auth-file", default="", help="file with that proxy's login, user:password (hubcache_upstream_auth_file)")
+    p.add_argument("--egress-ca", default="", help="CA file hubcache trusts upstream (ssl_verify_upstream_trusted_ca); default: certifi's")
     p.add_argument("--daemon-json", default=DAEMON_JSON, help=f"dockerd's configuration file (default {DAEMON_JSON})")
