@@ -287,7 +287,7 @@ def pooled(hub_ctx, tmp_path, monkeypatch):
     hub.dockerhub.tokens.token_for = token_for
     seen, answers = [], {}
 
-    async def request(method, url, headers, tls, timeout):
+    async def request(method, url, headers, tls, timeout, *rest, **kw):
         account = dict(headers)["Authorization"].removeprefix("Bearer tok-")
         seen.append((method, account))
         return answers["fn"](method, account)
