@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -19,7 +18,7 @@ class Metrics:
         self.bytes = Counter("hubcache_bytes", "Body bytes sent to clients, by where they came from", ["source"], registry=r)
         self.upstream = Counter("hubcache_upstream_requests", "Requests that reached upstream, by kind", ["kind"], registry=r)
         self.pulls = Counter("hubcache_pulls_spent", "Counted pulls (manifest GETs) spent, by account", ["account"], registry=r)
-        self.budget = Gauge("hubcache_pull_budget_remaining", "Pulls left in the window, by account (-1: unknown or unlimited)",
+        self.budget = Gauge("hubcache_pull_budget_remaining", "Pulls left in the window, by account (+Inf: unlimited, paid plan; -1: not known)",
                             ["account"], registry=r)
         self.upstream_queued = Gauge("hubcache_upstream_queued", "hubcache's own upstream requests waiting for their "
                                      "turn (hubcache_upstream_concurrency, hubcache_upstream_rate), by host", ["host"], registry=r)
@@ -42,5 +41,6 @@ class Metrics:
             self._server.shutdown()
             self._server = None
 
-    def set_budget(self, account: str, left: float) -> None:
-        self.budget.labels(account).set(-1 if math.isinf(left) else left)
+    def set_budget(self, account: str, left: float | None) -> None:
+        """`left`: pulls left; math.inf for an unlimited account; None when not known."""
+        self.budget.labels(account).set(-1 if left is None else left)

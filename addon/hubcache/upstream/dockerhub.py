@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 from hubcache import logs
 from hubcache.decide import access
-from hubcache.decide.budget import ANONYMOUS, Budgets
+from hubcache.decide.budget import ANONYMOUS, Budgets, pull_limited
 from hubcache.decide.health import Health
 from hubcache.metrics import Metrics
 from hubcache.settings import Egress, Settings
@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 REGISTRY = "registry"  # the health key of all registry host aliases
 RECENTLY_OK = 60  # seconds after a good upstream answer in which connections are not probed first
+ABUSE_LIMIT = "answered a bare 429 (Docker Hub's abuse limit on requests from this address)"
 
 
 class DockerHub:
@@ -78,12 +79,17 @@ class DockerHub:
         why = self.health.down(self.health_key(host), time.time())
         return f"upstream {host} unavailable: {why}" if why else None
 
-    def result(self, host: str, status: int | None, error: str = "") -> None:
-        """Remember how an upstream request went: failures start the back-off."""
+    def result(self, host: str, status: int | None, error: str = "", body: bytes | None = None) -> None:
+        """Remember how an upstream request went: failures start the back-off. `body`: the answer's
+        body when it was read (a 429's tells one account's pull limit from the abuse limit)."""
         key, now = self.health_key(host), time.time()
+        if status == 429 and not pull_limited(status, body):
+            self._abuse_limited(host, key, now)
+            return
         # A 500 can be about one object (distribution answers 500 for a manifest it cannot
-        # parse); unreachable, overloaded or rate-limited is about the host.
-        if status is None or status in (429, 502, 503, 504):
+        # parse); unreachable or overloaded is about the host. A 429 for one account's pull
+        # limit is about that account (observe_budget): the host answers, other accounts pull.
+        if status is None or status in (502, 503, 504):
             reason = error or f"answered {status}"
             if self.health.failed(key, reason, now):
                 logs.event(log, logging.WARNING, "upstream_backoff",
@@ -92,6 +98,16 @@ class DockerHub:
                            "HTTPS_PROXY and DNS)", host=host, reason=reason, seconds=self.health.backoff)
         elif self.health.succeeded(key, now):
             logs.event(log, logging.INFO, "upstream_recovered", f"upstream {host} answers again", host=host)
+
+    def _abuse_limited(self, host: str, key: str, now: float) -> None:
+        """A bare 429: Docker Hub's abuse limit on every request from this address, whatever the
+        account. The host backs off for all of them; no account is marked spent."""
+        if self.health.failed(key, ABUSE_LIMIT, now):
+            logs.event(log, logging.WARNING, "abuse_limit",
+                       f"upstream {host} {ABUSE_LIMIT}: not asked for {self.health.backoff:.0f} s as any account, "
+                       "stored tags are served stale meanwhile (if it recurs: lower hubcache_upstream_rate, or send "
+                       "fewer runners' requests to Docker Hub from this address)",
+                       host=host, seconds=self.health.backoff)
 
     async def probe(self, host: str, port: int) -> str | None:
         """Before mitmproxy connects to `host` for a client: why it must not (offline, backing
@@ -142,7 +158,7 @@ class DockerHub:
         except client.UpstreamError as e:
             self.result(host, None, str(e))
             raise
-        self.result(host, resp.status)
+        self.result(host, resp.status, body=resp.body)
         return resp
 
     async def _get(self, url: str, headers: list[tuple[str, str]]) -> client.UpstreamResponse:
@@ -180,33 +196,36 @@ class DockerHub:
         return [c.account for c in self.accounts] or [ANONYMOUS]
 
     def budget_low(self) -> bool:
-        """Every account is below hubcache_budget_reserve: keep the last pulls, serve stale tags."""
+        """Every account is below hubcache_budget_reserve, or spent: keep the last pulls, serve
+        stale tags."""
         now = time.time()
         names = self.account_names()
         reserve = self.settings.budget_reserve
         if not self.budgets.all_below(names, reserve, now):
             return False
-        window = max(self.budgets.accounts[a].window for a in names if a in self.budgets.accounts)
+        window = max(self.budgets.window(a) for a in names)
         if now - self._reserve_warned > window:  # once per window
             logs.event(log, logging.WARNING, "budget_low",
-                       f"every account is below the pull reserve ({reserve}): stored tags are served stale "
-                       "instead of pulling until the limit window resets (more accounts: hubcache_credentials)",
-                       reserve=reserve, accounts=names)
+                       f"every account is spent or below the pull reserve ({reserve}): stored tags are served "
+                       "stale instead of pulling until the limit window resets (more accounts: "
+                       "hubcache_credentials)", reserve=reserve, accounts=names)
             self._reserve_warned = now
         return True
 
-    def observe_budget(self, account: str, method: str, status: int, headers: Mapping[str, str]) -> None:
-        """A manifest response upstream gave for `account` ("" = the client's own login: not ours)."""
-        if not account:
+    def observe_budget(self, account: str, method: str, status: int, headers: Mapping[str, str],
+                       body: bytes | None = None) -> None:
+        """A manifest response upstream gave for `account` ("" = the client's own login: not ours).
+        `body`: as for `result`; a bare 429 (the abuse limit) leaves every account as it was."""
+        if not account or (status == 429 and not pull_limited(status, body)):
             return
         now = time.time()
-        self.budgets.observe(account, {k.lower(): v for k, v in headers.items()}, now)
+        told = self.budgets.observe(account, {k.lower(): v for k, v in headers.items()}, now)
         if status == 429:
             self.budgets.exhausted(account, now)
             logs.event(log, logging.WARNING, "pull_limit",
                        f"Docker Hub's pull limit reached for {account}: other accounts are used, stored "
                        "tags served stale, until its window resets", account=account)
         elif method == "GET" and status == 200:
-            self.budgets.spend(account)
+            self.budgets.spend(account, told)
             self.metrics.pulls.labels(account).inc()
-        self.metrics.set_budget(account, self.budgets.left(account, now))
+        self.metrics.set_budget(account, self.budgets.shown(account, now))
