@@ -60,7 +60,7 @@ def test_the_abuse_limit_is_one_warning_per_back_off_with_the_fix(caplog):
         dh.result("registry-1.docker.io", 429, body=b"")
     (abuse,) = _events(caplog, "abuse_limit")
     assert abuse.levelno == logging.WARNING and abuse.fields == {"host": "registry-1.docker.io", "seconds": 30}
-    assert "fewer requests" in abuse.getMessage() and _events(caplog, "upstream_backoff") == []
+    assert "lower hubcache_upstream_rate" in abuse.getMessage() and _events(caplog, "upstream_backoff") == []
 
 
 def test_json_lines_carry_the_event_name_and_its_fields():
