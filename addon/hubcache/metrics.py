@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+# seconds an upstream request of hubcache's own waited for its turn (upstream/pacing.py)
+WAIT_BUCKETS = (0.005, 0.05, 0.25, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 
 
 class Metrics:
@@ -16,8 +18,14 @@ class Metrics:
         self.bytes = Counter("hubcache_bytes", "Body bytes sent to clients, by where they came from", ["source"], registry=r)
         self.upstream = Counter("hubcache_upstream_requests", "Requests that reached upstream, by kind", ["kind"], registry=r)
         self.pulls = Counter("hubcache_pulls_spent", "Counted pulls (manifest GETs) spent, by account", ["account"], registry=r)
-        self.budget = Gauge("hubcache_pull_budget_remaining", "Pulls left in the window, by account (-1: unknown or unlimited)",
+        self.budget = Gauge("hubcache_pull_budget_remaining", "Pulls left in the window, by account (+Inf: unlimited, paid plan; -1: not known)",
                             ["account"], registry=r)
+        self.upstream_queued = Gauge("hubcache_upstream_queued", "hubcache's own upstream requests waiting for their "
+                                     "turn (hubcache_upstream_concurrency, hubcache_upstream_rate), by host", ["host"], registry=r)
+        self.upstream_active = Gauge("hubcache_upstream_active", "hubcache's own upstream requests under way (a blob "
+                                     "download for its whole transfer), by host", ["host"], registry=r)
+        self.upstream_wait = Histogram("hubcache_upstream_wait_seconds", "Seconds hubcache's own upstream requests waited "
+                                       "for their turn, by host", ["host"], buckets=WAIT_BUCKETS, registry=r)
         self.store_bytes = Gauge("hubcache_store_bytes", "Bytes of content in the store", registry=r)
         self.store_entries = Gauge("hubcache_store_entries", "Entries in the store, by kind", ["kind"], registry=r)
         self._server: Any = None  # prometheus_client's WSGI server, while it runs
@@ -33,5 +41,6 @@ class Metrics:
             self._server.shutdown()
             self._server = None
 
-    def set_budget(self, account: str, left: float) -> None:
-        self.budget.labels(account).set(-1 if math.isinf(left) else left)
+    def set_budget(self, account: str, left: float | None) -> None:
+        """`left`: pulls left; math.inf for an unlimited account; None when not known."""
+        self.budget.labels(account).set(-1 if left is None else left)

@@ -196,6 +196,9 @@ class Settings:
     upstream_timeout: int = 15
     connect_timeout: int = 5
     backoff: int = 30
+    upstream_concurrency: int = 16
+    upstream_rate: int = 20
+    upstream_burst: int = 40
     pin_time: float | None = None
     offline_private: str = "refuse"
     offline: bool = False
@@ -266,6 +269,9 @@ _PARSERS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "hubcache_upstream_timeout": ("upstream_timeout", _at_least(1)),
     "hubcache_connect_timeout": ("connect_timeout", _at_least(1)),
     "hubcache_backoff": ("backoff", _at_least(0)),
+    "hubcache_upstream_concurrency": ("upstream_concurrency", _at_least(0)),
+    "hubcache_upstream_rate": ("upstream_rate", _at_least(0)),
+    "hubcache_upstream_burst": ("upstream_burst", _at_least(1)),
     "hubcache_pin_time": ("pin_time", parse_time),
     "hubcache_offline_private": ("offline_private", _one_of("refuse", "allow")),
     "hubcache_offline": ("offline", _same),
@@ -304,6 +310,11 @@ def load(loader: Any) -> None:
     add("hubcache_upstream_timeout", int, 15, "Seconds hubcache waits for its own upstream requests (tokens, revalidation).")
     add("hubcache_connect_timeout", int, 5, "Seconds to wait for a TCP connection to an upstream host that has not answered recently.")
     add("hubcache_backoff", int, 30, "Seconds an upstream host that failed is not asked again: tags are served stale, misses fail at once.")
+    add("hubcache_upstream_concurrency", int, 16, "Most requests of hubcache's own (tokens, manifests, blob downloads, "
+        "each for its whole transfer) under way at once to one upstream host; more wait their turn. 0: no cap.")
+    add("hubcache_upstream_rate", int, 20, "Most requests per second hubcache itself sends upstream, all hosts together "
+        "(Docker Hub's abuse limit counts every request of an address); more wait their turn. 0: no cap.")
+    add("hubcache_upstream_burst", int, 40, "Requests that may go at once, above hubcache_upstream_rate, after a quiet spell.")
     add("hubcache_pin_time", str, "", "Serve every tag as it was at this time (e.g. 2026-11-27T10:00:00Z), from the tag history, "
         "without asking upstream: replays a past pipeline.")
     add("hubcache_offline_private", str, "refuse", "When upstream cannot confirm a client may pull a private repository: refuse (default) or allow.")

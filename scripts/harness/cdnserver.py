@@ -102,15 +102,18 @@ class CDNHandler(httpsd.LoggedHandler):
         f.seek(start)
         sent = 0
         t0 = time.monotonic()
+        # A paced link sends steadily (20 pieces a second), and the last byte leaves when its time
+        # comes, not at once with a pause after it: the request log's t is when the body was sent.
+        piece = CHUNK if not rate else max(16 << 10, int(rate / 20))
         try:
             while sent < end - start:
-                chunk = f.read(min(CHUNK, end - start - sent))
+                chunk = f.read(min(piece, end - start - sent))
                 if not chunk:
                     break  # file shrank under us (a test tampering with it)
+                if rate and (ahead := sent / rate - (time.monotonic() - t0)) > 0:
+                    time.sleep(ahead)  # the bytes sent so far have had their time on the link
                 self.wfile.write(chunk)
                 sent += len(chunk)
-                if rate and (ahead := sent / rate - (time.monotonic() - t0)) > 0:
-                    time.sleep(ahead)
         except (ConnectionError, TimeoutError, OSError):
             self.close_connection = True
         if sent < end - start:

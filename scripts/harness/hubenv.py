@@ -470,15 +470,25 @@ class Upstream:
         _write_atomic(self.front_rules, json.dumps(self._rules))
 
     def set_limits(self, limits: dict[str, int | None] | None = None, *, window: float | None = None,
-                   retry_after: int | None = None) -> None:
+                   retry_after: int | None = None, headers: str = "ratelimit") -> None:
         """Replace the limits (as in __init__; None: nobody limited), the window (None: the one
-        Upstream() was given) and retry_after. Counted pulls stay.
+        Upstream() was given), retry_after and the header family. Counted pulls stay.
 
         retry_after=N: 429s carry Retry-After: N, which Docker Hub does not send. skopeo retries
-        a 429 up to 4 times, waiting 2, 4, 8, 16 s; with Retry-After: 0 it fails at once."""
+        a 429 up to 4 times, waiting 2, 4, 8, 16 s; with Retry-After: 0 it fails at once.
+        headers: "ratelimit" (ratelimit-limit/-remaining, as documented) or "x-ratelimit" (the
+        x-ratelimit-* family of 2026 captures). An account whose limit is None gets only
+        docker-ratelimit-source, as a paid account does."""
         self._rules["limits"] = dict(limits or {})
         self._rules["window"] = self._window if window is None else window
         self._rules["retry_after"] = retry_after
+        self._rules["headers"] = headers
+        self._write_rules()
+
+    def abuse_limit(self, seconds: float) -> None:
+        """For the next `seconds` (0: from now on no more), every request to the registry host gets
+        a bare 429, as Docker Hub's abuse limit answers an address that asked too often."""
+        self._rules["abuse_until"] = time.time() + seconds if seconds > 0 else 0
         self._write_rules()
 
     def reset_pulls(self) -> None:

@@ -13,10 +13,14 @@ Hub does (see /work/shared/notes/registry-facts.md):
 - a pull is a GET on /v2/<name>/manifests/<ref> that the registry answers 200.
   HEADs and blob GETs never count.
 - GET and HEAD on manifests carry ratelimit-limit / ratelimit-remaining
-  ("N;w=WINDOW") and docker-ratelimit-source (the account, or the IP), unless
-  the account is unlimited.
-- a manifest GET over the limit gets 429 with Hub's OCI error body, and never
-  reaches the registry.
+  ("N;w=WINDOW"; the x-ratelimit-* family of 2026 captures instead when
+  LIMITS.json says "headers": "x-ratelimit") and docker-ratelimit-source (the
+  account, or the IP). An unlimited account (a paid plan) gets the source only.
+- a manifest GET over the limit gets 429 with Hub's OCI error body
+  (TOOMANYREQUESTS), and never reaches the registry.
+- the abuse limit: while LIMITS.json's abuse_until is in the future, every
+  request (any method, any path, any account) gets a bare 429: no body, no
+  limit headers. Nothing is forwarded and no pull is counted.
 
 Pulls are counted in a sliding window. The log (one JSON line per request,
 like the other services) is also the front's memory: a restarted front (e.g.
@@ -25,11 +29,16 @@ after `Upstream.down()`) reads its counted pulls back from it.
 Run: python hubfront.py --backend 127.0.0.1:5000 --limits LIMITS.json --listen 127.0.0.1:443 ...
 LIMITS.json, re-read at every manifest request so a test can change it while the front runs:
   {"limits": {"anonymous": 100, "alice": 200, "pro": null, "*": 200},
-   "window": 21600, "reset_at": 0, "retry_after": null}
+   "window": 21600, "reset_at": 0, "retry_after": null, "headers": "ratelimit", "abuse_until": 0}
   limits: per account; null = unlimited; "anonymous" applies to each client IP on its own;
-          a name not listed uses "*", and is unlimited if there is no "*".
+          a name not listed uses "*", and is unlimited if there is no "*". Empty: nobody is
+          limited and no limit headers (nor docker-ratelimit-source) are sent.
+  window: seconds, also sent as w= in the headers.
   reset_at: pulls counted at or before this time (time.time()) are forgotten.
-  retry_after: if set, 429s carry Retry-After: N (Docker Hub sends none).
+  retry_after: if set, pull-limit 429s carry Retry-After: N (Docker Hub sends none).
+  headers: the limit header family, "ratelimit" (documented) or "x-ratelimit" (2026 captures).
+  abuse_until: until this time (time.time()), every request gets a bare 429 (the abuse limit).
+LIMITS.json is read at every request (the abuse limit applies to all of them).
 """
 
 from __future__ import annotations
@@ -74,9 +83,16 @@ def token_account(authorization: str | None) -> str:
         return "anonymous"
 
 
-def limit_headers(limit: int, remaining: int, window: float, source: str) -> dict[str, str]:
+FAMILIES = ("ratelimit", "x-ratelimit")
+
+
+def limit_headers(limit: int | None, remaining: int, window: float, source: str,
+                  family: str = "ratelimit") -> dict[str, str]:
+    """Hub's headers on a manifest answer; an unlimited account (limit None) gets the source only."""
+    if limit is None:
+        return {"docker-ratelimit-source": source}
     w = f";w={int(window)}"
-    return {"ratelimit-limit": f"{limit}{w}", "ratelimit-remaining": f"{remaining}{w}",
+    return {f"{family}-limit": f"{limit}{w}", f"{family}-remaining": f"{remaining}{w}",
             "docker-ratelimit-source": source}
 
 
@@ -92,6 +108,10 @@ class Rules:
         self.window = float(cfg.get("window") or DEFAULT_WINDOW)
         self.reset_at = float(cfg.get("reset_at") or 0)
         self.retry_after = cfg.get("retry_after")
+        self.family = cfg.get("headers") or "ratelimit"
+        if self.family not in FAMILIES:
+            raise ValueError(f"LIMITS.json: headers must be one of {FAMILIES}, not {self.family!r}")
+        self.abuse_until = float(cfg.get("abuse_until") or 0)
         # {reference (tag or digest): {truncate_at | stall_at [+ stall_seconds] | length_delta}}
         self.manifest_faults: dict = cfg.get("manifest_faults") or {}
         # blob redirects point at this host instead of distribution's (Hub moves between CDNs)
@@ -160,11 +180,13 @@ class FrontHandler(httpsd.LoggedHandler):
         anonymous = account == "anonymous"
         source = self.client_address[0] if anonymous else account
         log = {"account": account, "source": source}
-        rules = limit = None  # set for manifest GET/HEAD only
+        rules = Rules(self.rules_path)
+        if time.time() < rules.abuse_until:
+            return self.abused(log)
+        limit = None
         pull_t = None  # set while a pull is counted for this request
-
-        if self.command in ("GET", "HEAD") and MANIFEST.match(urlsplit(self.path).path):
-            rules = Rules(self.rules_path)
+        manifest = self.command in ("GET", "HEAD") and MANIFEST.match(urlsplit(self.path).path)
+        if manifest:
             limit = rules.limit(account)
             if self.command == "GET":
                 now = time.time()
@@ -184,13 +206,14 @@ class FrontHandler(httpsd.LoggedHandler):
             self.book.give_back(source, pull_t)  # a 401 or 404 is no pull
             pull_t = None
         headers = {}
-        if rules is not None and limit is not None:
+        if manifest and rules.limits:  # no limits at all: a registry that sends no such headers
             # counted after this request's own pull, as Hub counts it
             used = self.book.used(source, rules.since(time.time()))
-            headers = limit_headers(limit, max(0, limit - used), rules.window, source)
+            headers = limit_headers(limit, max(0, limit - used) if limit is not None else 0, rules.window,
+                                    source, rules.family)
         self.relayed = 0
         fault = {}
-        if rules is not None and self.command == "GET":
+        if manifest and self.command == "GET":
             fault = rules.manifest_faults.get(urlsplit(self.path).path.rsplit("/", 1)[-1], {})
         redirected = "/blobs/" in self.path and resp.status in (301, 302, 303, 307, 308)
         self.redirect_host = Rules(self.rules_path).redirect_host if redirected else ""
@@ -214,9 +237,17 @@ class FrontHandler(httpsd.LoggedHandler):
                      **extra}
         super().record(status, sent, **extra)
 
+    def abused(self, log):
+        """Docker Hub's abuse limit: a bare 429, whatever was asked."""
+        self.close_connection = True  # a request body, if any, is left unread
+        self.send_response(429)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+        self.record(429, 0, **log, pull=False, answered_by="hubfront", abuse=True)
+
     def too_many(self, source, limit, rules, anonymous, log):
         body = {"errors": [{"code": "TOOMANYREQUESTS", "message": MESSAGES[anonymous]}]}
-        headers = limit_headers(limit, 0, rules.window, source)
+        headers = limit_headers(limit, 0, rules.window, source, rules.family)
         headers["Docker-Distribution-Api-Version"] = "registry/2.0"
         if rules.retry_after is not None:
             headers["Retry-After"] = str(int(rules.retry_after))

@@ -305,13 +305,45 @@ def test_front_unlimited_account_gets_no_ratelimit_headers(upstream, image, limi
     pro = pull_token(upstream, "library/envtest", "pro:propw")["token"]
     for method in ("GET", "GET", "GET", "HEAD"):
         status, headers, _ = manifest(upstream, image, method, token=pro)
-        assert status == 200 and ratelimit(headers) == (None, None, None)
+        # as Hub answers a paid account: who is counted, no limit
+        assert status == 200 and ratelimit(headers) == (None, None, "pro")
+        assert not [k for k in headers if k.startswith("x-ratelimit")]
     # Any other name, anonymous included, falls under "*".
     alice = pull_token(upstream, "library/envtest", "alice:alicepw")["token"]
     status, headers, _ = manifest(upstream, image, token=alice)
     assert status == 200 and ratelimit(headers) == ("1" + W, "0" + W, "alice")
     assert manifest(upstream, image, token=alice)[0] == 429
     assert upstream.pulls_by_account() == {"pro": 3, "alice": 1}  # counted, never refused
+
+
+def test_front_sends_the_x_ratelimit_family_with_its_window(upstream, image, limits, accounts):
+    limits({"alice": 3, "pro": None}, window=3600, headers="x-ratelimit")
+    alice = pull_token(upstream, "library/envtest", "alice:alicepw")["token"]
+    status, headers, _ = manifest(upstream, image, token=alice)
+    assert status == 200 and ratelimit(headers) == (None, None, "alice")  # not the documented family
+    assert (headers["x-ratelimit-limit"], headers["x-ratelimit-remaining"]) == ("3;w=3600", "2;w=3600")
+    pro = pull_token(upstream, "library/envtest", "pro:propw")["token"]
+    status, headers, _ = manifest(upstream, image, "HEAD", token=pro)
+    assert status == 200 and {k for k in headers if "ratelimit" in k} == {"docker-ratelimit-source"}
+
+
+def test_front_abuse_limit_is_a_bare_429_to_every_request(upstream, image, limits, accounts):
+    limits({"alice": 100})
+    alice = pull_token(upstream, "library/envtest", "alice:alicepw")["token"]
+    mark = upstream.mark()
+    upstream.abuse_limit(60)
+    try:
+        for method, path in (("GET", "manifests/1"), ("HEAD", "manifests/1"), ("GET", f"blobs/{image.config_digest}")):
+            status, headers, body = https(upstream, method, f"https://{REGISTRY_HOST}/v2/library/envtest/{path}",
+                                          {"Authorization": f"Bearer {alice}"})
+            assert status == 429 and body == b"" and not [k for k in headers if "ratelimit" in k.lower()]
+    finally:
+        upstream.abuse_limit(0)
+    assert manifest(upstream, image, token=alice)[0] == 200
+    reqs = upstream.requests_since(mark)
+    assert [r.status for r in reqs] == [429, 429, 429, 200]
+    assert [r.extra.get("abuse") for r in reqs[:3]] == [True] * 3
+    assert upstream.pulls_by_account() == {"alice": 1}  # the 429s counted no pull
 
 
 def test_front_reset_window_and_restart(upstream, image, limits):

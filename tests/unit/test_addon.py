@@ -265,3 +265,82 @@ def test_reads_hubcache_does_not_cache_go_with_a_pool_token_of_their_scope_in_pl
     asyncio.run(hub.request(f))
     assert scopes == [scope]
     assert f.response is not None or f.request.headers["authorization"] == "Bearer pool-token"
+
+
+@pytest.fixture
+def pooled(hub_ctx, tmp_path, monkeypatch):
+    """The hub with a pool of alice and bob, whose token requests are answered here; upstream's
+    answers to hubcache's own requests come from `answers` (a function of method and account),
+    and every request is kept in `seen` as (method, account)."""
+    from hubcache.upstream import client
+
+    hub, tctx = hub_ctx
+    creds = tmp_path / "hub.toml"
+    creds.write_text('[[accounts]]\nusername = "alice"\ntoken = "a"\n[[accounts]]\nusername = "bob"\ntoken = "b"\n')
+    creds.chmod(0o600)
+    tctx.configure(hub, hubcache_credentials=str(creds), hubcache_docker_config=str(tmp_path / "none.json"),
+                   hubcache_pool_private=["library/*"])  # the pool may fetch these: no anonymous token asked
+
+    async def token_for(scope, credential):
+        return f"tok-{credential.account}"
+
+    hub.dockerhub.tokens.token_for = token_for
+    seen, answers = [], {}
+
+    async def request(method, url, headers, tls, timeout, *rest, **kw):
+        account = dict(headers)["Authorization"].removeprefix("Bearer tok-")
+        seen.append((method, account))
+        return answers["fn"](method, account)
+
+    monkeypatch.setattr(client, "request", request)
+    return hub, seen, answers
+
+
+TOOMANY = b'{"errors":[{"code":"TOOMANYREQUESTS","message":"You have reached your pull rate limit."}]}'
+
+
+def _manifest_answer(body: bytes, account: str, remaining: int):
+    from hubcache import model
+    from hubcache.upstream import client
+
+    h = {"content-type": model.OCI_MANIFEST, "docker-content-digest": "sha256:" + hashlib.sha256(body).hexdigest(),
+         "x-ratelimit-limit": "100;w=3600", "x-ratelimit-remaining": f"{remaining};w=3600",
+         "docker-ratelimit-source": account}
+    return client.UpstreamResponse(200, h, body)
+
+
+def test_a_bare_429_serves_stored_tags_stale_refuses_misses_clearly_and_spends_no_account(pooled):
+    from hubcache import model
+    from hubcache.upstream import client
+
+    hub, seen, answers = pooled
+    old = b'{"schemaVersion":2,"old":1}'
+    old_d = "sha256:" + hashlib.sha256(old).hexdigest()
+    hub.svc.store.put_manifest(old_d, model.OCI_MANIFEST, old, "P:library/x")
+    hub.svc.store.put_tag("library/x", "1", model.OCI_MANIFEST, old_d, len(old), 0.0)  # past the TTL
+    answers["fn"] = lambda method, account: _manifest_answer(b'{"schemaVersion":2,"y":1}', account, 50)
+    assert run(hub, flow("/v2/library/y/manifests/1")).status_code == 200  # alice: 49 left
+    budgets = {a: hub.dockerhub.budgets.left(a, 0) for a in ("alice", "bob")}
+    answers["fn"] = lambda method, account: client.UpstreamResponse(429, {}, b"")  # the abuse limit
+    r = run(hub, flow("/v2/library/x/manifests/1"))
+    assert r.status_code == 200 and r.content == old and "abuse limit" in r.headers["warning"]
+    r = run(hub, flow("/v2/library/z/manifests/1"))  # a miss: not asked, the back-off's error
+    err = json.loads(r.content)["errors"][0]
+    assert r.status_code == 404 and "abuse limit" in err["message"] and "not retried" in err["message"]
+    assert seen[1:] == [("HEAD", "bob")]  # one request met the 429; then nothing as anyone
+    assert {a: hub.dockerhub.budgets.left(a, 0) for a in ("alice", "bob")} == budgets
+
+
+def test_a_toomanyrequests_429_spends_one_account_and_the_next_pull_goes_as_another_at_once(pooled):
+    from hubcache.upstream import client
+
+    hub, seen, answers = pooled
+    body = b'{"schemaVersion":2,"w":1}'
+    answers["fn"] = lambda method, account: (client.UpstreamResponse(429, {"content-type": "application/json"}, TOOMANY)
+                                             if account == "alice" else _manifest_answer(body, account, 80))
+    r = run(hub, flow("/v2/library/w/manifests/1"))  # nothing stored: Hub's answer, as Hub gave it
+    assert r.status_code == 429 and json.loads(r.content)["errors"][0]["code"] == "TOOMANYREQUESTS"
+    assert hub.dockerhub.unavailable("registry-1.docker.io") is None
+    r = run(hub, flow("/v2/library/w/manifests/1"))
+    assert r.status_code == 200 and r.content == body
+    assert seen == [("GET", "alice"), ("GET", "bob")]

@@ -45,9 +45,22 @@ def test_a_pull_limit_and_a_low_budget_are_named_warnings_without_the_secret(cap
     dh.observe_budget("ci-bot", "GET", 200, {"ratelimit-limit": "100;w=21600", "ratelimit-remaining": "3;w=21600"})
     assert dh.budget_low() and dh.budget_low()
     assert len(_events(caplog, "budget_low")) == 1  # once per window, not per request
-    dh.observe_budget("ci-bot", "GET", 429, {})
+    dh.observe_budget("ci-bot", "GET", 429, {}, b"")  # bare: the address's abuse limit, not ci-bot's
+    assert _events(caplog, "pull_limit") == []
+    dh.observe_budget("ci-bot", "GET", 429, {}, b'{"errors":[{"code":"TOOMANYREQUESTS","message":"m"}]}')
     assert _events(caplog, "pull_limit")[0].fields == {"account": "ci-bot"}
     assert "s3cr3t" not in caplog.text
+
+
+def test_the_abuse_limit_is_one_warning_per_back_off_with_the_fix(caplog):
+    dh = DockerHub(Metrics())
+    dh.configure(Settings(), ["hubcache_credentials"])
+    caplog.set_level(logging.INFO, logger="hubcache")
+    for _ in range(3):
+        dh.result("registry-1.docker.io", 429, body=b"")
+    (abuse,) = _events(caplog, "abuse_limit")
+    assert abuse.levelno == logging.WARNING and abuse.fields == {"host": "registry-1.docker.io", "seconds": 30}
+    assert "fewer requests" in abuse.getMessage() and _events(caplog, "upstream_backoff") == []
 
 
 def test_json_lines_carry_the_event_name_and_its_fields():

@@ -17,9 +17,11 @@ import pytest
 
 from harness import httpsd
 from harness.certs import make_pki
+from harness.proxy import free_port
 from hubcache.settings import Egress
 from hubcache.upstream import client, fetch
 from hubcache.upstream.client import TLSSettings, UpstreamError
+from hubcache.upstream.pacing import Pacer
 
 BODY = os.urandom(3 * 1024 * 1024 + 17)  # several reads, and not a whole number of them
 TOKEN = "Bearer pool-account-token"
@@ -220,3 +222,53 @@ def test_a_refusing_egress_proxy_is_one_error_with_the_fix_and_never_the_login(s
         assert f"refused CONNECT 127.0.0.1:{_port(registry)}: {status}" in str(e) and fix in str(e)
         assert "not-it" not in str(e) and "\n" not in str(e)
     assert registry.seen == []
+
+
+def test_each_hop_waits_its_turn_and_the_blob_holds_its_hosts_slot_until_closed(servers):
+    tls, registry, cdn = servers
+    registry.redirect_to = f"https://localhost:{_port(cdn)}/data"
+    pacer = Pacer()
+    pacer.configure(concurrency=1, rate=0, burst=1)
+    asked: list[tuple[str, int, int]] = []  # host, then what each host held when the hop asked
+
+    def pace(host: str):
+        asked.append((host, pacer.busy("127.0.0.1"), pacer.busy("localhost")))
+        return pacer.hold(host)
+
+    resp = fetch.get(f"https://127.0.0.1:{_port(registry)}{BLOB}", [("Authorization", TOKEN)], tls, timeout=10, pace=pace)
+    # the registry's slot was freed with its 307, before the CDN hop asked for one
+    assert asked == [("127.0.0.1", 0, 0), ("localhost", 0, 0)]
+    assert (pacer.busy("127.0.0.1"), pacer.busy("localhost")) == (0, 1)  # the body is still to come
+    assert b"".join(resp.iter_body()) == BODY
+    assert pacer.busy("localhost") == 1
+    resp.close()
+    assert pacer.busy("localhost") == 0
+    resp.close()  # twice: nothing more freed
+    assert pacer.busy("localhost") == 0
+
+
+def test_a_hop_that_gets_no_answer_frees_its_slot(servers):
+    tls, registry, _ = servers
+    registry.redirect_to = f"https://localhost:{free_port()}/data"  # nobody listens there
+    pacer = Pacer()
+    pacer.configure(concurrency=1, rate=0, burst=1)
+    with pytest.raises(fetch.FetchError):
+        fetch.get(f"https://127.0.0.1:{_port(registry)}{BLOB}", [], tls, timeout=5, pace=pacer.hold)
+    assert (pacer.busy("127.0.0.1"), pacer.busy("localhost")) == (0, 0)
+
+
+def test_a_host_that_went_down_while_its_hop_waited_is_not_asked(servers):
+    tls, registry, _ = servers
+    pacer = Pacer()
+    pacer.configure(concurrency=1, rate=0, burst=1)
+    down: list[str] = []
+
+    def pace(host: str):
+        release = pacer.hold(host)
+        down.append(host)  # e.g. another download failed and started the back-off meanwhile
+        return release
+
+    with pytest.raises(fetch.FetchError, match="backing off"):
+        fetch.get(f"https://127.0.0.1:{_port(registry)}{BLOB}", [], tls, timeout=5, pace=pace,
+                  allowed=lambda host: "backing off" if host in down else None)
+    assert registry.seen == [] and pacer.busy("127.0.0.1") == 0

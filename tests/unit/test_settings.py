@@ -17,7 +17,8 @@ def options(**overrides):
         "hubcache_credentials": "", "hubcache_docker_config": "", "hubcache_budget_reserve": 0,
         "hubcache_pool_private": [],
         "hubcache_metrics_listen": "", "hubcache_upstream_timeout": 15, "hubcache_connect_timeout": 5,
-        "hubcache_backoff": 30, "hubcache_pin_time": "", "hubcache_offline_private": "refuse",
+        "hubcache_backoff": 30, "hubcache_upstream_concurrency": 16, "hubcache_upstream_rate": 20,
+        "hubcache_upstream_burst": 40, "hubcache_pin_time": "", "hubcache_offline_private": "refuse",
         "hubcache_offline": False, "hubcache_log_format": "text", "hubcache_log_level": "info",
         "ssl_insecure": False, "ssl_verify_upstream_trusted_ca": None,
         "ssl_verify_upstream_trusted_confdir": None, "tcp_timeout": 60,
@@ -38,6 +39,7 @@ def test_values_are_parsed_into_typed_fields():
     assert s.registry_hosts == frozenset({"registry-1.docker.io"})
     assert s.pin_time == 1795773600.0
     assert s.tls.ca_file == "/etc/ca.pem" and not s.tls.insecure
+    assert (s.upstream_concurrency, s.upstream_rate, s.upstream_burst) == (16, 20, 40)
 
 
 def test_only_the_options_that_changed_are_parsed_again():
@@ -53,6 +55,8 @@ def test_only_the_options_that_changed_are_parsed_again():
     ("hubcache_direct_min", "big", "(or off)"),
     ("hubcache_tag_ttl", -1, "hubcache_tag_ttl: must be >= 0, not -1"),
     ("hubcache_upstream_timeout", 0, "hubcache_upstream_timeout: must be >= 1, not 0"),
+    ("hubcache_upstream_rate", -1, "hubcache_upstream_rate: must be >= 0, not -1"),
+    ("hubcache_upstream_burst", 0, "hubcache_upstream_burst: must be >= 1, not 0"),
     ("hubcache_metrics_listen", "9090", "must be host:port, not '9090'"),
     ("hubcache_pin_time", "yesterday", "hubcache_pin_time: not a time: 'yesterday'"),
     ("hubcache_offline_private", "maybe", "must be refuse or allow, not 'maybe'"),

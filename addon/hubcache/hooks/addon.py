@@ -219,7 +219,8 @@ class HubCache:
             return
         svc = self.svc
         if not st.local_stream and not st.answered_here:  # the answer came from upstream
-            svc.dockerhub.result(flow.request.host, flow.response.status_code)
+            resp = flow.response  # a streamed body was not kept: a 429 there is bare, as on Hub
+            svc.dockerhub.result(flow.request.host, resp.status_code, body=None if resp.stream else resp.get_content(strict=False))
             svc.metrics.upstream.labels(st.route.kind.value).inc()
             await _after_upstream(svc, flow, st)
         log_request(flow, st, svc.metrics)

@@ -156,7 +156,8 @@ def _start_flight(svc: Services, url: str, headers: list[tuple[str, str]], st: F
 
     def opener() -> fetch.Response:
         return fetch.get(url, headers, settings.tls, settings.tcp_timeout, dh.unavailable, settings.connect_timeout,
-                         egress=dh.egress)
+                         egress=dh.egress,
+                         pace=dh.pacer.hold)  # each hop waits its turn; the blob's slot is held until closed
 
     def record(hops: list[fetch.Hop]) -> None:  # on the event loop
         for hop in hops:

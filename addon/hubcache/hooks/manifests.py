@@ -14,16 +14,18 @@ from mitmproxy import http
 from hubcache import logs
 from hubcache.decide import access, freshness
 from hubcache.decide import manifests as checks
+from hubcache.decide.budget import pull_limited
 from hubcache.decide.mediatypes import Accept, choose
 from hubcache.hooks import responses
 from hubcache.hooks.auth import allowed
-from hubcache.hooks.fallback import go_upstream, serve_stale, stale_or_refuse
+from hubcache.hooks.fallback import go_upstream, not_stored, serve_stale, stale_or_refuse
 from hubcache.hooks.flowstate import FlowState
 from hubcache.hooks.services import Services, owner_of, url_of
 from hubcache.model import MAX_MANIFEST_BYTES, OCI_INDEX, OCI_MANIFEST, Manifest, Outcome, Refusal, Route
 from hubcache.store import StoreError
 from hubcache.upstream import client
 from hubcache.upstream.client import UpstreamError, UpstreamResponse
+from hubcache.upstream.dockerhub import ABUSE_LIMIT
 
 log = logging.getLogger(__name__)
 
@@ -118,9 +120,9 @@ async def _revalidate(svc: Services, flow: http.HTTPFlow, st: FlowState, digest:
     except UpstreamError as e:
         serve_stale(flow, st, m, str(e))
         return True
-    svc.dockerhub.observe_budget(st.account, "HEAD", resp.status, resp.headers)
-    if resp.status == 429 or resp.status >= 500:
-        serve_stale(flow, st, m, f"upstream answered {resp.status}")
+    svc.dockerhub.observe_budget(st.account, "HEAD", resp.status, resp.headers, resp.body)
+    if resp.status == 429 or resp.status >= 500:  # HEADs are free: a 429 here is the abuse limit
+        serve_stale(flow, st, m, _why_refused(svc, flow, resp.status, resp.body))
         return True
     head = await _remember_tag(svc, st.route, resp.status, resp.header, flow.request.headers.get_all("accept"))
     if head is None:
@@ -161,9 +163,14 @@ async def after_upstream(svc: Services, flow: http.HTTPFlow, st: FlowState) -> N
     resp = flow.response
     if resp is None:
         return
-    svc.dockerhub.observe_budget(st.account, flow.request.method, resp.status_code, resp.headers)
+    body = resp.get_content(strict=False)
+    svc.dockerhub.observe_budget(st.account, flow.request.method, resp.status_code, resp.headers, body)
     if resp.status_code == 429 and st.stale is not None:
-        serve_stale(flow, st, st.stale, "pull limit reached: upstream answered 429")
+        serve_stale(flow, st, st.stale, _why_refused(svc, flow, 429, body))
+    elif resp.status_code == 429 and not pull_limited(429, body):  # as when upstream backs off
+        refusal = not_stored(st, _why_refused(svc, flow, 429, body))
+        flow.response = responses.refusal(refusal)
+        st.outcome, st.note = refusal.outcome, refusal.note
     if flow.request.method == "HEAD":
         await _remember_tag(svc, st.route, resp.status_code, lambda name: resp.headers.get(name, ""),
                             flow.request.headers.get_all("accept"))
@@ -194,8 +201,8 @@ async def _fetch(svc: Services, flow: http.HTTPFlow, st: FlowState) -> None:
         flow.response = responses.manifest(got, False)
     elif isinstance(got, str):  # upstream sent a manifest that does not match its digest
         raise _rejected(got)
-    elif got.status == 429 and st.stale is not None:
-        serve_stale(flow, st, st.stale, "pull limit reached: upstream answered 429")
+    elif got.status == 429 and (st.stale is not None or not pull_limited(429, got.body)):
+        stale_or_refuse(flow, st, _why_refused(svc, flow, 429, got.body))  # a bare 429: as when upstream backs off
     else:
         flow.response = http.Response.make(got.status, got.body, client.relayable(got.headers))
         st.note = f"upstream answered {got.status}" if got.status != 200 else "a signed schema 1 conversion, relayed"
@@ -206,7 +213,7 @@ async def _fetch_once(svc: Services, route: Route, url: str, headers: list[tuple
     """One upstream GET of a manifest: the verified, stored Manifest; a reason (str) when
     upstream's bytes were refused; or upstream's answer when it was not a 200, or a signed schema 1."""
     resp = await svc.dockerhub.request("GET", url, headers, kind="manifest")
-    svc.dockerhub.observe_budget(account, "GET", resp.status, resp.headers)
+    svc.dockerhub.observe_budget(account, "GET", resp.status, resp.headers, resp.body)
     if resp.status != 200 or resp.header("content-type").split(";")[0].strip() == SCHEMA1_SIGNED:
         return resp
     m = checks.check(route, resp.header("content-type"), resp.header("docker-content-digest"), resp.body)
@@ -234,6 +241,16 @@ async def _fetch_once(svc: Services, route: Route, url: str, headers: list[tuple
         return m
     svc.writer.submit(store.evict_if_needed)  # not on the client's time
     return m
+
+
+def _why_refused(svc: Services, flow: http.HTTPFlow, status: int, body: bytes | None) -> str:
+    """Why upstream's refusal (429, 5xx) of a manifest request is answered from the store or not
+    at all. A bare 429 (the abuse limit) has backed the host off: said as any back-off is."""
+    if status != 429:
+        return f"upstream answered {status}"
+    if pull_limited(status, body):
+        return "pull limit reached: upstream answered 429 TOOMANYREQUESTS"
+    return svc.dockerhub.unavailable(flow.request.host) or f"upstream {ABUSE_LIMIT}"
 
 
 def _rejected(why: str) -> Refusal:

@@ -3,7 +3,7 @@ pull tokens, and hubcache's own requests (tokens, manifests, HEAD revalidation a
 blob downloads go through fetch.py with the same TLS settings and availability check).
 
 Every upstream request hubcache makes itself goes through `request`, which refuses while offline
-or backing off, bounds the time, and remembers how it went.
+or backing off, waits its turn (pacing.py), bounds the time, and remembers how it went.
 """
 
 from __future__ import annotations
@@ -17,16 +17,18 @@ from urllib.parse import urlsplit
 
 from hubcache import logs
 from hubcache.decide import access
-from hubcache.decide.budget import ANONYMOUS, Budgets
+from hubcache.decide.budget import ANONYMOUS, Budgets, pull_limited
 from hubcache.decide.health import Health
 from hubcache.metrics import Metrics
 from hubcache.settings import Egress, Settings
 from hubcache.upstream import client, credentials, egress, tokens
+from hubcache.upstream.pacing import Pacer
 
 log = logging.getLogger(__name__)
 
 REGISTRY = "registry"  # the health key of all registry host aliases
 RECENTLY_OK = 60  # seconds after a good upstream answer in which connections are not probed first
+ABUSE_LIMIT = "answered a bare 429 (Docker Hub's abuse limit on requests from this address)"
 
 
 class DockerHub:
@@ -38,6 +40,7 @@ class DockerHub:
         self.tokens: tokens.UpstreamTokens | None = None
         self.settings = Settings()
         self.egress: Egress | None = None  # the corporate proxy every connection goes through, with its login
+        self.pacer = Pacer(metrics)  # hubcache's own requests, blob downloads included (fetch.get's pace)
         self._creds_loaded = False
         self._reserve_warned = 0.0
 
@@ -46,6 +49,7 @@ class DockerHub:
         credentials.CredentialsError when a source is unusable."""
         self.settings = settings
         self.health.backoff = settings.backoff
+        self.pacer.configure(settings.upstream_concurrency, settings.upstream_rate, settings.upstream_burst)
         if {"hubcache_credentials", "hubcache_docker_config"} & set(updated) or not self._creds_loaded:
             self._creds_loaded = True
             self.accounts = credentials.load(settings.credentials, os.environ, settings.docker_config)
@@ -75,12 +79,17 @@ class DockerHub:
         why = self.health.down(self.health_key(host), time.time())
         return f"upstream {host} unavailable: {why}" if why else None
 
-    def result(self, host: str, status: int | None, error: str = "") -> None:
-        """Remember how an upstream request went: failures start the back-off."""
+    def result(self, host: str, status: int | None, error: str = "", body: bytes | None = None) -> None:
+        """Remember how an upstream request went: failures start the back-off. `body`: the answer's
+        body when it was read (a 429's tells one account's pull limit from the abuse limit)."""
         key, now = self.health_key(host), time.time()
+        if status == 429 and not pull_limited(status, body):
+            self._abuse_limited(host, key, now)
+            return
         # A 500 can be about one object (distribution answers 500 for a manifest it cannot
-        # parse); unreachable, overloaded or rate-limited is about the host.
-        if status is None or status in (429, 502, 503, 504):
+        # parse); unreachable or overloaded is about the host. A 429 for one account's pull
+        # limit is about that account (observe_budget): the host answers, other accounts pull.
+        if status is None or status in (502, 503, 504):
             reason = error or f"answered {status}"
             if self.health.failed(key, reason, now):
                 logs.event(log, logging.WARNING, "upstream_backoff",
@@ -89,6 +98,16 @@ class DockerHub:
                            "HTTPS_PROXY and DNS)", host=host, reason=reason, seconds=self.health.backoff)
         elif self.health.succeeded(key, now):
             logs.event(log, logging.INFO, "upstream_recovered", f"upstream {host} answers again", host=host)
+
+    def _abuse_limited(self, host: str, key: str, now: float) -> None:
+        """A bare 429: Docker Hub's abuse limit on every request from this address, whatever the
+        account. The host backs off for all of them; no account is marked spent."""
+        if self.health.failed(key, ABUSE_LIMIT, now):
+            logs.event(log, logging.WARNING, "abuse_limit",
+                       f"upstream {host} {ABUSE_LIMIT}: not asked for {self.health.backoff:.0f} s as any account, "
+                       "stored tags are served stale meanwhile (if it recurs: lower hubcache_upstream_rate, or send "
+                       "fewer runners' requests to Docker Hub from this address)",
+                       host=host, seconds=self.health.backoff)
 
     async def probe(self, host: str, port: int) -> str | None:
         """Before mitmproxy connects to `host` for a client: why it must not (offline, backing
@@ -116,8 +135,16 @@ class DockerHub:
     # -- hubcache's own requests --------------------------------------------------------------
 
     async def request(self, method: str, url: str, headers: list[tuple[str, str]], kind: str = "") -> client.UpstreamResponse:
-        """One request of hubcache's own, unless the host is backing off; the outcome is remembered.
-        `kind` labels it in the upstream request metric."""
+        """One request of hubcache's own, unless the host is backing off, when its turn comes
+        (hubcache_upstream_concurrency, hubcache_upstream_rate: the wait is not part of the
+        timeout); the outcome is remembered. `kind` labels it in the upstream request metric."""
+        host = urlsplit(url).hostname or ""
+        if why := self.unavailable(host):  # fail fast, not after queueing
+            raise client.UpstreamError(why)
+        async with self.pacer.turn(host):
+            return await self._request(method, url, headers, kind)
+
+    async def _request(self, method: str, url: str, headers: list[tuple[str, str]], kind: str) -> client.UpstreamResponse:
         host = urlsplit(url).hostname or ""
         if why := self.unavailable(host):
             raise client.UpstreamError(why)
@@ -131,7 +158,7 @@ class DockerHub:
         except client.UpstreamError as e:
             self.result(host, None, str(e))
             raise
-        self.result(host, resp.status)
+        self.result(host, resp.status, body=resp.body)
         return resp
 
     async def _get(self, url: str, headers: list[tuple[str, str]]) -> client.UpstreamResponse:
@@ -169,33 +196,36 @@ class DockerHub:
         return [c.account for c in self.accounts] or [ANONYMOUS]
 
     def budget_low(self) -> bool:
-        """Every account is below hubcache_budget_reserve: keep the last pulls, serve stale tags."""
+        """Every account is below hubcache_budget_reserve, or spent: keep the last pulls, serve
+        stale tags."""
         now = time.time()
         names = self.account_names()
         reserve = self.settings.budget_reserve
         if not self.budgets.all_below(names, reserve, now):
             return False
-        window = max(self.budgets.accounts[a].window for a in names if a in self.budgets.accounts)
+        window = max(self.budgets.window(a) for a in names)
         if now - self._reserve_warned > window:  # once per window
             logs.event(log, logging.WARNING, "budget_low",
-                       f"every account is below the pull reserve ({reserve}): stored tags are served stale "
-                       "instead of pulling until the limit window resets (more accounts: hubcache_credentials)",
-                       reserve=reserve, accounts=names)
+                       f"every account is spent or below the pull reserve ({reserve}): stored tags are served "
+                       "stale instead of pulling until the limit window resets (more accounts: "
+                       "hubcache_credentials)", reserve=reserve, accounts=names)
             self._reserve_warned = now
         return True
 
-    def observe_budget(self, account: str, method: str, status: int, headers: Mapping[str, str]) -> None:
-        """A manifest response upstream gave for `account` ("" = the client's own login: not ours)."""
-        if not account:
+    def observe_budget(self, account: str, method: str, status: int, headers: Mapping[str, str],
+                       body: bytes | None = None) -> None:
+        """A manifest response upstream gave for `account` ("" = the client's own login: not ours).
+        `body`: as for `result`; a bare 429 (the abuse limit) leaves every account as it was."""
+        if not account or (status == 429 and not pull_limited(status, body)):
             return
         now = time.time()
-        self.budgets.observe(account, {k.lower(): v for k, v in headers.items()}, now)
+        told = self.budgets.observe(account, {k.lower(): v for k, v in headers.items()}, now)
         if status == 429:
             self.budgets.exhausted(account, now)
             logs.event(log, logging.WARNING, "pull_limit",
                        f"Docker Hub's pull limit reached for {account}: other accounts are used, stored "
                        "tags served stale, until its window resets", account=account)
         elif method == "GET" and status == 200:
-            self.budgets.spend(account)
+            self.budgets.spend(account, told)
             self.metrics.pulls.labels(account).inc()
-        self.metrics.set_budget(account, self.budgets.left(account, now))
+        self.metrics.set_budget(account, self.budgets.shown(account, now))

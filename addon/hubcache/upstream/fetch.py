@@ -7,7 +7,8 @@ TLS decryption, hashing and store writes then stay off mitmproxy's event loop.
 Same TLS settings as every other upstream connection (upstream.ssl_context) and the same name
 resolution as mitmproxy (the system resolver through getaddrinfo). Redirects are followed to
 other hosts (Docker Hub's blob 307 to its CDN) without the Authorization header, as Docker's own
-clients do; only HTTPS targets are followed.
+clients do; only HTTPS targets are followed. Each hop waits its turn (`pace`, pacing.Pacer.hold)
+and holds its host's slot until the answer is closed: for the blob, the whole transfer.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ class Response:
     hops: list[Hop] = field(default_factory=list)
     _sock: ssl.SSLSocket | None = None
     _conn: h11.Connection | None = None
+    _release: Callable[[], None] | None = None  # frees the hop's pacing slot
 
     def header(self, name: str, default: str = "") -> str:
         return self.headers.get(name.lower(), default)
@@ -109,6 +111,9 @@ class Response:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+        if self._release is not None:
+            self._release()
+            self._release = None
 
 
 def get(
@@ -119,13 +124,15 @@ def get(
     allowed: Callable[[str], str | None] = lambda host: None,
     connect_timeout: float | None = None,
     egress: Egress | None = None,
+    pace: Callable[[str], Callable[[], None]] = lambda host: lambda: None,
 ) -> Response:
     """GET `url`, following redirects; the returned response's body is not read yet.
 
     `allowed(host)` returns why a host may not be asked now (offline, backing off), or None.
     `timeout` bounds every read (a stalled transfer fails after it), `connect_timeout` (default:
     `timeout`) the TCP connect. With `egress` (the corporate proxy) every hop, redirects to
-    other hosts too, goes through a CONNECT tunnel of its own.
+    other hosts too, goes through a CONNECT tunnel of its own. `pace(host)` blocks until the hop may go and returns what frees
+    its slot (called when the hop's answer is closed).
     """
     hops: list[Hop] = []
     for _ in range(MAX_REDIRECTS + 1):
@@ -135,11 +142,17 @@ def get(
             raise FetchError(f"refusing a non-HTTPS upstream URL: {redact(url)}", hops)
         if why := allowed(host):
             raise FetchError(why, hops)
+        release = pace(host)
+        if why := allowed(host):  # went down while this hop waited its turn
+            release()
+            raise FetchError(why, hops)
         try:
             resp = _request(url, headers, tls, timeout, connect_timeout or timeout, egress)
         except UpstreamError as e:
+            release()
             hops.append(Hop(host, None, str(e)))
             raise FetchError(str(e), hops) from e
+        resp._release = release
         hops.append(Hop(host, resp.status))
         resp.hops = hops
         location = resp.header("location")
