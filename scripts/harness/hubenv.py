@@ -25,12 +25,8 @@ More registries beside it (registries.py has the details), with Upstream(workdir
   registry.corp.example:5000     -> 127.0.0.10:5000 Basic (htpasswd); CORP_USER's login in
                                                     `up.docker_config` (a docker config.json)
 Each is distribution with its own storage behind a front that logs every request (host: the
-registry's name, with :port unless 443), and the same test CA. They are named by that name:
-    up.push_image("org/app", "1", layers, registry="ghcr.io")   # push_index too; default docker.io
-    up.login("alice", "ghcr.io")          # "alice:ghcr-alice-pw": each registry's own passwords
-    up.set_private("org/secret", ["alice"], registry="registry.gitlab.com")
-    with up.down(registry="mcr.microsoft.com"): ...   # only it (and its data host) stopped
-The names: GHCR_HOST, GITLAB_HOST, GITLAB_AUTH_HOST, MCR_HOST, MCR_DATA_HOST, CORP_REGISTRY, ...
+registry's name, with :port unless 443), and the same test CA. registry="ghcr.io" (default
+docker.io) picks one in push_image, push_index, down, set_private, add_account, login, blob_file.
 
 Pull limits (Docker Hub's: a pull is a manifest GET answered 200):
     up = Upstream(workdir, accounts={"alice": "pw"}, limits={"anonymous": 100, "alice": 200})
@@ -52,14 +48,13 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import certs, images
+from . import certs, images, reqlog
 from . import registries as extra_registries
 from .images import ImageInfo, IndexInfo
 from .netns import Namespaces
-from .registries import (  # noqa: F401 - re-exported for tests
+from .registries import (
     CORP_HOST,
     CORP_PASSWORD,
     CORP_PORT,
@@ -71,6 +66,7 @@ from .registries import (  # noqa: F401 - re-exported for tests
     MCR_DATA_HOST,
     MCR_HOST,
 )
+from .reqlog import Req
 
 __all__ = ["Upstream", "ImageInfo", "IndexInfo", "Req", "missing_prerequisites", "HUB", "REGISTRIES",
            "GHCR_HOST", "GITLAB_HOST", "GITLAB_AUTH_HOST", "MCR_HOST", "MCR_DATA_HOST",
@@ -95,19 +91,6 @@ ISSUER = "hubcache-test-auth"
 HERE = Path(__file__).resolve().parent
 REGISTRY_BACKEND = ("127.0.0.1", 5000)  # distribution itself, behind hubfront.py
 HUB_WINDOW = 21600  # Docker Hub counts pulls over 6 hours
-
-
-@dataclass(frozen=True)
-class Req:
-    """One request the upstream answered. Only the first four fields take part in ==."""
-
-    host: str
-    method: str
-    path: str  # with the query string for the token server
-    status: int
-    t: float = field(default=0.0, compare=False)  # completion time (time.time())
-    bytes: int = field(default=0, compare=False)  # body bytes sent
-    extra: dict = field(default_factory=dict, compare=False, hash=False)  # e.g. token "account"
 
 
 def missing_prerequisites() -> str | None:
@@ -412,19 +395,6 @@ class Upstream:
     def _log_names(self) -> list[str]:
         return [*self.LOGS, *(n for reg in self.extra.values() for n in reg.log_names)]
 
-    def _settle(self, quiet: float, limit: float = 3.0) -> None:
-        # A line is written when a response is finished, which can be a few ms
-        # after the client already has it: wait until the logs stop growing.
-        paths = [self.logs / f"{n}.jsonl" for n in self._log_names]
-        sizes = None
-        deadline = time.monotonic() + limit
-        while time.monotonic() < deadline:
-            now = [p.stat().st_size if p.exists() else 0 for p in paths]
-            if now == sizes:
-                return
-            sizes = now
-            time.sleep(quiet)
-
     def requests(self, settle: float = 0.05) -> list[Req]:
         """Every request answered so far on the three hosts (and the extra registries' hosts),
         ordered by completion time.
@@ -437,25 +407,8 @@ class Upstream:
         ghcr.io's own realm, "token"), plus its realm's and data host's lines under their names.
         """
         if settle:
-            self._settle(settle)
-        reqs = []
-        for name in self._log_names:
-            path = self.logs / f"{name}.jsonl"
-            if not path.exists():
-                continue
-            for line in path.read_text().splitlines():
-                try:
-                    r = json.loads(line)
-                except ValueError:
-                    continue  # a line still being written
-                if name == "hubfront" and r.get("answered_by") != "hubfront":
-                    continue  # forwarded: the registry's line stands for it
-                extra = {k: v for k, v in r.items()
-                         if k not in ("host", "method", "path", "status", "t", "bytes")}
-                reqs.append(Req(r["host"], r["method"], r["path"], r["status"],
-                                r["t"], r.get("bytes", 0), extra))
-        reqs.sort(key=lambda r: r.t)
-        return reqs
+            reqlog.settle([self.logs / f"{n}.jsonl" for n in self._log_names], settle)
+        return reqlog.read(self.logs, self._log_names)
 
     def mark(self) -> int:
         """Position in requests(), to pass to requests_since() later."""
@@ -500,15 +453,10 @@ class Upstream:
         """Pulls counted against the limits now (in the window, since the last reset), by
         source: the account name, or the client IP for anonymous pulls."""
         if settle:
-            self._settle(settle)
+            reqlog.settle([self.logs / f"{n}.jsonl" for n in self._log_names], settle)
         since = max(time.time() - self._rules["window"], self._rules["reset_at"])
         counts: dict[str, int] = {}
-        path = self.logs / "hubfront.jsonl"
-        for line in (path.read_text().splitlines() if path.exists() else ()):
-            try:
-                r = json.loads(line)
-            except ValueError:
-                continue
+        for r in reqlog.lines(self.logs / "hubfront.jsonl"):
             if r.get("pull") and r["pull_t"] > since:
                 counts[r["source"]] = counts.get(r["source"], 0) + 1
         return counts

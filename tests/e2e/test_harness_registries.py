@@ -87,6 +87,17 @@ def test_each_registry_pulls_back_what_was_pushed_and_logs_it_under_its_own_host
     assert manifest_gets[0].extra["answered_by"] == "registry"  # forwarded to distribution by the front
 
 
+def test_an_index_goes_to_any_registry_with_a_child_pushed_elsewhere_first(upstream, pushed, tmp_path):
+    idx = upstream.push_index("team/multi", "1", {"amd64": pushed[HUB], "arm64": [(60_000, next(_seeds))]},
+                              registry=GITLAB_HOST)  # the amd64 child's blobs come from the Hub's storage
+    res = _pull(upstream, GITLAB_HOST, "team/multi", "1", tmp_path / "all", all_platforms=True)
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "all" / "manifest.json").read_bytes() == idx.manifest_bytes
+    for child in idx.manifests.values():
+        for digest in (child.config_digest, *child.layer_digests):
+            assert upstream.blob_file(digest, GITLAB_HOST).read_bytes() == (tmp_path / "all" / digest.split(":")[1]).read_bytes()
+
+
 @pytest.mark.parametrize("registry", list(TOKEN))
 def test_token_registry_challenge_and_realm_are_the_real_ones(upstream, pushed, registry):
     realm, service, realm_host = TOKEN[registry]
