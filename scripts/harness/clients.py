@@ -58,11 +58,13 @@ def skopeo_copy(
     all_platforms: bool = False,
     extra_args: list[str] | tuple[str, ...] = (),
     timeout: float = 600,
+    authfile: Path | None = None,
 ) -> subprocess.CompletedProcess:
     """`skopeo copy docker://SRC dir:DEST`, through `proxy` (e.g. "http://hubcache.test:8080").
 
     src_ref: "docker.io/library/alpine:3.19" (a "docker://" prefix is optional).
-    creds: "user:password" or None for an anonymous pull. Never raises on a
+    creds: "user:password" or None for an anonymous pull. authfile: a docker config.json whose
+    `auths` login for the registry is used instead (Upstream.docker_config). Never raises on a
     failed copy: check `.returncode` and `.stderr`.
     """
     dest_dir = Path(dest_dir)
@@ -70,7 +72,10 @@ def skopeo_copy(
     ref = src_ref if src_ref.startswith("docker://") else "docker://" + src_ref
     cmd = ["skopeo", "--policy", str(_policy_file(dest_dir)), "copy", "--quiet",
            "--src-cert-dir", str(cert_dir)]
-    cmd += ["--src-creds", creds] if creds else ["--src-no-creds"]
+    if authfile is not None:
+        cmd += ["--src-authfile", str(authfile)]
+    else:
+        cmd += ["--src-creds", creds] if creds else ["--src-no-creds"]
     if all_platforms:
         cmd.append("--all")
     cmd += [*extra_args, ref, f"dir:{dest_dir}"]

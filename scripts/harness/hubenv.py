@@ -16,6 +16,18 @@ Inside the namespaces:
   hubcache.test                                    -> 127.0.0.4  (free, for the proxy)
 All on :443 with certs from one test CA (`up.ca_cert`).
 
+More registries beside it (registries.py has the details), with Upstream(workdir, registries=True):
+  ghcr.io                        -> 127.0.0.5:443   token, realm https://ghcr.io/token (its own front)
+  registry.gitlab.com            -> 127.0.0.6:443   token, realm https://gitlab.com/jwt/auth,
+  gitlab.com                     -> 127.0.0.7:443     service container_registry
+  mcr.microsoft.com              -> 127.0.0.8:443   anonymous; blobs 307 to its data host
+  eastus.data.mcr.microsoft.com  -> 127.0.0.9:443
+  registry.corp.example:5000     -> 127.0.0.10:5000 Basic (htpasswd); CORP_USER's login in
+                                                    `up.docker_config` (a docker config.json)
+Each is distribution with its own storage behind a front that logs every request (host: the
+registry's name, with :port unless 443), and the same test CA. registry="ghcr.io" (default
+docker.io) picks one in push_image, push_index, down, set_private, add_account, login, blob_file.
+
 Pull limits (Docker Hub's: a pull is a manifest GET answered 200):
     up = Upstream(workdir, accounts={"alice": "pw"}, limits={"anonymous": 100, "alice": 200})
     up.set_limits({"anonymous": 2}, window=60)   # while running
@@ -36,14 +48,29 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import certs, images
+from . import certs, images, reqlog
+from . import registries as extra_registries
 from .images import ImageInfo, IndexInfo
 from .netns import Namespaces
+from .registries import (
+    CORP_HOST,
+    CORP_PASSWORD,
+    CORP_PORT,
+    CORP_REGISTRY,
+    CORP_USER,
+    GHCR_HOST,
+    GITLAB_AUTH_HOST,
+    GITLAB_HOST,
+    MCR_DATA_HOST,
+    MCR_HOST,
+)
+from .reqlog import Req
 
-__all__ = ["Upstream", "ImageInfo", "IndexInfo", "Req", "missing_prerequisites"]
+__all__ = ["Upstream", "ImageInfo", "IndexInfo", "Req", "missing_prerequisites", "HUB", "REGISTRIES",
+           "GHCR_HOST", "GITLAB_HOST", "GITLAB_AUTH_HOST", "MCR_HOST", "MCR_DATA_HOST",
+           "CORP_HOST", "CORP_PORT", "CORP_REGISTRY", "CORP_USER", "CORP_PASSWORD"]
 
 REGISTRY_HOST = "registry-1.docker.io"
 AUTH_HOST = "auth.docker.io"
@@ -56,24 +83,14 @@ HOSTS = {
     "127.0.0.3": [CDN_HOST, S3_HOST],  # one storage server under both names
     "127.0.0.4": [PROXY_HOST],
 }
+EXTRA_HOSTS = extra_registries.hosts()  # 127.0.0.5-10: in the hosts file and the cert even when not started
+HUB = "docker.io"  # the registry= of Docker Hub (the default)
+REGISTRIES = (HUB, *extra_registries.BY_NAME)  # docker.io, ghcr.io, registry.gitlab.com, mcr..., registry.corp.example:5000
 SERVICE = "registry.docker.io"
 ISSUER = "hubcache-test-auth"
 HERE = Path(__file__).resolve().parent
 REGISTRY_BACKEND = ("127.0.0.1", 5000)  # distribution itself, behind hubfront.py
 HUB_WINDOW = 21600  # Docker Hub counts pulls over 6 hours
-
-
-@dataclass(frozen=True)
-class Req:
-    """One request the upstream answered. Only the first four fields take part in ==."""
-
-    host: str
-    method: str
-    path: str  # with the query string for the token server
-    status: int
-    t: float = field(default=0.0, compare=False)  # completion time (time.time())
-    bytes: int = field(default=0, compare=False)  # body bytes sent
-    extra: dict = field(default_factory=dict, compare=False, hash=False)  # e.g. token "account"
 
 
 def missing_prerequisites() -> str | None:
@@ -116,12 +133,17 @@ def _wait_listening(ip: str, port: int, proc: subprocess.Popen, what: str, timeo
 class Upstream:
     def __init__(self, workdir: Path, accounts: dict[str, str] | None = None,
                  private: dict[str, list[str]] | None = None,
-                 limits: dict[str, int | None] | None = None, window: float = HUB_WINDOW):
+                 limits: dict[str, int | None] | None = None, window: float = HUB_WINDOW,
+                 registries: bool = False):
         """accounts: {user: password}; the first one pushes.
         private: {repo: [users who may pull it]}; anybody else is refused as on Hub.
         limits: pulls per `window` seconds, per account name; "anonymous" applies to each
         client IP; None = unlimited (no ratelimit headers); "*" for names not listed, which
-        are unlimited without it. See hubfront.py."""
+        are unlimited without it. See hubfront.py.
+        registries: also start the four registries of registries.py (ghcr-like, gitlab-like,
+        mcr-like, corp); each has the users of `accounts` with passwords of its own,
+        "<key>-<password>" (login(user, registry) spells them; the corp one adds CORP_USER) and
+        no private repositories (set_private(..., registry=...))."""
         self.workdir = Path(workdir).resolve()
         self.accounts = dict(accounts or {"pusher": "pushpass"})
         self.private = {k: list(v) for k, v in (private or {}).items()}
@@ -134,7 +156,10 @@ class Upstream:
                        "retry_after": None}
         self.logs = self.workdir / "logs"
         self.ns = Namespaces(f"hubcache-{os.getpid()}", self.workdir / "hosts")
-        self._procs: list[tuple[str, subprocess.Popen]] = []
+        self.extra: dict[str, extra_registries.Registry] = {
+            spec.name: extra_registries.Registry(spec, self.workdir, self.logs, self.accounts, {})
+            for spec in (extra_registries.SPECS if registries else ())}
+        self._procs: list[tuple[str, str, subprocess.Popen]] = []  # (registry, what, process)
         self.pki: certs.TestPKI | None = None
         self.started = False
 
@@ -163,51 +188,88 @@ class Upstream:
     def _start(self) -> None:
         for d in (self.workdir, self.storage, self.logs):
             d.mkdir(parents=True, exist_ok=True)
-        names = [n for ns in HOSTS.values() for n in ns]
-        self.pki = certs.make_pki(self.workdir / "pki", names, ["127.0.0.1", "127.0.0.2", "127.0.0.3"])
+        every = {**HOSTS, **EXTRA_HOSTS}
+        names = [n for ns in every.values() for n in ns]
+        self.pki = certs.make_pki(self.workdir / "pki", names, list(every))
         self.cert_dir.mkdir(exist_ok=True)
         shutil.copy(self.pki.ca_cert, self.cert_dir / "ca.crt")
         (self.workdir / "policy.json").write_text(
             '{"default": [{"type": "insecureAcceptAnything"}]}\n')
         (self.workdir / "auth.json").write_text('{"auths": {}}\n')
         hosts = "127.0.0.1 localhost\n::1 localhost\n" + "".join(
-            f"{ip} {' '.join(ns)}\n" for ip, ns in HOSTS.items())
+            f"{ip} {' '.join(ns)}\n" for ip, ns in every.items())
         self.ns.hosts_file.write_text(hosts)
+        for reg in self.extra.values():
+            reg.prepare(self.pki)
+        if self.extra:
+            extra_registries.docker_config(self.docker_config)
 
         self._write_rules()
         self.ns.enter()
         self._start_services()
 
-    def _start_services(self) -> None:
-        self._start_registry()
-        self._start_script("hubfront", "127.0.0.1", REGISTRY_HOST,
-                           ["--backend", "{}:{}".format(*REGISTRY_BACKEND), "--limits", str(self.front_rules)])
-        self._start_script("tokenserver", "127.0.0.2", AUTH_HOST, ["--config", str(self._token_config())])
-        self._start_script("cdnserver", "127.0.0.3", CDN_HOST,
-                           ["--root", str(self.storage), "--faults", str(self.cdn_faults)])
+    @property
+    def docker_config(self) -> Path:
+        """A docker config.json (`auths`) holding CORP_USER's login for CORP_REGISTRY
+        (registries=True only): skopeo --authfile, DOCKER_CONFIG=its folder, or hubcache's option."""
+        return self.workdir / "docker-config" / "config.json"
 
-    def _stop_services(self) -> None:
-        for _, proc in reversed(self._procs):
+    def _start_services(self, only: str | None = None) -> None:
+        """Start every service (or only registry `only`'s): all processes are spawned first and
+        waited for afterwards, so they start in parallel."""
+        waits: list[tuple[str, int, subprocess.Popen, str]] = []
+        if only in (None, HUB):
+            waits.append((*REGISTRY_BACKEND, self._start_registry(), "docker-registry"))
+            waits.append(self._start_script("hubfront", "127.0.0.1", REGISTRY_HOST,
+                                            ["--backend", "{}:{}".format(*REGISTRY_BACKEND), "--limits", str(self.front_rules)]))
+            waits.append(self._start_script("tokenserver", "127.0.0.2", AUTH_HOST, ["--config", str(self._token_config())]))
+            waits.append(self._start_script("cdnserver", "127.0.0.3", CDN_HOST,
+                                            ["--root", str(self.storage), "--faults", str(self.cdn_faults)]))
+        for name, reg in self.extra.items():
+            if only in (None, name):
+                for svc in reg.services(self.pki):
+                    with open(svc.output, "ab") as out:
+                        proc = self._spawn(svc.what, svc.argv, group=name, stdout=out, stderr=out,
+                                           stdin=subprocess.DEVNULL, env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")})
+                    waits.append((*svc.listen, proc, svc.what))
+        for ip, port, proc, what in waits:
+            _wait_listening(ip, port, proc, what)
+
+    def _stop_services(self, only: str | None = None) -> None:
+        mine = [(g, w, p) for g, w, p in self._procs if only in (None, g)]
+        for _, _, proc in reversed(mine):
             if proc.poll() is None:
                 proc.terminate()
-        for _, proc in reversed(self._procs):
+        for _, _, proc in reversed(mine):
             try:
                 proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        self._procs.clear()
+        self._procs = [e for e in self._procs if e not in mine]
+
+    def _registry_name(self, registry: str | None) -> str | None:
+        if registry is None or registry == HUB:
+            return registry
+        if registry not in self.extra:
+            raise ValueError(f"no registry {registry!r} here: {', '.join(REGISTRIES) if self.extra else HUB}"
+                             f"{'' if self.extra else ' (Upstream(..., registries=True) starts the others)'}")
+        return registry
 
     @contextlib.contextmanager
-    def down(self):
+    def down(self, registry: str | None = None):
         """While inside: every upstream service (registry and its front, token server, CDN) is
         stopped, so connections to the Hub names are refused; they start again, same storage
-        (and same pull counts: the front reads its log back), afterwards."""
-        self._stop_services()
+        (and same pull counts: the front reads its log back), afterwards.
+
+        registry="ghcr.io" (any name of REGISTRIES; "docker.io": the Hub's): only that registry
+        and its own auth and storage hosts go down, the others keep serving."""
+        only = self._registry_name(registry)
+        self._stop_services(only)
         try:
             yield
         finally:
-            self._start_services()
+            self._start_services(only)
 
     def _registry_config(self) -> Path:
         pki = self.pki
@@ -247,25 +309,45 @@ class Upstream:
         }, indent=2))
         return path
 
-    def add_account(self, user: str, password: str) -> None:
-        """A new Hub account (or a new password), usable at once: the token server re-reads."""
+    def login(self, user: str, registry: str = HUB) -> str:
+        """"user:password" of an account of that registry (skopeo --creds)."""
+        accounts = self.accounts if self._registry_name(registry) == HUB else self.extra[registry].accounts
+        return f"{user}:{accounts[user]}"
+
+    def add_account(self, user: str, password: str, registry: str = HUB) -> None:
+        """A new account (or a new password) of a token registry (Hub by default), usable at
+        once: the token server re-reads. The corp registry's htpasswd is read once by
+        distribution: its accounts are the ones it started with."""
+        if self._registry_name(registry) != HUB:
+            reg = self.extra[registry]
+            if reg.spec.auth != "token":
+                raise ValueError(f"{registry} has no token server to add accounts to")
+            reg.accounts[user] = password
+            return reg.write_token_config(self.pki)
         self.accounts[user] = password
         if self.pki is not None:
             self._token_config()
 
-    def set_private(self, repo: str, users: list[str]) -> None:
+    def set_private(self, repo: str, users: list[str], registry: str = HUB) -> None:
         """Only `users` may pull (or push) `repo`; anybody else gets no access in the token, and
-        the registry answers 401 insufficient_scope, as Docker Hub does."""
+        the registry answers 401 insufficient_scope, as Docker Hub does. registry: any token
+        registry (docker.io, ghcr.io, registry.gitlab.com)."""
+        if self._registry_name(registry) != HUB:
+            reg = self.extra[registry]
+            if reg.spec.auth != "token":
+                raise ValueError(f"{registry} has no token server: nothing can be private there")
+            reg.private[repo] = list(users)
+            return reg.write_token_config(self.pki)
         self.private[repo] = list(users)
         if self.pki is not None:
             self._token_config()
 
-    def _spawn(self, what: str, cmd: list[str], **kw) -> subprocess.Popen:
+    def _spawn(self, what: str, cmd: list[str], group: str = HUB, **kw) -> subprocess.Popen:
         proc = subprocess.Popen(cmd, preexec_fn=_die_with_parent, **kw)
-        self._procs.append((what, proc))
+        self._procs.append((group, what, proc))
         return proc
 
-    def _start_registry(self) -> None:
+    def _start_registry(self) -> subprocess.Popen:
         # Access log (stdout, every request) -> stamplog.py -> registry.jsonl;
         # the JSON app log (stderr) -> registry.log, for debugging.
         stamper = self._spawn(
@@ -280,9 +362,9 @@ class Upstream:
                 env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},  # no REGISTRY_* leaks in
             )
         stamper.stdin.close()  # the registry holds the write end now
-        _wait_listening(*REGISTRY_BACKEND, reg, "docker-registry")
+        return reg
 
-    def _start_script(self, name: str, ip: str, host: str, extra: list[str]) -> None:
+    def _start_script(self, name: str, ip: str, host: str, extra: list[str]) -> tuple[str, int, subprocess.Popen, str]:
         with open(self.logs / f"{name}.err", "ab") as err:
             proc = self._spawn(
                 name,
@@ -291,7 +373,7 @@ class Upstream:
                  "--log", str(self.logs / f"{name}.jsonl"), "--host", host, *extra],
                 stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL,
             )
-        _wait_listening(ip, 443, proc, name)
+        return ip, 443, proc, name
 
     def stop(self) -> None:
         """Stop every process started here (by PID), leave and delete the namespaces."""
@@ -309,47 +391,24 @@ class Upstream:
 
     LOGS = ("registry", "hubfront", "tokenserver", "cdnserver")
 
-    def _settle(self, quiet: float, limit: float = 3.0) -> None:
-        # A line is written when a response is finished, which can be a few ms
-        # after the client already has it: wait until the logs stop growing.
-        paths = [self.logs / f"{n}.jsonl" for n in self.LOGS]
-        sizes = None
-        deadline = time.monotonic() + limit
-        while time.monotonic() < deadline:
-            now = [p.stat().st_size if p.exists() else 0 for p in paths]
-            if now == sizes:
-                return
-            sizes = now
-            time.sleep(quiet)
+    @property
+    def _log_names(self) -> list[str]:
+        return [*self.LOGS, *(n for reg in self.extra.values() for n in reg.log_names)]
 
     def requests(self, settle: float = 0.05) -> list[Req]:
-        """Every request answered so far on the three hosts, ordered by completion time.
+        """Every request answered so far on the three hosts (and the extra registries' hosts),
+        ordered by completion time.
 
         Waits until no log has grown for `settle` seconds (0: read at once).
         Requests hubfront.py answered itself (429 over the limit, 502 with the registry
         gone) are in, with extra["answered_by"] == "hubfront"; those it forwarded are
-        listed once, from the registry's log.
+        listed once, from the registry's log. An extra registry's requests are its front's lines
+        (host: its name, with :port unless 443; answered_by "registry", "hubfront" or, for
+        ghcr.io's own realm, "token"), plus its realm's and data host's lines under their names.
         """
         if settle:
-            self._settle(settle)
-        reqs = []
-        for name in self.LOGS:
-            path = self.logs / f"{name}.jsonl"
-            if not path.exists():
-                continue
-            for line in path.read_text().splitlines():
-                try:
-                    r = json.loads(line)
-                except ValueError:
-                    continue  # a line still being written
-                if name == "hubfront" and r.get("answered_by") != "hubfront":
-                    continue  # forwarded: the registry's line stands for it
-                extra = {k: v for k, v in r.items()
-                         if k not in ("host", "method", "path", "status", "t", "bytes")}
-                reqs.append(Req(r["host"], r["method"], r["path"], r["status"],
-                                r["t"], r.get("bytes", 0), extra))
-        reqs.sort(key=lambda r: r.t)
-        return reqs
+            reqlog.settle([self.logs / f"{n}.jsonl" for n in self._log_names], settle)
+        return reqlog.read(self.logs, self._log_names)
 
     def mark(self) -> int:
         """Position in requests(), to pass to requests_since() later."""
@@ -394,15 +453,10 @@ class Upstream:
         """Pulls counted against the limits now (in the window, since the last reset), by
         source: the account name, or the client IP for anonymous pulls."""
         if settle:
-            self._settle(settle)
+            reqlog.settle([self.logs / f"{n}.jsonl" for n in self._log_names], settle)
         since = max(time.time() - self._rules["window"], self._rules["reset_at"])
         counts: dict[str, int] = {}
-        path = self.logs / "hubfront.jsonl"
-        for line in (path.read_text().splitlines() if path.exists() else ()):
-            try:
-                r = json.loads(line)
-            except ValueError:
-                continue
+        for r in reqlog.lines(self.logs / "hubfront.jsonl"):
             if r.get("pull") and r["pull_t"] > since:
                 counts[r["source"]] = counts.get(r["source"], 0) + 1
         return counts
@@ -458,53 +512,73 @@ class Upstream:
     def cdn_truncates(self, digest: str, after: int):
         return self.cdn_fault(digest, truncate_at=after)
 
-    def blob_file(self, digest: str) -> Path:
-        algo, hexd = digest.split(":", 1)
-        return self.storage / "docker/registry/v2/blobs" / algo / hexd[:2] / hexd / "data"
+    def storage_of(self, registry: str = HUB) -> Path:
+        """A registry's distribution storage root (rootdirectory)."""
+        return self.storage if self._registry_name(registry) == HUB else self.extra[registry].storage
 
-    def _skopeo_push(self, src: Path, name: str, tag: str, all_: bool = False) -> None:
-        user, password = self.push_account
+    def blob_file(self, digest: str, registry: str = HUB) -> Path:
+        algo, hexd = digest.split(":", 1)
+        return self.storage_of(registry) / "docker/registry/v2/blobs" / algo / hexd[:2] / hexd / "data"
+
+    def _any_blob_file(self, registry: str):
+        """blob_file for build_index: the registry's own copy, else any other registry's (a child
+        ImageInfo pushed elsewhere first)."""
+        def find(digest: str) -> Path:
+            for reg in (registry, *(r for r in REGISTRIES if r != registry)):
+                if reg == HUB or reg in self.extra:
+                    if (path := self.blob_file(digest, reg)).exists():
+                        return path
+            return self.blob_file(digest, registry)
+        return find
+
+    def _skopeo_push(self, src: Path, name: str, tag: str, all_: bool = False, registry: str = HUB) -> None:
+        user, password = self.push_account if registry == HUB else self.extra[registry].push_account
         cmd = ["skopeo", "--policy", str(self.workdir / "policy.json"), "copy", "--quiet",
                "--preserve-digests", "--dest-cert-dir", str(self.cert_dir),
                "--dest-creds", f"{user}:{password}"]
         if all_:
             cmd.append("--all")
-        cmd += [f"dir:{src}", f"docker://docker.io/{name}:{tag}"]
+        cmd += [f"dir:{src}", f"docker://{registry}/{name}:{tag}"]
         env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
         env["REGISTRY_AUTH_FILE"] = str(self.workdir / "auth.json")
         res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
         if res.returncode != 0:
-            raise RuntimeError(f"skopeo push of {name}:{tag} failed: {res.stderr.strip()}")
+            raise RuntimeError(f"skopeo push of {registry}/{name}:{tag} failed: {res.stderr.strip()}")
 
-    def _stored_manifest_digest(self, name: str, tag: str) -> str:
-        link = (self.storage / "docker/registry/v2/repositories" / name
+    def _stored_manifest_digest(self, name: str, tag: str, registry: str = HUB) -> str:
+        link = (self.storage_of(registry) / "docker/registry/v2/repositories" / name
                 / "_manifests/tags" / tag / "current/link")
         return link.read_text().strip()
 
     def push_image(self, name: str, tag: str, layers: list[tuple[int, int]], fmt: str = "oci",
-                   platform: str = "amd64") -> ImageInfo:
-        """Build an image from (size_bytes, seed) layers and push it as docker.io/NAME:TAG."""
+                   platform: str = "amd64", registry: str = HUB) -> ImageInfo:
+        """Build an image from (size_bytes, seed) layers and push it as REGISTRY/NAME:TAG
+        (docker.io by default; any of REGISTRIES with registries=True), as that registry's first
+        account (the corp registry's too; mcr takes anonymous pushes)."""
+        registry = self._registry_name(registry) or HUB
         src = self.workdir / "build" / f"{name.replace('/', '_')}_{tag}"
         shutil.rmtree(src, ignore_errors=True)
         try:
             info = images.build_image(src, layers, fmt, platform)
-            self._skopeo_push(src, name, tag)
+            self._skopeo_push(src, name, tag, registry=registry)
         finally:
             shutil.rmtree(src, ignore_errors=True)  # the registry has the bytes now
-        stored = self._stored_manifest_digest(name, tag)
+        stored = self._stored_manifest_digest(name, tag, registry)
         if stored != info.manifest_digest:
             raise RuntimeError(f"registry stored {stored}, built {info.manifest_digest}")
         info.name, info.tag = name, tag
         return info
 
-    def push_index(self, name: str, tag: str, platforms: dict, fmt: str = "oci", attestations: bool = False) -> IndexInfo:
-        """Push a multi-platform index as docker.io/NAME:TAG.
+    def push_index(self, name: str, tag: str, platforms: dict, fmt: str = "oci", attestations: bool = False,
+                   registry: str = HUB) -> IndexInfo:
+        """Push a multi-platform index as REGISTRY/NAME:TAG (docker.io by default).
 
         platforms: {"amd64": ImageInfo | [(size, seed), ...] | {"layers": [...]}, "arm64": ...}
         An ImageInfo is reused as is (its blobs come from the registry's storage);
         a spec is built with that platform in its config. attestations: each platform gets an
         attestation manifest (unknown/unknown), as BuildKit pushes and Hub serves them.
         """
+        registry = self._registry_name(registry) or HUB
         src = self.workdir / "build" / f"{name.replace('/', '_')}_{tag}"
         shutil.rmtree(src, ignore_errors=True)
         try:
@@ -515,11 +589,11 @@ class Upstream:
                 else:
                     layers = spec["layers"] if isinstance(spec, dict) else spec
                     children[key] = images.build_image(src, layers, fmt, key, write_manifest=False)
-            digest, data, media_type = images.build_index(src, children, fmt, self.blob_file, attestations)
-            self._skopeo_push(src, name, tag, all_=True)
+            digest, data, media_type = images.build_index(src, children, fmt, self._any_blob_file(registry), attestations)
+            self._skopeo_push(src, name, tag, all_=True, registry=registry)
         finally:
             shutil.rmtree(src, ignore_errors=True)
-        stored = self._stored_manifest_digest(name, tag)
+        stored = self._stored_manifest_digest(name, tag, registry)
         if stored != digest:
             raise RuntimeError(f"registry stored {stored}, built {digest}")
         return IndexInfo(digest, data, media_type, children, name, tag)

@@ -10,8 +10,10 @@ distribution checks it against its `rootcertbundle` (our test CA).
 Run: python tokenserver.py --config CONFIG.json --listen 127.0.0.2:443 ... (see httpsd.common_args)
 CONFIG.json: {"issuer", "service", "jwt_key", "jwt_cert",
               "accounts": {user: password},
-              "private": {repo: [users allowed to pull]}}   # optional
+              "private": {repo: [users allowed to pull]},   # optional
+              "fields": ["token"]}   # optional: answer only these fields (ghcr.io, gitlab.com send only "token")
 accounts and private are re-read at every request, so a test can add them while this runs.
+--path: where the token is served (default /token; gitlab.com's realm is /jwt/auth).
 """
 
 from __future__ import annotations
@@ -105,6 +107,7 @@ class TokenHandler(httpsd.LoggedHandler):
     cfg: dict
     config_path: str
     signer: Signer
+    token_path = "/token"
 
     def load_policy(self) -> Policy:
         # Each request: a test may add accounts or private repositories while we run.
@@ -114,7 +117,7 @@ class TokenHandler(httpsd.LoggedHandler):
 
     def do_GET(self):
         url = urlsplit(self.path)
-        if url.path != "/token":
+        if url.path != self.token_path:
             return self.send_json(404, {"details": "not found"})
         policy = self.load_policy()
         account = policy.authenticate(self.headers.get("Authorization"))
@@ -138,17 +141,16 @@ class TokenHandler(httpsd.LoggedHandler):
         }
         token = self.signer.jwt(claims)
         issued = datetime.datetime.fromtimestamp(now, datetime.UTC)
-        self.send_json(
-            200,
-            {
-                "token": token,
-                "access_token": token,
-                "expires_in": TOKEN_TTL,
-                "issued_at": issued.isoformat().replace("+00:00", "Z"),
-            },
-            account=account,
-            access=access,
-        )
+        body = {
+            "token": token,
+            "access_token": token,
+            "expires_in": TOKEN_TTL,
+            "issued_at": issued.isoformat().replace("+00:00", "Z"),
+        }
+        fields = self.cfg.get("fields")
+        if fields:
+            body = {k: v for k, v in body.items() if k in fields}
+        self.send_json(200, body, account=account, access=access)
 
     def send_json(self, status: int, body: dict, **logged):
         data = json.dumps(body).encode()
@@ -162,15 +164,26 @@ class TokenHandler(httpsd.LoggedHandler):
 
 def main(argv=None) -> None:
     p = httpsd.common_args(__doc__.splitlines()[0])
-    p.add_argument("--config", required=True)
+    add_token_args(p)
     args = p.parse_args(argv)
+    setup_token_handler(TokenHandler, args)
+    httpsd.serve(args, TokenHandler)
+
+
+def add_token_args(p) -> None:
+    p.add_argument("--config", required=True)
+    p.add_argument("--path", default="/token", help="the token endpoint's path (the realm's)")
+
+
+def setup_token_handler(handler: type[TokenHandler], args) -> None:
+    """Configure a handler class (TokenHandler, or a registry front that serves tokens too)."""
     with open(args.config) as f:
         cfg = json.load(f)
-    TokenHandler.cfg = cfg
-    TokenHandler.config_path = args.config
+    handler.cfg = cfg
+    handler.config_path = args.config
+    handler.token_path = args.path
     with open(cfg["jwt_key"], "rb") as k, open(cfg["jwt_cert"], "rb") as c:
-        TokenHandler.signer = Signer(k.read(), c.read())
-    httpsd.serve(args, TokenHandler)
+        handler.signer = Signer(k.read(), c.read())
 
 
 if __name__ == "__main__":

@@ -14,14 +14,15 @@ from harness.proxy import Proxy
 @pytest.fixture(scope="session")
 def upstream(tmp_path_factory):
     """A started Upstream for the whole session; this process stays in its namespaces
-    until the session ends, so every client started by a test sees the fake Hub."""
+    until the session ends, so every client started by a test sees the fake Hub, and beside it
+    the ghcr-like, gitlab-like, mcr-like and corp registries (harness.registries)."""
     why = missing_prerequisites()
     if why:
         pytest.skip(f"e2e upstream unavailable: {why}")
     # pusher pushes; alice and bob are the Docker Hub accounts of a credentials pool
     up = Upstream(tmp_path_factory.mktemp("upstream"),
                   accounts={"pusher": "pushpass", "alice": "alice-pw", "bob": "bob-pw"},
-                  private={"acme/secret": ["pusher", "alice"]})
+                  private={"acme/secret": ["pusher", "alice"]}, registries=True)
     up.start()
     try:
         yield up
