@@ -78,14 +78,26 @@ class Kind(enum.Enum):
 @dataclass(frozen=True)
 class Route:
     kind: Kind
-    repository: str = ""
+    repository: str = ""  # the name the store keeps it under: bare on Docker Hub, else <registry>/<name>
     reference: str = ""  # tag or digest
     error_code: str = ""  # OCI error code for Kind.INVALID
     error_message: str = ""
+    registry: str = "docker.io"  # the registry's name (registries.Registry.name)
+    name: str = ""  # the repository as the registry's URLs and token scopes spell it ("": repository)
 
     @property
     def by_digest(self) -> bool:
         return self.reference.startswith("sha256:")
+
+    @property
+    def remote(self) -> str:
+        """The repository as upstream knows it (URLs, token scopes)."""
+        return self.name or self.repository
+
+    @property
+    def image(self) -> str:
+        """The image as `docker pull` names it, for messages: docker.io/library/x, quay.io/org/y."""
+        return f"{self.registry}/{self.remote}"
 
 
 class Outcome(enum.Enum):

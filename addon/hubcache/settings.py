@@ -17,8 +17,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from hubcache import registries
+from hubcache.registries import RegistryTable
+
 REGISTRY_HOSTS = ("registry-1.docker.io", "index.docker.io", "docker.io")
-AUTH_HOSTS = ("auth.docker.io",)
+AUTH_HOSTS = ("auth.docker.io", "gitlab.com")  # token realms on hosts of their own (Docker Hub's, registry.gitlab.com's)
 CDN_HOSTS = ("production.cloudflare.docker.com", "production.cloudfront.docker.com")
 CDN_SUFFIXES = (".r2.cloudflarestorage.com",)
 DEFAULT_HOME = os.path.join(os.path.expanduser("~"), ".hubcache")
@@ -123,9 +126,13 @@ def parse_time(value: str) -> float | None:
 
 
 def allow_hosts_pattern(hosts: Sequence[str], suffixes: Sequence[str] = ()) -> str:
-    """One regex for mitmproxy's allow_hosts, matched against 'host:port'."""
-    names = [re.escape(h) for h in hosts] + [r"[a-z0-9.-]+" + re.escape(s) for s in suffixes]
-    return rf"^(?:{'|'.join(names)}):\d+$"
+    """One regex for mitmproxy's allow_hosts, matched against 'host:port': a host (with `*` for
+    any run of name characters) on any port, or on the one port it names."""
+    def one(h: str) -> str:
+        name, _, port = h.partition(":") if not h.startswith("[") else (h, "", "")
+        return re.escape(name).replace(r"\*", "[a-z0-9.-]*") + (f":{port}" if port else r":\d+")
+    names = [one(h) for h in hosts] + [r"[a-z0-9.-]+" + re.escape(s) + r":\d+" for s in suffixes]
+    return rf"^(?:{'|'.join(names)})$"
 
 
 def _at_least(least: int) -> Callable[[int], int]:
@@ -171,6 +178,10 @@ def _repository_patterns(value: Sequence[str]) -> tuple[str, ...]:
     return tuple(patterns)
 
 
+def _registries(value: Sequence[str]) -> RegistryTable:
+    return registries.parse(value)
+
+
 def _hosts(value: Sequence[str]) -> frozenset[str]:
     return frozenset(h.lower() for h in value)
 
@@ -183,7 +194,7 @@ class Settings:
     max_size: int = 0
     direct_min: int | None = 2 << 20
     tag_ttl: int = 300
-    registry_hosts: frozenset[str] = frozenset(REGISTRY_HOSTS)
+    registries: RegistryTable = RegistryTable()
     auth_hosts: frozenset[str] = frozenset(AUTH_HOSTS)
     cdn_hosts: frozenset[str] = frozenset(CDN_HOSTS)
     auth_realm: str = "https://auth.docker.io/token"
@@ -227,7 +238,12 @@ class Settings:
 
     @property
     def intercepted_hosts(self) -> frozenset[str]:
-        return self.registry_hosts | self.auth_hosts | self.cdn_hosts
+        return frozenset(self.registries.exact_hosts()) | self.auth_hosts | self.cdn_hosts
+
+    @property
+    def registry_hosts(self) -> frozenset[str]:
+        """Docker Hub's host names (one registry), as far as the table keeps them."""
+        return frozenset(h for h in REGISTRY_HOSTS if self.registries.lookup(h) is not None)
 
     @classmethod
     def parse(cls, options: Any, updated: Collection[str], previous: Settings | None = None) -> Settings:
@@ -256,7 +272,7 @@ _PARSERS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "hubcache_max_size": ("max_size", parse_size),
     "hubcache_direct_min": ("direct_min", direct_min),
     "hubcache_tag_ttl": ("tag_ttl", _at_least(0)),
-    "hubcache_registry_hosts": ("registry_hosts", _hosts),
+    "hubcache_registries": ("registries", _registries),
     "hubcache_auth_hosts": ("auth_hosts", _hosts),
     "hubcache_cdn_hosts": ("cdn_hosts", _hosts),
     "hubcache_auth_realm": ("auth_realm", _https_url),
@@ -295,8 +311,11 @@ def load(loader: Any) -> None:
         f"(the client is redirected to {DIRECT_HOST}): faster than mitmproxy's TLS. off: never.")
     add("hubcache_max_size", str, "0", "Size cap of the store (e.g. 50g); least recently used content is evicted. 0: no cap.")
     add("hubcache_tag_ttl", int, 300, "Seconds a tag's manifest is served without asking upstream; after that it is revalidated with a HEAD.")
-    add("hubcache_registry_hosts", Sequence[str], list(REGISTRY_HOSTS), "Registry host names served by hubcache (all one registry).")
-    add("hubcache_auth_hosts", Sequence[str], list(AUTH_HOSTS), "Token endpoint hosts.")
+    add("hubcache_registries", Sequence[str], [], "Registries hubcache caches, besides the default ones (Docker Hub, ghcr.io, quay.io, "
+        "gcr.io, *-docker.pkg.dev, registry.k8s.io, mcr.microsoft.com, public.ecr.aws, registry.gitlab.com, nvcr.io): "
+        "+host[:port] adds one, -host removes one, a plain list replaces them.")
+    add("hubcache_auth_hosts", Sequence[str], list(AUTH_HOSTS), "Token endpoint hosts of registries whose token realm is on "
+        "another host (auth.docker.io, gitlab.com); realms on a registry's own host need no entry.")
     add("hubcache_cdn_hosts", Sequence[str], list(CDN_HOSTS), "Blob CDN hosts that registry redirects point at.")
     add("hubcache_auth_realm", str, "https://auth.docker.io/token", "Token realm hubcache fetches its own upstream tokens from.")
     add("hubcache_auth_service", str, "registry.docker.io", "Token service name of the registry.")
@@ -331,7 +350,8 @@ def mitmproxy_defaults(options: Any, settings: Settings) -> dict[str, object]:
     passthrough), cut a stalled upstream after a minute instead of ten."""
     wanted: dict[str, object] = {}
     if not options.allow_hosts and not options.ignore_hosts:
-        wanted["allow_hosts"] = [allow_hosts_pattern(sorted(settings.intercepted_hosts), CDN_SUFFIXES)]
+        hosts = set(settings.registries.patterns) | settings.auth_hosts | settings.cdn_hosts
+        wanted["allow_hosts"] = [allow_hosts_pattern(sorted(hosts), CDN_SUFFIXES)]
     if options.connection_strategy != "lazy":
         wanted["connection_strategy"] = "lazy"
     if options.http2:

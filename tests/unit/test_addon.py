@@ -84,7 +84,7 @@ def test_other_hosts_are_left_alone(hub):
 def test_oversized_upstream_manifest_is_refused_with_an_oci_error(hub):
     from hubcache.upstream import client as upstream
 
-    async def auth(client_auth, repository):
+    async def auth(client_auth, repository, registry="docker.io"):
         return "Bearer upstream", "anonymous"
 
     async def too_large(method, url, headers, kind=""):
@@ -103,7 +103,7 @@ def test_concurrent_manifest_misses_make_one_upstream_request(hub):
     digest = "sha256:" + hashlib.sha256(body).hexdigest()
     calls = []
 
-    async def auth(client_auth, repository):
+    async def auth(client_auth, repository, registry="docker.io"):
         return "Bearer upstream", "anonymous"
 
     async def get(method, url, headers, kind=""):
@@ -226,7 +226,7 @@ def test_a_tag_that_moved_to_another_media_type_is_fetched_once_not_at_every_pul
     store.put_tag("library/x", "1", model.OCI_MANIFEST, old_d, len(old), 0.0)  # long past the TTL
     calls = []
 
-    async def auth(client_auth, scope):
+    async def auth(client_auth, scope, registry="docker.io"):
         return "Bearer upstream", "anonymous"
 
     async def upstream(method, url, headers, kind=""):  # the tag is a Docker manifest now
@@ -253,7 +253,7 @@ def test_reads_hubcache_does_not_cache_go_with_a_pool_token_of_their_scope_in_pl
 
     scopes = []
 
-    async def auth(client_auth, asked):
+    async def auth(client_auth, asked, registry="docker.io"):
         scopes.append(asked)
         return "Bearer pool-token", "alice"
 

@@ -12,18 +12,19 @@ MAX_MODULE_LINES, MAX_CLASS_LINES, MAX_FUNCTION_LINES = 600, 300, 60
 # layer -> the layers it may import (itself always). Top-level modules are layers of their own.
 MAY_IMPORT = {
     "model": set(),
-    "settings": {"model"},
+    "registries": set(),
+    "settings": {"model", "registries"},
     "expiring": set(),
     "logs": set(),
     "metrics": set(),
-    "decide": {"model", "settings"},
+    "decide": {"model", "registries", "settings"},
     "store": {"model", "settings", "logs"},
-    "upstream": {"model", "settings", "expiring", "logs", "metrics", "decide"},
+    "upstream": {"model", "registries", "settings", "expiring", "logs", "metrics", "decide"},
     "serve": {"model", "settings", "logs", "store", "upstream", "decide"},
-    "hooks": {"model", "settings", "expiring", "logs", "metrics", "decide", "store", "upstream", "serve"},
-    "tools": {"model", "settings", "logs", "decide", "store", "serve", "hooks"},
+    "hooks": {"model", "registries", "settings", "expiring", "logs", "metrics", "decide", "store", "upstream", "serve"},
+    "tools": {"model", "registries", "settings", "logs", "decide", "store", "serve", "hooks"},
 }
-PURE = {"model", "settings", "expiring", "decide"}  # testable without a proxy, a store or a network
+PURE = {"model", "registries", "settings", "expiring", "decide"}  # testable without a proxy, a store or a network
 
 
 def modules():

@@ -2,8 +2,9 @@
 
 import pytest
 
-from hubcache.decide import challenge, registries
-from hubcache.decide.registries import DOCKER_HUB, RegistryTable
+from hubcache import registries
+from hubcache.decide import challenge
+from hubcache.registries import DOCKER_HUB, RegistryTable
 
 
 def test_the_default_table_covers_the_registries_pipelines_pull_from():

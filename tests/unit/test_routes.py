@@ -4,10 +4,11 @@ from hypothesis import strategies as st
 
 from hubcache.decide.routes import classify, classify_registry
 from hubcache.model import Kind, Route
+from hubcache.registries import RegistryTable
 
 D = "sha256:" + "a" * 64
 HOSTS = dict(
-    registry_hosts={"registry-1.docker.io", "docker.io"},
+    registries=RegistryTable(),
     auth_hosts={"auth.docker.io"},
     cdn_hosts={"production.cloudflare.docker.com"},
 )
@@ -70,6 +71,26 @@ def test_classify_by_host():
     assert classify("production.cloudflare.docker.com", "GET", "/x", **HOSTS).kind is Kind.CDN
     assert classify("DOCKER.IO.", "GET", "/v2/", **HOSTS).kind is Kind.ROOT
     assert classify("example.com", "GET", "/v2/", **HOSTS) is None
+
+
+def test_other_registries_are_routed_under_their_own_names():
+    quay = classify("quay.io", "GET", "/v2/prometheus/node-exporter/manifests/v1", **HOSTS)
+    assert (quay.kind, quay.registry, quay.repository, quay.remote, quay.reference) == (
+        Kind.MANIFEST, "quay.io", "quay.io/prometheus/node-exporter", "prometheus/node-exporter", "v1")
+    assert quay.image == "quay.io/prometheus/node-exporter"
+    hub = classify("registry-1.docker.io", "GET", "/v2/library/postgres/manifests/12", **HOSTS)
+    assert (hub.registry, hub.repository, hub.remote, hub.image) == (
+        "docker.io", "library/postgres", "library/postgres", "docker.io/library/postgres")
+    corp = dict(HOSTS, registries=RegistryTable(("registry.corp.example:5000",)))
+    assert classify("registry.corp.example", "GET", "/v2/team/app/blobs/" + D, port=5000, **corp).repository == \
+        "registry.corp.example:5000/team/app"
+    assert classify("registry.corp.example", "GET", "/v2/", **corp) is None  # not on 443
+    # a realm on a registry's own host is its token endpoint; the same path elsewhere is not
+    assert classify("ghcr.io", "GET", "/token?scope=repository:a/b:pull", token_paths={"/token"}, **HOSTS).kind is Kind.TOKEN
+    assert classify("ghcr.io", "GET", "/token", **HOSTS).kind is Kind.OTHER
+    assert classify("gitlab.com", "GET", "/jwt/auth?service=x", token_paths={"/jwt/auth"}, **HOSTS).kind is Kind.TOKEN
+    gitlab = dict(HOSTS, auth_hosts={"auth.docker.io", "gitlab.com"})
+    assert classify("gitlab.com", "GET", "/users/sign_in", **gitlab).kind is Kind.OTHER
 
 
 @given(st.text(max_size=300))

@@ -11,7 +11,7 @@ def options(**overrides):
     """Every option Settings reads, at mitmproxy's and hubcache's defaults."""
     values = {
         "hubcache_store": "/var/lib/hubcache/store", "hubcache_max_size": "0", "hubcache_direct_min": "2m",
-        "hubcache_tag_ttl": 300, "hubcache_registry_hosts": list(REGISTRY_HOSTS),
+        "hubcache_tag_ttl": 300, "hubcache_registries": [],
         "hubcache_auth_hosts": ["auth.docker.io"], "hubcache_cdn_hosts": ["production.cloudflare.docker.com"],
         "hubcache_auth_realm": "https://auth.docker.io/token", "hubcache_auth_service": "registry.docker.io",
         "hubcache_credentials": "", "hubcache_docker_config": "", "hubcache_budget_reserve": 0,
@@ -31,12 +31,13 @@ def options(**overrides):
 
 def test_values_are_parsed_into_typed_fields():
     s = Settings.parse(options(hubcache_max_size="50g", hubcache_direct_min="off",
-                               hubcache_registry_hosts=["Registry-1.Docker.IO"],
+                               hubcache_registries=["Registry-1.Docker.IO,+registry.corp.example:5000"],
                                hubcache_pin_time="2026-11-27T10:00:00Z",
                                ssl_verify_upstream_trusted_ca="/etc/ca.pem"), updated=())
     assert s.max_size == 50 << 30
     assert s.direct_min is None
-    assert s.registry_hosts == frozenset({"registry-1.docker.io"})
+    assert s.registry_hosts == frozenset(REGISTRY_HOSTS)  # Docker Hub's names are one registry
+    assert s.registries.lookup("registry.corp.example", 5000) is not None and s.registries.lookup("quay.io") is None
     assert s.pin_time == 1795773600.0
     assert s.tls.ca_file == "/etc/ca.pem" and not s.tls.insecure
     assert (s.upstream_concurrency, s.upstream_rate, s.upstream_burst) == (16, 20, 40)

@@ -6,11 +6,13 @@ that does not parse is reported as an error kind so the addon can answer in the 
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Collection
 from urllib.parse import unquote
 
 from hubcache.model import DIGEST_RE, Kind, Route, is_digest
+from hubcache.registries import RegistryTable
 
 # OCI distribution spec, "Pulling manifests": repository names and tags.
 _COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
@@ -75,16 +77,25 @@ def classify_registry(method: str, raw_path: str) -> Route:
     return Route(Kind.OTHER)
 
 
-def classify(host: str, method: str, path: str, *, registry_hosts: Collection[str], auth_hosts: Collection[str],
-             cdn_hosts: Collection[str]) -> Route | None:
-    """Classify a request by host; None when the host is not one hubcache serves."""
+def classify(host: str, method: str, path: str, *, registries: RegistryTable, auth_hosts: Collection[str],
+             cdn_hosts: Collection[str], port: int = 443, token_paths: Collection[str] = ()) -> Route | None:
+    """Classify a request by host; None when the host is not one hubcache serves. `token_paths`:
+    the paths of the token realms known on this host (a registry's realm may be on its own host:
+    ghcr.io/token, quay.io/v2/auth)."""
     host = host.lower().rstrip(".")
-    if host in registry_hosts:
-        return classify_registry(method, path)
+    bare = path.split("?", 1)[0].rstrip("/") or "/"
+    if method == "GET" and bare in token_paths:
+        return Route(Kind.TOKEN)
+    if (registry := registries.lookup(host, port)) is not None:
+        route = classify_registry(method, path)
+        if not route.repository:
+            return dataclasses.replace(route, registry=registry.name)
+        if registry.is_hub:  # stored under its own name
+            return route
+        return dataclasses.replace(route, registry=registry.name, name=route.repository,
+                                   repository=registry.qualify(route.repository))
     if host in auth_hosts:
-        if method == "GET" and path.split("?", 1)[0] in ("/token", "/token/"):
-            return Route(Kind.TOKEN)
-        return Route(Kind.OTHER)
+        return Route(Kind.TOKEN if method == "GET" and bare == "/token" else Kind.OTHER)
     if host in cdn_hosts:
         return Route(Kind.CDN)
     return None

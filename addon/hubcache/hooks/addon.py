@@ -14,11 +14,12 @@ from mitmproxy import connection, ctx, exceptions, http
 from mitmproxy.proxy import mode_specs, server_hooks
 
 from hubcache import logs, settings
-from hubcache.decide import routes
+from hubcache.decide import challenge, routes
 from hubcache.hooks import auth, blobs, manifests, pushes, responses, tags
 from hubcache.hooks.flowstate import META, FlowState, log_request, state_of
 from hubcache.hooks.services import Services
 from hubcache.model import Kind, Outcome, Refusal
+from hubcache.registries import DOCKER_HUB
 from hubcache.serve.blobserver import BlobServer, tls_context
 from hubcache.settings import DIRECT_HOST, Settings, SettingsError
 from hubcache.store import Store, StoreError, pages
@@ -88,6 +89,7 @@ class HubCache:
         except (StoreError, OSError) as e:
             raise exceptions.OptionsError(f"hubcache_store: {e}") from e
         svc.blobserver = BlobServer(svc.store, svc.flights.wait, _direct_tls())
+        _keep_challenges(svc)
         size = svc.store.size()
         logs.event(log, logging.INFO, "store_opened", f"store {svc.settings.store} ({size >> 20} MiB in use)",
                    store=svc.settings.store, bytes=size, max_size=svc.settings.max_size)
@@ -148,8 +150,9 @@ class HubCache:
             blobs.to_local(flow, svc.blobserver.port)
             return
         s = svc.settings
-        route = routes.classify(req.host, req.method, req.path, registry_hosts=s.registry_hosts,
-                                auth_hosts=s.auth_hosts, cdn_hosts=s.cdn_hosts)
+        route = routes.classify(req.host, req.method, req.path, registries=s.registries, port=req.port,
+                                auth_hosts=s.auth_hosts, cdn_hosts=s.cdn_hosts,
+                                token_paths=svc.dockerhub.others.realm_paths(req.host))
         if route is None:
             return
         st = FlowState(route)
@@ -251,8 +254,24 @@ async def _after_upstream(svc: Services, flow: http.HTTPFlow, st: FlowState) -> 
         await pushes.after_upstream(svc, flow, st)
     elif kind is Kind.BLOB and status in blobs.REDIRECTS:
         blobs.note_redirect(svc, flow, st)
+    if status == 401 and st.route.registry != DOCKER_HUB:  # how that registry wants to be asked
+        if seen := challenge.parse(flow.response.headers.get("www-authenticate", "")):
+            svc.dockerhub.others.remember(st.route.registry, seen)
     if kind in (Kind.MANIFEST, Kind.BLOB) and st.route.by_digest and status == 200:
         await auth.link_if_stored(svc, st, st.route.reference)  # upstream says it is in this repository
+
+
+def _keep_challenges(svc: Services) -> None:
+    """Registries' challenges: read back from the store (so /v2/ is answered while a registry is
+    down, after a restart too), and written there when one is seen new or changed."""
+    store, others = svc.the_store(), svc.dockerhub.others
+    others.learned = lambda registry, seen: None
+    for registry, header in store.challenges().items():
+        others.remember(registry, challenge.parse(header) or challenge.NONE)
+    def learned(registry: str, seen: challenge.Challenge) -> None:
+        svc.writer.submit(store.put_challenge, registry, seen.header())
+
+    others.learned = learned
 
 
 def _direct_tls() -> ssl.SSLContext | None:

@@ -16,6 +16,7 @@ from hubcache.hooks.fallback import send_upstream
 from hubcache.hooks.flowstate import FlowState
 from hubcache.hooks.services import Services, url_of
 from hubcache.model import MANIFEST_TYPES, Kind, Outcome, Refusal
+from hubcache.registries import DOCKER_HUB, image_name
 from hubcache.upstream import tokens
 from hubcache.upstream.client import UpstreamError
 
@@ -23,8 +24,21 @@ CATALOG_SCOPE = "registry:catalog:*"
 
 
 async def root(svc: Services, flow: http.HTTPFlow, st: FlowState) -> None:
-    authorized = bool(flow.request.headers.get("authorization"))
-    flow.response = responses.v2_root(authorized, svc.settings.auth_realm, svc.settings.auth_service)
+    """/v2/, answered here with the registry's own challenge (Docker Hub's from the options, any
+    other's as it last gave it), or relayed when hubcache does not know it and cannot ask."""
+    auth = flow.request.headers.get("authorization", "")
+    if st.route.registry == DOCKER_HUB:
+        wanted = f'Bearer realm="{svc.settings.auth_realm}",service="{svc.settings.auth_service}"'
+    else:
+        try:
+            seen = await svc.dockerhub.others.challenge(st.route.registry)
+        except UpstreamError as e:
+            st.note = str(e)
+            return
+        if seen.scheme == "basic" and auth:  # only the registry can tell a good login (docker login)
+            return
+        wanted = seen.header()
+    flow.response = responses.v2_root(bool(auth) or not wanted, wanted)
     st.outcome = Outcome.HIT
 
 
@@ -142,7 +156,7 @@ async def link_if_stored(svc: Services, st: FlowState, digest: str) -> None:
 
 
 def _unconfirmed(repo: str, why: str) -> Refusal:
-    return Refusal(403, "DENIED", f"docker.io/{repo} is private and upstream cannot confirm access now: {why}",
+    return Refusal(403, "DENIED", f"{image_name(repo)} is private and upstream cannot confirm access now: {why}",
                    Outcome.REFUSED, note="private, upstream unavailable")
 
 

@@ -11,6 +11,7 @@ from hubcache.hooks import responses
 from hubcache.hooks.flowstate import FlowState
 from hubcache.hooks.services import Services
 from hubcache.model import Kind, Manifest, Outcome, Refusal
+from hubcache.registries import image_name
 from hubcache.upstream.client import UpstreamError
 
 Fetch = Callable[[Services, http.HTTPFlow, FlowState], Awaitable[None]]
@@ -20,7 +21,7 @@ def not_stored(st: FlowState, why: str) -> Refusal:
     """A miss that cannot go upstream now. 404 with the registry's own code: clients print the
     message of a 4xx error body, while for a 5xx they print only the status."""
     ref = st.ref
-    what = f"docker.io/{st.repo}" + (f"@{ref}" if ref.startswith("sha256:") else f":{ref}")
+    what = image_name(st.repo) + (f"@{ref}" if ref.startswith("sha256:") else f":{ref}")
     code = "MANIFEST_UNKNOWN" if st.route.kind is Kind.MANIFEST else "BLOB_UNKNOWN"
     return Refusal(404, code, f"{what} is not in hubcache's store and {why}", Outcome.ERROR, note=why)
 
@@ -55,6 +56,10 @@ async def send_upstream(svc: Services, flow: http.HTTPFlow, st: FlowState, scope
     """Let the flow go upstream with credentials that upstream accepts (for `scope`: by default,
     pulling from the flow's repository)."""
     try:
-        flow.request.headers["authorization"] = await svc.upstream_auth(flow, st, scope)
+        auth = await svc.upstream_auth(flow, st, scope)
     except UpstreamError as e:
         raise not_stored(st, f"no upstream token could be had: {e}") from e
+    if auth:
+        flow.request.headers["authorization"] = auth
+    else:  # a registry that asks for no login: hubcache's local token means nothing there
+        flow.request.headers.pop("authorization", None)

@@ -104,7 +104,7 @@ def _pinned(svc: Services, flow: http.HTTPFlow, st: FlowState, pin: float) -> No
     when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(pin))
     if m is None:
         raise Refusal(404, "MANIFEST_UNKNOWN",
-                      f"docker.io/{route.repository}:{route.reference} has no stored manifest as of {when} (hubcache_pin_time)",
+                      f"{route.image}:{route.reference} has no stored manifest as of {when} (hubcache_pin_time)",
                       Outcome.ERROR, note=f"pinned to {when}")
     flow.response = responses.manifest(m, flow.request.method == "HEAD")
     st.outcome, st.note = Outcome.HIT, f"pinned to {when}"

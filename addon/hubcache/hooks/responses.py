@@ -30,12 +30,13 @@ def refusal(r: Refusal) -> http.Response:
 V2_UNAUTHORIZED = b'{"errors":[{"code":"UNAUTHORIZED","message":"authentication required","detail":null}]}\n'
 
 
-def v2_root(authorized: bool, realm: str, service: str) -> http.Response:
+def v2_root(authorized: bool, challenge: str) -> http.Response:
+    """200 to a client with a token (or of a registry that asks for none), else 401 with `challenge`."""
     headers = {"Content-Type": "application/json", API_VERSION[0]: API_VERSION[1]}
     if authorized:
         return http.Response.make(200, b"{}", headers)
     resp = http.Response.make(401, V2_UNAUTHORIZED, headers)
-    resp.headers["Www-Authenticate"] = f'Bearer realm="{realm}",service="{service}"'
+    resp.headers["Www-Authenticate"] = challenge
     return resp
 
 

@@ -59,8 +59,9 @@ class Services:
     async def upstream_auth(self, flow: http.HTTPFlow, st: FlowState, scope: str = "") -> str:
         """The Authorization for an upstream request on behalf of this client (st.account: as
         whom); a token for `scope`, by default pulling from the flow's repository."""
-        scope = scope or f"repository:{st.repo}:pull"
-        auth, st.account = await self.dockerhub.authorization(flow.request.headers.get("authorization", ""), scope)
+        scope = scope or f"repository:{st.route.remote}:pull"
+        auth, st.account = await self.dockerhub.authorization(flow.request.headers.get("authorization", ""), scope,
+                                                              st.route.registry)
         return auth
 
 

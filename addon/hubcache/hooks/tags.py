@@ -41,8 +41,8 @@ def _partial(svc: Services, flow: http.HTTPFlow, st: FlowState, why: str) -> Non
     repo = st.route.repository
     known = svc.the_store().tags(repo)
     if not known:
-        raise Refusal(404, "NAME_UNKNOWN", f"docker.io/{repo} has no tags hubcache has seen, and {why}", Outcome.ERROR, note=why)
-    tags, link = taglist.page(known, repo, flow.request.path.partition("?")[2])
+        raise Refusal(404, "NAME_UNKNOWN", f"{st.route.image} has no tags hubcache has seen, and {why}", Outcome.ERROR, note=why)
+    tags, link = taglist.page(known, st.route.remote, flow.request.path.partition("?")[2])
     headers = {"Content-Type": "application/json", API_VERSION[0]: API_VERSION[1],
                "Warning": f'110 hubcache "partial: only the tags hubcache has seen; {why}"'}
     if link:

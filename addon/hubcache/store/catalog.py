@@ -60,6 +60,24 @@ class Catalog:
         for digest in references(body):
             txn.put(digest.encode(), seen.encode(), db=self._repos)
 
+    def put_challenge(self, registry: str, header: str) -> None:
+        """The WWW-Authenticate a registry asks for ("" for none), kept for answering /v2/ offline."""
+        self._txns.write(lambda txn: txn.put(b"challenge:" + registry.encode(), header.encode(), db=self._meta))
+
+    def challenges(self) -> dict[str, str]:
+        """Every registry's kept challenge, by registry name."""
+        def op(txn: Txn) -> dict[str, str]:
+            cur = txn.cursor(db=self._meta)
+            found: dict[str, str] = {}
+            if cur.set_range(b"challenge:"):
+                for key, value in cur:
+                    if not bytes(key).startswith(b"challenge:"):
+                        break
+                    found[bytes(key)[len(b"challenge:"):].decode()] = bytes(value).decode()
+            return found
+
+        return self._txns.read(op)
+
     def link_all_references(self) -> int:
         """Once per store made before manifests linked their references: link them now, for
         every repository each manifest was seen in. Returns how many manifests were read."""

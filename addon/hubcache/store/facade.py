@@ -161,6 +161,13 @@ class Store:
         keep): the next pull asks upstream."""
         self._catalog.drop_tag(repository, tag, self._clock())
 
+    def put_challenge(self, registry: str, header: str) -> None:
+        self._catalog.put_challenge(registry, header)
+
+    def challenges(self) -> dict[str, str]:
+        """The WWW-Authenticate each registry other than Docker Hub asked for when last seen."""
+        return self._catalog.challenges()
+
     def tags(self, repository: str) -> list[str]:
         """The tags of `repository` hubcache has a record of, sorted."""
         return self._catalog.tags(repository)

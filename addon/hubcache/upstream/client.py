@@ -114,7 +114,8 @@ def request_head(conn: h11.Connection, method: str, url: str, headers: list[tupl
     host, port = parts.hostname or "", parts.port or 443
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     host_header = host if port == 443 else f"{host}:{port}"
-    all_headers = [("Host", host_header), ("User-Agent", USER_AGENT), ("Connection", "close"), *headers]
+    # an empty value is no header (an Authorization for a registry that asks for none)
+    all_headers = [("Host", host_header), ("User-Agent", USER_AGENT), ("Connection", "close"), *((k, v) for k, v in headers if v)]
     return conn.send(h11.Request(method=method, target=target, headers=all_headers)) + conn.send(h11.EndOfMessage())
 
 

@@ -20,9 +20,11 @@ from hubcache.decide import access
 from hubcache.decide.budget import ANONYMOUS, Budgets, pull_limited
 from hubcache.decide.health import Health
 from hubcache.metrics import Metrics
+from hubcache.registries import DOCKER_HUB
 from hubcache.settings import Egress, Settings
 from hubcache.upstream import client, credentials, egress, tokens
 from hubcache.upstream.pacing import Pacer
+from hubcache.upstream.registryauth import RegistryAuth
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +43,7 @@ class DockerHub:
         self.settings = Settings()
         self.egress: Egress | None = None  # the corporate proxy every connection goes through, with its login
         self.pacer = Pacer(metrics)  # hubcache's own requests, blob downloads included (fetch.get's pace)
+        self.others = RegistryAuth(self.request)  # every other registry: its challenge and realm
         self._creds_loaded = False
         self._reserve_warned = 0.0
 
@@ -68,9 +71,10 @@ class DockerHub:
         host = host.lower()
         return REGISTRY if host in self.settings.registry_hosts else host
 
-    def watched(self, host: str) -> bool:
-        """Whether `host` is one of Docker Hub's (registry, auth or CDN): its health is tracked."""
-        return host.lower() in self.settings.intercepted_hosts
+    def watched(self, host: str, port: int = 443) -> bool:
+        """Whether `host` is one hubcache serves (a registry, a token realm, Docker Hub's CDN): its
+        health is tracked."""
+        return host.lower() in self.settings.intercepted_hosts or self.settings.registries.lookup(host, port) is not None
 
     def unavailable(self, host: str) -> str | None:
         """Why hubcache will not ask `host` now (offline, or backing off after a failure), or None."""
@@ -166,12 +170,14 @@ class DockerHub:
 
     # -- accounts and the pull budget ---------------------------------------------------------
 
-    async def authorization(self, client_auth: str, scope: str) -> tuple[str, str]:
+    async def authorization(self, client_auth: str, scope: str, registry: str = DOCKER_HUB) -> tuple[str, str]:
         """(Authorization, account) for an upstream request on a client's behalf: the client's
         own credentials with account "", or a token for `scope` of the pool account with the most
         pull budget left. Fails fast while the auth host backs off."""
         if client_auth and not tokens.is_local(client_auth):
             return client_auth, ""
+        if registry != DOCKER_HUB:  # its own realm, anonymously: no Docker Hub token or login goes there
+            return await self.others.authorization(registry, scope), f"anonymous@{registry}"
         assert self.tokens
         if self.accounts and not await self._pool_may_fetch(scope):
             return f"Bearer {await self.tokens.token_for(scope, None)}", ANONYMOUS

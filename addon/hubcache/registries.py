@@ -125,3 +125,8 @@ def split_reference(text: str) -> tuple[str, str]:
         key = first.lower()
         return (DOCKER_HUB if key in HUB_HOSTS else key.removesuffix(":443")), rest
     return DOCKER_HUB, text.strip()
+
+
+def image_name(stored: str) -> str:
+    """A repository's store name as `docker pull` spells the image: docker.io/library/x, quay.io/org/y."""
+    return stored if split_reference(stored)[0] != DOCKER_HUB else f"{DOCKER_HUB}/{stored}"

@@ -1,0 +1,83 @@
+"""How hubcache gets into registries other than Docker Hub: the challenge each one gives (asked
+once at its `/v2/`, then remembered, in the store too, so that a restart while the registry is
+down still answers clients' `/v2/`), and tokens from the realm that challenge names, never from a
+hard-coded one. Docker Hub keeps its own path (dockerhub.py: accounts, budget).
+
+A client's own login is relayed by the caller; what is here is what hubcache sends for a client
+that brought none: an anonymous token of the registry's realm (Bearer), or nothing (a registry
+that asks for no login; a Basic registry then answers the client its own 401).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from urllib.parse import urlsplit
+
+from hubcache.decide import challenge
+from hubcache.decide.challenge import Challenge
+from hubcache.upstream import tokens
+from hubcache.upstream.client import UpstreamError, UpstreamResponse
+from hubcache.upstream.singleflight import Shared
+
+Request = Callable[[str, str, list[tuple[str, str]]], Awaitable[UpstreamResponse]]
+
+
+class RegistryAuth:
+    def __init__(self, request: Request, learned: Callable[[str, Challenge], None] = lambda r, c: None) -> None:
+        self._request = request  # DockerHub.request's shape: health, pacing, egress, TLS options
+        self.learned = learned  # called with a challenge seen for the first time or changed (to store it)
+        self._challenges: dict[str, Challenge] = {}
+        self._tokens: dict[tuple[str, str], tokens.UpstreamTokens] = {}
+        self._asking: Shared[Challenge] = Shared()
+
+    def known(self, registry: str) -> Challenge | None:
+        """The challenge last seen from `registry`, without asking it."""
+        return self._challenges.get(registry)
+
+    def remember(self, registry: str, seen: Challenge) -> None:
+        """A challenge seen (a 401 a client got, or read back from the store); what is about one
+        request (its scope, an error) is not kept."""
+        seen = Challenge(seen.scheme, {k: v for k, v in seen.params.items() if k not in ("scope", "error")})
+        if self._challenges.get(registry) != seen:
+            self._challenges[registry] = seen
+            self.learned(registry, seen)
+
+    def realm_paths(self, host: str) -> set[str]:
+        """Paths of the token realms known to be on `host` (e.g. /token on ghcr.io, /jwt/auth on gitlab.com)."""
+        return {urlsplit(c.realm).path.rstrip("/") or "/" for c in self._challenges.values()
+                if c.realm_host == host.lower()}
+
+    async def challenge(self, registry: str) -> Challenge:
+        """`registry`'s challenge: remembered, or asked at its /v2/ (one request however many wait)."""
+        if (known := self._challenges.get(registry)) is not None:
+            return known
+        got, _ = await self._asking.run(registry, lambda: self._ask(registry))
+        return got
+
+    async def _ask(self, registry: str) -> Challenge:
+        resp = await self._request("GET", f"https://{registry}/v2/", [])
+        if resp.status == 401:
+            seen = challenge.parse(resp.header("www-authenticate"))
+            if seen is None:
+                raise UpstreamError(f"{registry} asks for a login hubcache cannot give: "
+                                    f"WWW-Authenticate {resp.header('www-authenticate')[:200]!r}")
+        elif resp.status < 400:
+            seen = challenge.NONE
+        else:
+            raise UpstreamError(f"https://{registry}/v2/ answered {resp.status}")
+        self.remember(registry, seen)
+        return seen
+
+    async def authorization(self, registry: str, scope: str) -> str:
+        """The Authorization hubcache sends `registry` for a client without a login of its own
+        ("" for none)."""
+        seen = await self.challenge(registry)
+        if seen.scheme != "bearer":
+            return ""
+        key = (seen.realm, seen.service)
+        if key not in self._tokens:
+            self._tokens[key] = tokens.UpstreamTokens(self._get, seen.realm, seen.service)
+        return f"Bearer {await self._tokens[key].token_for(scope, None)}"
+
+    async def _get(self, url: str, headers: list[tuple[str, str]]) -> UpstreamResponse:
+        return await self._request("GET", url, headers)

@@ -1,0 +1,60 @@
+"""Registries other than Docker Hub, cached like it (issue 12): a ghcr-like registry (token realm on
+its own host), a gitlab-like one (realm on gitlab.com) and an mcr-like one (anonymous, blobs on a
+data host), each the real CNCF registry (harness.registries). Cold pulls are byte-identical to
+direct ones, warm pulls reach none of that registry's hosts, and pulls keep working with the
+registry stopped, from a warm hubcache and from one started while it is down."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from harness.clients import dir_files, skopeo_copy
+from harness.hubenv import GHCR_HOST, GITLAB_HOST, MCR_HOST
+from harness.registries import BY_NAME
+
+pytestmark = pytest.mark.e2e
+MiB = 1 << 20
+_seeds = itertools.count(91000)
+
+
+def _hosts(registry: str) -> set[str]:
+    spec = BY_NAME[registry]
+    return {spec.name} | {h for h, _ in spec.addresses[1:]}
+
+
+@pytest.mark.parametrize("registry", [GHCR_HOST, GITLAB_HOST, MCR_HOST])
+def test_a_public_image_of_another_registry_is_cached_and_replayed_offline(upstream, start_hubcache, certs, tmp_path,
+                                                                            registry):
+    img = upstream.push_image("team/cached", "1", [(3 * MiB, next(_seeds)), (200_000, next(_seeds))], registry=registry)
+    ref = f"{registry}/team/cached:1"
+    direct = skopeo_copy(ref, tmp_path / "direct", proxy=None, cert_dir=certs)
+    assert direct.returncode == 0, direct.stderr
+    hub = start_hubcache()
+    mark = upstream.mark()
+    cold = skopeo_copy(ref, tmp_path / "cold", proxy=hub.url, cert_dir=certs)
+    assert cold.returncode == 0, cold.stderr
+    assert dir_files(tmp_path / "cold") == dir_files(tmp_path / "direct")
+    reqs = upstream.requests_since(mark)
+    assert {r.host for r in reqs} <= _hosts(registry), reqs  # nothing of it went to Docker Hub's hosts
+    for d in (img.config_digest, *img.layer_digests):  # each blob fetched once
+        assert len([r for r in reqs if r.method == "GET" and d.split(":")[1] in r.path and r.status == 200]) == 1, reqs
+    assert f"miss        GET  manifest {registry}/team/cached 1 200" in hub.log()
+
+    mark = upstream.mark()
+    warm = skopeo_copy(ref, tmp_path / "warm", proxy=hub.url, cert_dir=certs)
+    assert warm.returncode == 0, warm.stderr
+    assert dir_files(tmp_path / "warm") == dir_files(tmp_path / "direct")
+    assert upstream.requests_since(mark) == []
+
+    with upstream.down(registry=registry):
+        offline = skopeo_copy(ref, tmp_path / "offline", proxy=hub.url, cert_dir=certs)
+        assert offline.returncode == 0, offline.stderr
+        hub.stop()
+        hub.start()  # started while the registry is down: /v2/ and tokens still answered here
+        again = skopeo_copy(ref, tmp_path / "again", proxy=hub.url, cert_dir=certs)
+        assert again.returncode == 0, again.stderr
+        assert dir_files(tmp_path / "again") == dir_files(tmp_path / "direct")
+        missing = skopeo_copy(f"{registry}/team/nevercached:1", tmp_path / "missing", proxy=hub.url, cert_dir=certs)
+        assert missing.returncode != 0 and f"{registry}/team/nevercached:1" in missing.stderr, missing.stderr
