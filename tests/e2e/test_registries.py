@@ -7,6 +7,9 @@ registry stopped, from a warm hubcache and from one started while it is down."""
 from __future__ import annotations
 
 import itertools
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -17,6 +20,7 @@ from harness.registries import BY_NAME
 pytestmark = pytest.mark.e2e
 MiB = 1 << 20
 _seeds = itertools.count(91000)
+HUBCACHE = str(Path(sys.executable).parent / "hubcache")
 
 
 def _hosts(registry: str) -> set[str]:
@@ -47,6 +51,8 @@ def test_a_public_image_of_another_registry_is_cached_and_replayed_offline(upstr
     assert warm.returncode == 0, warm.stderr
     assert dir_files(tmp_path / "warm") == dir_files(tmp_path / "direct")
     assert upstream.requests_since(mark) == []
+    history = subprocess.run([HUBCACHE, "history", ref, "--store", hub.store], capture_output=True, text=True)
+    assert history.returncode == 0 and f"  {ref}  {img.manifest_digest}" in history.stdout, history
 
     with upstream.down(registry=registry):
         offline = skopeo_copy(ref, tmp_path / "offline", proxy=hub.url, cert_dir=certs)

@@ -137,3 +137,18 @@ def test_parse_image_refuses_other_registries_and_bad_references(text):
 
     with pytest.raises(ValueError):
         parse_image(text)
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("quay.io/prometheus/node-exporter:v1.8", ("quay.io/prometheus/node-exporter", "v1.8")),
+    ("registry.corp.example:5000/team/app", ("registry.corp.example:5000/team/app", None)),
+    ("ghcr.io/org/app@sha256:" + "b" * 64, ("ghcr.io/org/app", "sha256:" + "b" * 64)),
+    ("postgres:12.2", ("library/postgres", "12.2")),  # Docker Hub's names as parse_image gives them
+    ("docker.io/bitnami/redis", ("bitnami/redis", None)),
+])
+def test_parse_reference_names_any_registry_as_the_store_does(text, expected):
+    from hubcache.decide.routes import parse_reference
+
+    assert parse_reference(text) == expected
+    with pytest.raises(ValueError):
+        parse_reference("quay.io/Bad Name")

@@ -12,7 +12,7 @@ from collections.abc import Collection
 from urllib.parse import unquote
 
 from hubcache.model import DIGEST_RE, Kind, Route, is_digest
-from hubcache.registries import RegistryTable
+from hubcache.registries import DOCKER_HUB, Registry, RegistryTable, split_reference
 
 # OCI distribution spec, "Pulling manifests": repository names and tags.
 _COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
@@ -130,3 +130,20 @@ def parse_image(text: str) -> tuple[str, str | None]:
     if not NAME_RE.fullmatch(name) or bad_tag or (at and not is_digest(digest)):
         raise ValueError(f"not a Docker Hub image reference: {text!r}")
     return name, digest if at else tag
+
+
+def parse_reference(text: str) -> tuple[str, str | None]:
+    """An image reference on any registry -> (its store name, tag or digest or None):
+    `quay.io/org/app:v1` -> ("quay.io/org/app", "v1"), `postgres:12.2` -> ("library/postgres",
+    "12.2") as parse_image gives for Docker Hub. Raises ValueError."""
+    registry, rest = split_reference(text)
+    if registry == DOCKER_HUB:
+        return parse_image(rest)
+    ref, at, digest = rest.partition("@")
+    name, tag = ref, None
+    if ":" in ref.rsplit("/", 1)[-1]:
+        name, tag = ref.rsplit(":", 1)
+    bad_tag = tag is not None and not TAG_RE.fullmatch(tag)
+    if not NAME_RE.fullmatch(name) or bad_tag or (at and not is_digest(digest)):
+        raise ValueError(f"not an image reference: {text!r}")
+    return Registry(registry).qualify(name), digest if at else tag

@@ -40,10 +40,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _history(args: argparse.Namespace) -> int:
-    from hubcache.decide.routes import parse_image
+    from hubcache.decide.routes import parse_reference
+    from hubcache.registries import image_name
 
     try:
-        repository, tag = parse_image(args.image)
+        repository, tag = parse_reference(args.image)
         store = preflight.open_existing(args.store, readonly=True)
     except ValueError as e:
         print(f"hubcache: {e}", file=sys.stderr)
@@ -60,7 +61,7 @@ def _history(args: argparse.Namespace) -> int:
         return preflight.EXIT_PROBLEM
     for name, when, media_type, digest in rows:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when))
-        print(f"{stamp}  docker.io/{repository}:{name}  " + (f"{digest}  {media_type}" if digest else "(deleted)"))
+        print(f"{stamp}  {image_name(repository)}:{name}  " + (f"{digest}  {media_type}" if digest else "(deleted)"))
     return 0
 
 
