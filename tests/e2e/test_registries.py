@@ -64,3 +64,49 @@ def test_a_public_image_of_another_registry_is_cached_and_replayed_offline(upstr
         assert dir_files(tmp_path / "again") == dir_files(tmp_path / "direct")
         missing = skopeo_copy(f"{registry}/team/nevercached:1", tmp_path / "missing", proxy=hub.url, cert_dir=certs)
         assert missing.returncode != 0 and f"{registry}/team/nevercached:1" in missing.stderr, missing.stderr
+
+
+def test_a_blob_two_registries_serve_is_stored_once_and_private_content_stays_in_its_registry(
+        upstream, start_hubcache, certs, tmp_path):
+    from harness.clients import proxied_request
+    from harness.hubenv import HUB
+
+    seed = next(_seeds)
+    on_hub = upstream.push_image("team/shared", "1", [(2 * MiB, seed)], registry=HUB)
+    on_ghcr = upstream.push_image("team/shared", "1", [(2 * MiB, seed)], registry=GHCR_HOST)
+    layer = on_hub.layer_digests[0]
+    assert on_ghcr.layer_digests[0] == layer
+    hub = start_hubcache()
+    first = skopeo_copy("docker.io/team/shared:1", tmp_path / "hub", proxy=hub.url, cert_dir=certs)
+    assert first.returncode == 0, first.stderr
+    mark = upstream.mark()
+    second = skopeo_copy(f"{GHCR_HOST}/team/shared:1", tmp_path / "ghcr", proxy=hub.url, cert_dir=certs)
+    assert second.returncode == 0, second.stderr
+    assert (tmp_path / "ghcr" / layer.split(":")[1]).read_bytes() == (tmp_path / "hub" / layer.split(":")[1]).read_bytes()
+    at_ghcr = [r for r in upstream.requests_since(mark) if layer.split(":")[1] in r.path]
+    # ghcr's manifest (verified) says the layer is in that repository: its bytes came from the store
+    assert at_ghcr == []
+
+    # a private image of ghcr, pulled with alice's own ghcr login, is not served under any other name
+    secret = upstream.push_image("acme/ghcrsecret", "1", [(300_000, next(_seeds))], registry=GHCR_HOST)
+    upstream.set_private("acme/ghcrsecret", ["pusher", "alice"], registry=GHCR_HOST)
+    own = skopeo_copy(f"{GHCR_HOST}/acme/ghcrsecret:1", tmp_path / "own", proxy=hub.url, cert_dir=certs,
+                      creds=upstream.login("alice", GHCR_HOST))
+    assert own.returncode == 0, own.stderr
+    private_layer = secret.layer_digests[0]
+    for host, path in ((GITLAB_HOST, f"/v2/team/anything/blobs/{private_layer}"),
+                       ("registry-1.docker.io", f"/v2/library/anything/blobs/{private_layer}"),
+                       (GHCR_HOST, f"/v2/team/shared/blobs/{private_layer}")):
+        status, _, body = proxied_request(hub.port, hub.ca_cert, "GET", host, path)
+        assert status in (401, 404) and len(body) < 1000, (host, status)
+
+    hub.stop()
+    from hubcache.store import Store
+
+    store = Store(hub.store)
+    try:
+        assert store.blob_info(layer).size == len((tmp_path / "hub" / layer.split(":")[1]).read_bytes())
+        assert store.size() < 2 * 2 * MiB  # one copy of the shared 2 MiB layer
+        assert sorted(r for r in store.repositories(private_layer)) == ["C:ghcr.io/acme/ghcrsecret"]
+    finally:
+        store.close()
