@@ -15,6 +15,9 @@ Sections (all by default; --only picks one, --skip-extra keeps only the table):
   push    an authenticated skopeo push of a one-layer image (1 GiB by default) direct, through
           mitmdump and through hubcache, each to a new repository so the layer is uploaded whole:
           time and peak RSS (hubcache relays uploads streamed, never buffered)
+  registries  the table's multi-layer image on a ghcr-like registry (token realm on its own host)
+          and an mcr-like one (blobs redirected to a data host), skopeo direct, mitmdump, hubcache
+          cold and warm, rounds interleaved; upstream requests of each pull (bench_registries.py)
 
 Every peak RSS is the summed VmRSS of the proxy process and all its descendants, sampled every
 0.1 s; VmHWM of the proxy process itself is reported beside it.
@@ -37,6 +40,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from bench_registries import print_registries, registries_section
 from harness import images
 from harness.clients import make_cert_dir, skopeo_copy, skopeo_push
 from harness.hubenv import Upstream, missing_prerequisites
@@ -45,7 +49,7 @@ from harness.proxy import Proxy
 ROOT = Path(__file__).resolve().parent.parent
 MiB = 1 << 20
 MODES = ("direct", "mitmdump", "hubcache-cold", "hubcache-warm")
-SECTIONS = ("table", "extra", "memory", "load", "push")
+SECTIONS = ("table", "extra", "memory", "load", "push", "registries")
 CLIENT_ENV = {"PATH": "/usr/bin:/bin"}  # no proxy variables: curl gets its proxy with -x
 BIG_REPO = "library/benchbig"
 
@@ -743,7 +747,7 @@ def main() -> int:
         print(f"bench: cannot run: {why}", file=sys.stderr)
         return 2
     work = args.workdir or Path(tempfile.mkdtemp(prefix="hubcache-bench-"))
-    up = Upstream(work / "upstream")
+    up = Upstream(work / "upstream", registries="registries" in args.sections)
     up.start()
     proxies: list[Proxy] = []
     summary: dict = {"sections": list(args.sections), "extra": {}}
@@ -773,6 +777,8 @@ def main() -> int:
             summary["load"] = load_section(up, work, start, args)
         if "push" in args.sections:
             summary["push"] = push_section(up, work, certs, start, args)
+        if "registries" in args.sections:
+            summary["registries"] = registries_section(up, work, certs, start, args)
     finally:
         for p in proxies:
             p.stop()
@@ -790,6 +796,8 @@ def main() -> int:
         print_load(summary["load"])
     if "push" in summary:
         print_push(summary["push"])
+    if "registries" in summary:
+        print_registries(summary["registries"])
     print(json.dumps(summary))
     return 0
 
