@@ -14,7 +14,8 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = Counter("hubcache_requests", "Registry requests by kind and cache outcome", ["kind", "outcome"], registry=r)
+        self.requests = Counter("hubcache_requests", "Registry requests by kind, cache outcome and registry "
+                                "(docker.io, ghcr.io, ...: the registry table's names)", ["kind", "outcome", "registry"], registry=r)
         self.bytes = Counter("hubcache_bytes", "Body bytes sent to clients, by where they came from", ["source"], registry=r)
         self.upstream = Counter("hubcache_upstream_requests", "Requests that reached upstream, by kind", ["kind"], registry=r)
         self.pulls = Counter("hubcache_pulls_spent", "Counted pulls (manifest GETs) spent, by account", ["account"], registry=r)

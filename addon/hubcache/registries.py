@@ -83,6 +83,14 @@ class RegistryTable:
             return HUB
         return Registry(key)
 
+    def label(self, name: str) -> str:
+        """`name` (a registry's, or a realm host's) as a metric label: itself, except a registry
+        matched only by a wildcard entry (`us-docker.pkg.dev`), which is counted under that entry
+        (`*-docker.pkg.dev`): clients choose the host, the table bounds the labels."""
+        if name == DOCKER_HUB or name in self.patterns:
+            return name
+        return next((p for p in self.patterns if "*" in p and fnmatchcase(name, p)), name)
+
     def exact_hosts(self) -> list[str]:
         """The patterns without a wildcard (hosts to intercept by name)."""
         return [p for p in self.patterns if "*" not in p]

@@ -16,6 +16,7 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 from hubcache import registries
 from hubcache.registries import RegistryTable
@@ -239,6 +240,11 @@ class Settings:
     @property
     def intercepted_hosts(self) -> frozenset[str]:
         return frozenset(self.registries.exact_hosts()) | self.auth_hosts | self.cdn_hosts
+
+    @property
+    def auth_realm_host(self) -> str:
+        """Docker Hub's token realm's host (auth.docker.io)."""
+        return (urlsplit(self.auth_realm).hostname or "").lower()
 
     @property
     def registry_hosts(self) -> frozenset[str]:

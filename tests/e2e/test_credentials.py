@@ -73,9 +73,9 @@ def test_metrics_page_counts_outcomes_pulls_and_never_shows_the_secret(upstream,
         assert m, pattern
         return float(m.group(1))
 
-    assert value(r'hubcache_requests_total\{kind="manifest",outcome="miss"\}') == 1
-    assert value(r'hubcache_requests_total\{kind="manifest",outcome="hit"\}') == 1
-    assert value(r'hubcache_requests_total\{kind="blob",outcome="hit"\}') == 2  # config and layer, warm
+    assert value(r'hubcache_requests_total\{kind="manifest",outcome="miss",registry="docker.io"\}') == 1
+    assert value(r'hubcache_requests_total\{kind="manifest",outcome="hit",registry="docker.io"\}') == 1
+    assert value(r'hubcache_requests_total\{kind="blob",outcome="hit",registry="docker.io"\}') == 2  # config and layer, warm
     assert value(r'hubcache_pulls_spent_total\{account="pusher"\}') == 1
     assert value(r'hubcache_bytes_total\{source="store"\}') >= 400_000
     assert 'hubcache_pull_budget_remaining{account="pusher"}' in page

@@ -344,3 +344,32 @@ def test_a_toomanyrequests_429_spends_one_account_and_the_next_pull_goes_as_anot
     r = run(hub, flow("/v2/library/w/manifests/1"))
     assert r.status_code == 200 and r.content == body
     assert seen == [("GET", "alice"), ("GET", "bob")]
+
+
+def test_requests_are_logged_and_counted_under_their_registrys_name_never_a_host_and_a_wildcard_under_its_entry(
+        hub_ctx, caplog):
+    import logging
+
+    hub, tctx = hub_ctx
+    tctx.configure(hub, hubcache_offline=True)  # nothing leaves this test
+    from hubcache.decide import challenge
+
+    for registry, realm, service in [("ghcr.io", "https://ghcr.io/token", "ghcr.io"),
+                                     ("registry.gitlab.com", "https://gitlab.com/jwt/auth", "container_registry")]:
+        hub.svc.dockerhub.others.remember(registry, challenge.parse(f'Bearer realm="{realm}",service="{service}"'))
+    caplog.set_level(logging.INFO, logger="hubcache")
+    bad = "/v2/Bad_Name/manifests/1"  # answered here with NAME_INVALID, on any registry
+    for host, path in [("registry-1.docker.io", bad), ("index.docker.io", bad), ("ghcr.io", bad),
+                       ("us-docker.pkg.dev", bad), ("europe-docker.pkg.dev", bad),
+                       ("auth.docker.io", "/token?scope=x"), ("ghcr.io", "/v2/"), ("ghcr.io", "/token?scope=x"),
+                       ("gitlab.com", "/jwt/auth?scope=x")]:
+        run(hub, flow(path, host=host))
+    logged = [r.fields["registry"] for r in caplog.records if getattr(r, "event", None) == "request"]
+    assert logged == ["docker.io", "docker.io", "ghcr.io", "us-docker.pkg.dev", "europe-docker.pkg.dev",
+                      "docker.io", "ghcr.io", "ghcr.io", "gitlab.com"]  # a realm's own host names no registry
+    counted = {tuple(s.labels[k] for k in ("kind", "outcome", "registry")): s.value
+               for m in hub.svc.metrics.registry.collect() if m.name == "hubcache_requests"
+               for s in m.samples if s.name == "hubcache_requests_total"}
+    assert counted == {("invalid", "rejected", "docker.io"): 2, ("invalid", "rejected", "ghcr.io"): 1,
+                       ("invalid", "rejected", "*-docker.pkg.dev"): 2, ("token", "hit", "docker.io"): 1,
+                       ("root", "hit", "ghcr.io"): 1, ("token", "hit", "ghcr.io"): 1, ("token", "hit", "gitlab.com"): 1}

@@ -84,9 +84,10 @@ def classify(host: str, method: str, path: str, *, registries: RegistryTable, au
     ghcr.io/token, quay.io/v2/auth)."""
     host = host.lower().rstrip(".")
     bare = path.split("?", 1)[0].rstrip("/") or "/"
+    registry = registries.lookup(host, port)
     if method == "GET" and bare in token_paths:
-        return Route(Kind.TOKEN)
-    if (registry := registries.lookup(host, port)) is not None:
+        return Route(Kind.TOKEN, registry=registry.name if registry else DOCKER_HUB)
+    if registry is not None:
         route = classify_registry(method, path)
         if not route.repository:
             return dataclasses.replace(route, registry=registry.name)
@@ -99,6 +100,16 @@ def classify(host: str, method: str, path: str, *, registries: RegistryTable, au
     if host in cdn_hosts:
         return Route(Kind.CDN)
     return None
+
+
+def logged_registry(route: Route, host: str, registries: RegistryTable, hub_realm_host: str, port: int = 443) -> str:
+    """The registry a request is logged and counted under: its route's (docker.io on Docker Hub's
+    hosts, its realm's and its CDN's), except a token realm's on a host of its own other than
+    Docker Hub's (gitlab.com/jwt/auth), whose request names no registry: that host."""
+    host = host.lower().rstrip(".")
+    if route.kind in (Kind.TOKEN, Kind.OTHER) and host != hub_realm_host and registries.lookup(host, port) is None:
+        return host
+    return route.registry
 
 
 def parse_image(text: str) -> tuple[str, str | None]:

@@ -155,7 +155,8 @@ class HubCache:
                                 token_paths=svc.dockerhub.others.realm_paths(req.host))
         if route is None:
             return
-        st = FlowState(route)
+        logged = routes.logged_registry(route, req.host, s.registries, s.auth_realm_host, req.port)
+        st = FlowState(route, registry=logged, registry_label=s.registries.label(logged))
         flow.metadata[META] = st
         try:
             await HANDLERS[route.kind](svc, flow, st)

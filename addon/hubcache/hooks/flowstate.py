@@ -24,6 +24,8 @@ class FlowState:
     """Kept in flow.metadata[META] from the request hook to the flow's last hook."""
 
     route: Route
+    registry: str = ""  # the registry logged (routes.logged_registry); "" = the route's
+    registry_label: str = ""  # the same as the request counter's label (RegistryTable.label); "" = registry
     outcome: Outcome = Outcome.PASSTHROUGH
     started: float = field(default_factory=time.monotonic)
     digest: str = ""  # the blob a CDN request is for
@@ -72,7 +74,8 @@ def log_request(flow: http.HTTPFlow, st: FlowState, metrics: Metrics, warn: bool
     if st.logged:
         return
     st.logged = True
-    metrics.requests.labels(st.route.kind.value, st.outcome.value).inc()
+    registry = st.registry or st.route.registry
+    metrics.requests.labels(st.route.kind.value, st.outcome.value, st.registry_label or registry).inc()
     length = flow.response.headers.get("content-length", "") if flow.response is not None else ""
     size = st.direct_bytes or (int(length) if length.isdigit() else None)  # what the client is sent
     if size is not None and not flow.error and flow.request.method == "GET":
@@ -88,7 +91,7 @@ def log_request(flow: http.HTTPFlow, st: FlowState, metrics: Metrics, warn: bool
         line += f" ({st.note})"
     fields = {
         "outcome": st.outcome.value, "method": flow.request.method, "kind": st.route.kind.value,
-        "registry": flow.request.pretty_host, "repository": st.repo, "reference": st.ref,
+        "registry": registry, "repository": st.repo, "reference": st.ref,
         "status": status if isinstance(status, int) else None,
         "bytes": size,
         "duration_ms": round(ms, 1), "client": client, "account": st.account or None, "note": st.note or None,
