@@ -10,6 +10,7 @@ docs/runner-guide.md gives it).
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import subprocess
 import sys
@@ -118,3 +119,49 @@ def test_doctor_test_pull_of_an_image_docker_hub_does_not_have(upstream, start_h
     assert pull.startswith("FAIL test pull: docker.io/library/doctornosuch:1: GET /v2/ 401 (hubcache), token 200 "
                            "(hubcache), manifest HEAD 404, manifest GET 404: "), pull
     assert pull.endswith("-- fix: the image does not exist on Docker Hub: pass --image of one that does"), pull
+
+
+def test_doctor_test_pull_of_a_ghcr_image_asks_the_realm_ghcr_names_and_nothing_of_docker_hub(
+        upstream, start_hubcache, bundle, certs, tmp_path):
+    from harness.clients import skopeo_copy
+    from harness.hubenv import GHCR_HOST
+    from harness.registries import BY_NAME
+
+    img = upstream.push_image("team/doctorghcr", "1", [(4096, next(_seeds))], registry=GHCR_HOST)
+    ref = f"{GHCR_HOST}/team/doctorghcr:1"
+    hub = start_hubcache("hubcache_log_format=json")
+    args = ("--proxy", hub.url, "--ca", str(hub.ca_cert), "--image", ref,
+            "--dockerd-pid", str(os.getpid()), "--daemon-json", "/nonexistent/daemon.json")
+    mark = upstream.mark()
+    _, lines = doctor(*args)
+    cold = line(lines, "test pull")
+    # /v2/ answered by hubcache with ghcr's challenge (which it asked ghcr for), the token asked at the
+    # realm that challenge names (ghcr.io/token, answered by hubcache), the HEAD a miss
+    assert cold.startswith(f"OK   test pull: {ref}: GET /v2/ 401 (hubcache), token 200 (hubcache), manifest HEAD 200 "
+                           f"{img.manifest_digest}, answered by upstream through hubcache"), cold
+    reqs = upstream.requests_since(mark)
+    assert reqs and {r.host for r in reqs} == {BY_NAME[GHCR_HOST].name}, reqs  # auth.docker.io never asked
+    seen = [json.loads(x) for x in hub.log().splitlines() if x.startswith("{")]
+    asked = [(e["kind"], e["registry"]) for e in seen if e.get("event") == "request"]
+    assert asked == [("root", GHCR_HOST), ("token", GHCR_HOST), ("manifest", GHCR_HOST)], asked  # the realm on ghcr.io
+
+    pulled = skopeo_copy(ref, tmp_path / "pulled", proxy=hub.url, cert_dir=certs)
+    assert pulled.returncode == 0, pulled.stderr
+    mark = upstream.mark()
+    _, lines = doctor(*args)
+    warm = line(lines, "test pull")
+    assert warm.startswith(f"OK   test pull: {ref}: GET /v2/ 401 (hubcache), token 200 (hubcache), manifest HEAD 200 "
+                           f"{img.manifest_digest}, answered by hubcache from its store"), warm
+    assert upstream.requests_since(mark) == []
+
+
+def test_doctor_says_when_hubcache_does_not_cache_the_images_registry(upstream, start_hubcache, bundle):
+    from harness.hubenv import GHCR_HOST
+
+    hub = start_hubcache("hubcache_registries=-ghcr.io")
+    _, lines = doctor("--proxy", hub.url, "--ca", str(hub.ca_cert), "--image", f"{GHCR_HOST}/team/any:1",
+                      "--dockerd-pid", str(os.getpid()), "--daemon-json", "/nonexistent/daemon.json")
+    pull = line(lines, "test pull")
+    assert pull.startswith(f"FAIL test pull: {GHCR_HOST}/team/any:1: the certificate for ghcr.io is issued by "), pull
+    assert "not by hubcache's CA (O=mitmproxy,CN=mitmproxy): hubcache tunnels ghcr.io untouched" in pull, pull
+    assert pull.endswith("-- fix: add it to hubcache's registries: --set hubcache_registries=+ghcr.io"), pull

@@ -156,18 +156,31 @@ def test_parse_challenge():
 
 
 @pytest.mark.parametrize("image,expected", [
-    ("library/hello-world:latest", ("library/hello-world", "latest")),
-    ("hello-world", ("library/hello-world", "latest")),
-    ("postgres:12.2", ("library/postgres", "12.2")),
-    ("docker.io/bitnami/redis:7.2", ("bitnami/redis", "7.2")),
-    ("alpine@sha256:" + "a" * 64, ("library/alpine", "sha256:" + "a" * 64)),
+    ("library/hello-world:latest", ("docker.io", "library/hello-world", "latest", "registry-1.docker.io", 443)),
+    ("hello-world", ("docker.io", "library/hello-world", "latest", "registry-1.docker.io", 443)),
+    ("postgres:12.2", ("docker.io", "library/postgres", "12.2", "registry-1.docker.io", 443)),
+    ("docker.io/bitnami/redis:7.2", ("docker.io", "bitnami/redis", "7.2", "registry-1.docker.io", 443)),
+    ("alpine@sha256:" + "a" * 64, ("docker.io", "library/alpine", "sha256:" + "a" * 64, "registry-1.docker.io", 443)),
+    ("ghcr.io/org/app:v1", ("ghcr.io", "org/app", "v1", "ghcr.io", 443)),
+    ("ghcr.io:443/org/app", ("ghcr.io", "org/app", "latest", "ghcr.io", 443)),
+    ("quay.io/coreos/etcd:v3", ("quay.io", "coreos/etcd", "v3", "quay.io", 443)),
+    ("registry.corp.example:5000/team/app@sha256:" + "b" * 64,
+     ("registry.corp.example:5000", "team/app", "sha256:" + "b" * 64, "registry.corp.example", 5000)),
 ])
-def test_pull_target_is_what_docker_pull_asks_for(image, expected):
-    assert doctor.pull_target(image) == expected
+def test_pull_target_is_what_docker_pull_asks_for_on_any_registry(image, expected):
+    t = doctor.pull_target(image)
+    assert (t.registry, t.repository, t.reference, t.host, t.port) == expected
+    assert t.netloc == (t.host if t.port == 443 else f"{t.host}:{t.port}")
 
 
-def test_pull_target_rejects_other_registries_and_bad_names():
-    for bad in ("Upper/case:1", "library/:x", "quay.io/coreos/etcd:v3"):
+def test_pull_target_names_the_image_as_docker_pull_does():
+    assert doctor.pull_target("postgres").image == "docker.io/library/postgres:latest"
+    assert doctor.pull_target("ghcr.io/org/app@sha256:" + "c" * 64).image == "ghcr.io/org/app@sha256:" + "c" * 64
+    assert doctor.pull_target("registry.corp.example:5000/team/app:1").image == "registry.corp.example:5000/team/app:1"
+
+
+def test_pull_target_rejects_bad_names():
+    for bad in ("Upper/case:1", "library/:x", "ghcr.io/Org/app:1", "ghcr.io/org/app:bad tag", "quay.io/a@sha256:zz"):
         with pytest.raises(ValueError):
             doctor.pull_target(bad)
 
@@ -227,3 +240,55 @@ def test_the_egress_proxys_login_comes_from_a_file_and_is_never_shown(tmp_path):
     f.write_text("nothing\n")
     with pytest.raises(ValueError, match="one line user:password"):
         egress_proxy("http://proxy.corp:3128", str(f))
+
+
+def _fake_registry(monkeypatch, answers):
+    """proxychecks' network replaced by `answers`: (method, url) -> (status, headers, body); the
+    requests made are returned, with their headers."""
+    from hubcache.tools.doctor import proxychecks
+
+    asked = []
+
+    def https_request(proxy, ctx, method, url, headers):
+        asked.append((method, url, dict(headers)))
+        return answers[(method, url.split("?")[0])]
+
+    monkeypatch.setattr(proxychecks, "https_request", https_request)
+    return asked
+
+
+def test_the_test_pull_of_a_ghcr_image_takes_its_token_from_the_realm_ghcr_names_not_docker_hubs(monkeypatch):
+    from hubcache.tools.doctor.proxychecks import check_pull
+
+    own = {"docker-content-digest": "sha256:ab"}  # no Date: hubcache's own answer
+    asked = _fake_registry(monkeypatch, {
+        ("GET", "https://ghcr.io/v2/"): (401, {"www-authenticate": 'Bearer realm="https://ghcr.io/token",service="ghcr.io"'}, b""),
+        ("GET", "https://ghcr.io/token"): (200, {}, b'{"token": "t0k"}'),
+        ("HEAD", "https://ghcr.io/v2/org/app/manifests/v1"): (200, own, b""),
+    })
+    c = check_pull(doctor.parse_proxy("http://127.0.0.1:3128"), "ghcr.io/org/app:v1")
+    assert c.ok, c.line()
+    assert c.detail.startswith("ghcr.io/org/app:v1: GET /v2/ 401 (hubcache), token 200 (hubcache), manifest HEAD 200")
+    (_, v2, h1), (_, token, h2), (_, head, h3) = asked
+    assert h1["Host"] == "ghcr.io" and h2["Host"] == "ghcr.io" and h3["Authorization"] == "Bearer t0k"
+    assert token == "https://ghcr.io/token?service=ghcr.io&scope=repository%3Aorg%2Fapp%3Apull"
+    assert not any("docker.io" in url for _, url, _ in asked)
+
+
+def test_the_test_pull_of_a_basic_auth_registry_on_its_own_port_asks_for_no_token_and_says_it_wants_a_login(monkeypatch):
+    from hubcache.tools.doctor.proxychecks import check_pull
+
+    base = "https://registry.corp.example:5000"
+    upstream = {"date": "Mon, 01 Jan 2026 00:00:00 GMT"}
+    asked = _fake_registry(monkeypatch, {
+        ("GET", f"{base}/v2/"): (401, {"www-authenticate": 'Basic realm="corp"'}, b""),
+        ("HEAD", f"{base}/v2/team/app/manifests/1"): (401, upstream, b""),
+        ("GET", f"{base}/v2/team/app/manifests/1"): (401, upstream, b'{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}'),
+    })
+    c = check_pull(doctor.parse_proxy("http://127.0.0.1:3128"), "registry.corp.example:5000/team/app:1")
+    assert c.ok is False
+    assert c.detail == ("registry.corp.example:5000/team/app:1: GET /v2/ 401 (hubcache), Basic login asked for, none sent, "
+                        "manifest HEAD 401, manifest GET 401: authentication required")
+    assert "registry.corp.example:5000 wants a login" in c.fix and "docker login registry.corp.example:5000" in c.fix
+    assert [h["Host"] for _, _, h in asked] == ["registry.corp.example:5000"] * 3
+    assert not any("authorization" in (k.lower() for k in h) for _, _, h in asked)

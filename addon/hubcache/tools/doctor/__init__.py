@@ -5,7 +5,7 @@ why). Exit code 0 when every check that ran passed, 1 otherwise.
 
 The pure parts are modules of their own, tested without a network: `proxyenv` (proxy URLs,
 NO_PROXY), `dockerd` (/proc/<pid>/environ, `systemctl show`, daemon.json, the verdict), `certs`,
-`hub` (the test pull's image and what Docker Hub's answers mean), with `check` (one check's
+`hub` (the test pull's image on any registry and what the answers mean), with `check` (one check's
 result) below them all. The I/O: `probe` (CONNECT, TLS, a request through the proxy),
 `proxychecks` and `hostchecks` (the checks), `runner` (the command line). Nothing here needs root
 except reading another user's /proc/<pid>/environ, and nothing is changed on the host.

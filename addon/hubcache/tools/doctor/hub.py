@@ -1,4 +1,4 @@
-"""The test pull's side of Docker Hub: what it asks for, and what the answers through hubcache mean.
+"""The test pull's side of the registry: what it asks for, and what the answers through hubcache mean.
 
 Pure: reads an image reference, a token challenge and response headers, tested without a network.
 """
@@ -7,15 +7,49 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 
-from hubcache.decide.routes import parse_image
+from hubcache.decide.routes import parse_reference
+from hubcache.registries import DOCKER_HUB, split_reference
+from hubcache.tools.doctor.check import REGISTRY
 
 
-def pull_target(image: str) -> tuple[str, str]:
-    """(repository, tag or digest) that `docker pull IMAGE` asks Docker Hub for: `latest` when
-    the reference names neither."""
-    repository, reference = parse_image(image)
-    return repository, reference or "latest"
+@dataclass(frozen=True)
+class PullTarget:
+    """What `docker pull IMAGE` asks which registry for."""
+
+    registry: str  # its name: docker.io, ghcr.io, registry.corp.example:5000
+    repository: str  # as the registry's URLs spell it (library/postgres, org/app)
+    reference: str  # tag or digest
+
+    @property
+    def netloc(self) -> str:
+        """host[:port] the pull connects to (Docker Hub's API host for docker.io)."""
+        return REGISTRY if self.registry == DOCKER_HUB else self.registry
+
+    @property
+    def host(self) -> str:
+        return self.netloc.rsplit(":", 1)[0] if self.netloc.rsplit(":", 1)[-1].isdigit() else self.netloc
+
+    @property
+    def port(self) -> int:
+        last = self.netloc.rsplit(":", 1)[-1]
+        return int(last) if ":" in self.netloc and last.isdigit() else 443
+
+    @property
+    def image(self) -> str:
+        """The reference as the check's line shows it: docker.io/library/x:1, ghcr.io/org/app@sha256:..."""
+        sep = "@" if self.reference.startswith("sha256:") else ":"
+        return f"{self.registry}/{self.repository}{sep}{self.reference}"
+
+
+def pull_target(image: str) -> PullTarget:
+    """What `docker pull IMAGE` asks for, on any registry: `latest` when the reference names
+    neither tag nor digest. Raises ValueError for what is not an image reference."""
+    registry, _ = split_reference(image)
+    stored, reference = parse_reference(image)
+    repository = stored if registry == DOCKER_HUB else stored.removeprefix(registry + "/")
+    return PullTarget(registry, repository, reference or "latest")
 
 
 def parse_challenge(value: str) -> dict[str, str]:

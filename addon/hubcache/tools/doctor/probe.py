@@ -50,8 +50,8 @@ def tunnel(proxy: ProxyURL, host: str, port: int = 443, timeout: float = TIMEOUT
         raise
 
 
-def tls(proxy: ProxyURL, host: str, context: ssl.SSLContext) -> ssl.SSLSocket:
-    sock = tunnel(proxy, host)
+def tls(proxy: ProxyURL, host: str, context: ssl.SSLContext, port: int = 443) -> ssl.SSLSocket:
+    sock = tunnel(proxy, host, port)
     try:
         return context.wrap_socket(sock, server_hostname=host)
     except BaseException:
@@ -65,7 +65,7 @@ def https_request(proxy: ProxyURL, context: ssl.SSLContext, method: str, url: st
     parts = urlsplit(url)
     host = parts.hostname or ""
     conn = http.client.HTTPConnection(host, parts.port or 443, timeout=TIMEOUT)
-    conn.sock = tls(proxy, host, context)
+    conn.sock = tls(proxy, host, context, parts.port or 443)
     try:
         path = parts.path + (f"?{parts.query}" if parts.query else "")
         conn.putrequest(method, path or "/", skip_host=True, skip_accept_encoding=True)

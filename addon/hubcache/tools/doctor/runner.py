@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     emit(check_ca_store(args.ca or "", issuer))
     emit(check_docker(url, args.dockerd_pid, args.daemon_json))
     if proxy is not None and checks[0].ok and checks[1].ok:
-        emit(check_pull(proxy, args.image))
+        emit(check_pull(proxy, args.image, issuer))
     else:
         emit(Check("test pull", None, "not tried: the checks of the proxy above failed"))
     if args.egress_proxy:  # the corporate proxy that hubcache itself goes through
@@ -70,7 +70,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--proxy", default="", help="hubcache's URL, http://[USER:PASS@]HOST:PORT "
                    f"(default: HTTPS_PROXY of the environment, else {DEFAULT_PROXY})")
     p.add_argument("--ca", default="", help="hubcache's CA certificate (mitmproxy-ca-cert.pem) to look for in the system store")
-    p.add_argument("--image", default=DEFAULT_IMAGE, help=f"image for the test pull (default {DEFAULT_IMAGE}); only a manifest HEAD, "
+    p.add_argument("--image", default=DEFAULT_IMAGE, help=f"image for the test pull (default {DEFAULT_IMAGE}), on any registry hubcache caches "
+                   "(ghcr.io/org/app:v1, registry.corp.example:5000/team/app:1); only a manifest HEAD, "
                    "which Docker Hub does not count")
     p.add_argument("--dockerd-pid", type=int, default=None, help=f"the dockerd to check (default: {DOCKER_PIDFILE}, else the only dockerd)")
     p.add_argument("--egress-proxy", default="", help="the corporate proxy hubcache goes through (its mode=upstream:URL): "
