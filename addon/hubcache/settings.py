@@ -166,15 +166,26 @@ def _https_url(value: str) -> str:
 
 
 def _repository_patterns(value: Sequence[str]) -> tuple[str, ...]:
-    """`myorg/*`, `otherorg/app`: repositories or namespaces (glob); a bare name is an official image."""
+    """`myorg/*`, `otherorg/app`: repositories or namespaces (glob) of Docker Hub, a bare name
+    being an official image; another registry's are qualified as the store names them
+    (`ghcr.io/myorg/*`, `registry.corp.example:5000/team/*`); `docker.io/` is Docker Hub's."""
     patterns = []
     for item in value:
         for p in item.split(","):
             if not (p := p.strip().lower()):
                 continue
-            if not re.fullmatch(r"[a-z0-9*?._/-]+", p) or p.startswith("/") or p.endswith("/"):
+            if not re.fullmatch(r"[a-z0-9*?._/:-]+", p) or p.startswith("/") or p.endswith("/"):
+                raise ValueError(f"not a repository or namespace pattern: {p!r} (e.g. myorg/*, myorg/app or ghcr.io/myorg/*)")
+            registry, rest = registries.split_reference(p)
+            if registry != registries.DOCKER_HUB:
+                if not re.fullmatch(r"[a-z0-9-]+(?:\.[a-z0-9-]+)*(?::\d{1,5})?", registry) or not rest or ":" in rest \
+                        or rest.startswith("/"):
+                    raise ValueError(f"not a repository or namespace pattern: {p!r} (e.g. ghcr.io/myorg/*)")
+                patterns.append(f"{registry}/{rest}")
+            elif ":" in rest:
                 raise ValueError(f"not a repository or namespace pattern: {p!r} (e.g. myorg/* or myorg/app)")
-            patterns.append(p if "/" in p else "library/" + p)
+            else:
+                patterns.append(rest if "/" in rest else "library/" + rest)
     return tuple(patterns)
 
 
