@@ -330,12 +330,14 @@ def load(loader: Any) -> None:
     add("hubcache_cdn_hosts", Sequence[str], list(CDN_HOSTS), "Blob CDN hosts that registry redirects point at.")
     add("hubcache_auth_realm", str, "https://auth.docker.io/token", "Token realm hubcache fetches its own upstream tokens from.")
     add("hubcache_auth_service", str, "registry.docker.io", "Token service name of the registry.")
-    add("hubcache_credentials", str, "", "Docker Hub credentials file (TOML or JSON, mode 0600): [[accounts]] username/token.")
+    add("hubcache_credentials", str, "", "Stored logins file (TOML or JSON, mode 0600): [[accounts]] username, token or "
+        "password, registry (default docker.io).")
     add("hubcache_docker_config", str, os.path.join(os.environ.get("DOCKER_CONFIG", os.path.join(os.path.expanduser("~"), ".docker")), "config.json"),
-        "Docker config.json whose Docker Hub login (auths, credHelpers, credsStore) hubcache uses; empty: none.")
+        "Docker config.json whose logins (auths, credHelpers, credsStore) hubcache uses, per registry host it serves; empty: none.")
     add("hubcache_budget_reserve", int, 0, "When every account has fewer pulls left than this, moved tags are served stale instead of spending them.")
-    add("hubcache_pool_private", Sequence[str], [], "Repositories (glob: myorg/*, otherorg/app) whose private content the pool "
-        "accounts may fetch for clients that did not log in themselves. Default: none, the pool pulls public content only.")
+    add("hubcache_pool_private", Sequence[str], [], "Repositories (glob: myorg/*, otherorg/app; other registries qualified: "
+        "ghcr.io/myorg/*, registry.corp.example:5000/team/*) whose private content the stored logins may fetch for clients "
+        "that did not log in themselves. Default: none, stored logins pull public content only.")
     add("hubcache_metrics_listen", str, "", "host:port for the Prometheus /metrics endpoint (e.g. 127.0.0.1:9090); empty: off.")
     add("hubcache_upstream_timeout", int, 15, "Seconds hubcache waits for its own upstream requests (tokens, revalidation).")
     add("hubcache_connect_timeout", int, 5, "Seconds to wait for a TCP connection to an upstream host that has not answered recently.")
