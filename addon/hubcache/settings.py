@@ -167,15 +167,26 @@ def _https_url(value: str) -> str:
 
 
 def _repository_patterns(value: Sequence[str]) -> tuple[str, ...]:
-    """`myorg/*`, `otherorg/app`: repositories or namespaces (glob); a bare name is an official image."""
+    """`myorg/*`, `otherorg/app`: repositories or namespaces (glob) of Docker Hub, a bare name
+    being an official image; another registry's are qualified as the store names them
+    (`ghcr.io/myorg/*`, `registry.corp.example:5000/team/*`); `docker.io/` is Docker Hub's."""
     patterns = []
     for item in value:
         for p in item.split(","):
             if not (p := p.strip().lower()):
                 continue
-            if not re.fullmatch(r"[a-z0-9*?._/-]+", p) or p.startswith("/") or p.endswith("/"):
+            if not re.fullmatch(r"[a-z0-9*?._/:-]+", p) or p.startswith("/") or p.endswith("/"):
+                raise ValueError(f"not a repository or namespace pattern: {p!r} (e.g. myorg/*, myorg/app or ghcr.io/myorg/*)")
+            registry, rest = registries.split_reference(p)
+            if registry != registries.DOCKER_HUB:
+                if not re.fullmatch(r"[a-z0-9-]+(?:\.[a-z0-9-]+)*(?::\d{1,5})?", registry) or not rest or ":" in rest \
+                        or rest.startswith("/"):
+                    raise ValueError(f"not a repository or namespace pattern: {p!r} (e.g. ghcr.io/myorg/*)")
+                patterns.append(f"{registry}/{rest}")
+            elif ":" in rest:
                 raise ValueError(f"not a repository or namespace pattern: {p!r} (e.g. myorg/* or myorg/app)")
-            patterns.append(p if "/" in p else "library/" + p)
+            else:
+                patterns.append(rest if "/" in rest else "library/" + rest)
     return tuple(patterns)
 
 
@@ -325,12 +336,14 @@ def load(loader: Any) -> None:
     add("hubcache_cdn_hosts", Sequence[str], list(CDN_HOSTS), "Blob CDN hosts that registry redirects point at.")
     add("hubcache_auth_realm", str, "https://auth.docker.io/token", "Token realm hubcache fetches its own upstream tokens from.")
     add("hubcache_auth_service", str, "registry.docker.io", "Token service name of the registry.")
-    add("hubcache_credentials", str, "", "Docker Hub credentials file (TOML or JSON, mode 0600): [[accounts]] username/token.")
+    add("hubcache_credentials", str, "", "Stored logins file (TOML or JSON, mode 0600): [[accounts]] username, token or "
+        "password, registry (default docker.io).")
     add("hubcache_docker_config", str, os.path.join(os.environ.get("DOCKER_CONFIG", os.path.join(os.path.expanduser("~"), ".docker")), "config.json"),
-        "Docker config.json whose Docker Hub login (auths, credHelpers, credsStore) hubcache uses; empty: none.")
+        "Docker config.json whose logins (auths, credHelpers, credsStore) hubcache uses, per registry host it serves; empty: none.")
     add("hubcache_budget_reserve", int, 0, "When every account has fewer pulls left than this, moved tags are served stale instead of spending them.")
-    add("hubcache_pool_private", Sequence[str], [], "Repositories (glob: myorg/*, otherorg/app) whose private content the pool "
-        "accounts may fetch for clients that did not log in themselves. Default: none, the pool pulls public content only.")
+    add("hubcache_pool_private", Sequence[str], [], "Repositories (glob: myorg/*, otherorg/app; other registries qualified: "
+        "ghcr.io/myorg/*, registry.corp.example:5000/team/*) whose private content the stored logins may fetch for clients "
+        "that did not log in themselves. Default: none, stored logins pull public content only.")
     add("hubcache_metrics_listen", str, "", "host:port for the Prometheus /metrics endpoint (e.g. 127.0.0.1:9090); empty: off.")
     add("hubcache_upstream_timeout", int, 15, "Seconds hubcache waits for its own upstream requests (tokens, revalidation).")
     add("hubcache_connect_timeout", int, 5, "Seconds to wait for a TCP connection to an upstream host that has not answered recently.")

@@ -77,6 +77,16 @@ def test_pool_private_takes_globs_per_namespace_or_repository():
     assert s.pool_private == ("myorg/*", "otherorg/app", "library/postgres")
 
 
+def test_pool_private_names_other_registries_repositories_qualified():
+    corp = "registry.corp.example:5000"
+    s = Settings.parse(options(hubcache_pool_private=[f"{corp}/team/*,GHCR.io/acme/*", "docker.io/myorg/*",
+                                                      "docker.io/postgres"]), updated=())
+    assert s.pool_private == (f"{corp}/team/*", "ghcr.io/acme/*", "myorg/*", "library/postgres")
+    for bad in (corp, f"{corp}/", "ghcr.io//x", "ghcr.io/a:b", "http://x", "docker.io/a:b"):
+        with pytest.raises(SettingsError, match="not a repository or namespace pattern"):
+            Settings.parse(options(hubcache_pool_private=[bad]), updated=())
+
+
 def test_json_logs_can_be_set_back_to_text_at_run_time():
     import logging
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from fnmatch import fnmatchcase
 
+from hubcache.registries import split_reference
+
 PUBLIC, PRIVATE = "P:", "C:"
 
 
@@ -33,11 +35,22 @@ def visibility(seen: list[str], repository: str) -> str:
 
 
 def pool_may_fetch(repository: str, anonymous_may_pull: bool, pool_private: Iterable[str]) -> bool:
-    """May hubcache fetch `repository` with a pool account's login for a client that brought none?
-    Public content, yes (the pool is there for the budget). Content that only a pool login can
-    pull would be handed to every client of the proxy: only where the operator named it in
-    hubcache_pool_private (globs such as myorg/*)."""
-    return anonymous_may_pull or any(fnmatchcase(repository, p) for p in pool_private)
+    """May hubcache fetch `repository` (its store name: bare on Docker Hub, qualified elsewhere)
+    with a stored login (a pool account, another registry's login) for a client that brought
+    none? Public content, yes (the pool is there for the budget). Content that only a stored login
+    can pull would be handed to every client of the proxy: only where the operator named it in
+    hubcache_pool_private (globs such as myorg/* on Docker Hub, ghcr.io/myorg/*,
+    registry.corp.example:5000/team/*). A pattern names one registry: `*` never crosses from one
+    registry into another's names."""
+    return anonymous_may_pull or any(named(repository, p) for p in pool_private)
+
+
+def named(repository: str, pattern: str) -> bool:
+    """Does hubcache_pool_private's `pattern` name `repository`? Both are store names; the
+    registries must be the same, the rest is a glob."""
+    registry, rest = split_reference(repository)
+    p_registry, p_rest = split_reference(pattern)
+    return registry == p_registry and fnmatchcase(rest, p_rest)
 
 
 def scope_repository(scope: str) -> str:

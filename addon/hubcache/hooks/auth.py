@@ -35,8 +35,10 @@ async def root(svc: Services, flow: http.HTTPFlow, st: FlowState) -> None:
         except UpstreamError as e:
             st.note = str(e)
             return
-        if seen.scheme == "basic" and auth:  # only the registry can tell a good login (docker login)
-            return
+        if seen.scheme == "basic":  # only the registry can tell a good login (docker login)
+            if not tokens.brings_no_login(auth):
+                return
+            auth = ""  # an empty login: asked for one, as the registry would
         wanted = seen.header()
     flow.response = responses.v2_root(bool(auth) or not wanted, wanted)
     st.outcome = Outcome.HIT
@@ -73,7 +75,8 @@ async def other(svc: Services, flow: http.HTTPFlow, st: FlowState) -> None:
     anything new): a client's own credentials go as they are; in place of hubcache's local token,
     a read gets a pool or anonymous token for the same scope, and a write gets none (our token
     means nothing upstream; the registry then asks the client to log in, as it would directly)."""
-    if not tokens.is_local(flow.request.headers.get("authorization", "")):
+    auth = flow.request.headers.get("authorization", "")
+    if not auth or not tokens.brings_no_login(auth):
         return
     if scope := _read_scope(flow, st):
         await send_upstream(svc, flow, st, scope)
@@ -86,7 +89,7 @@ def _read_scope(flow: http.HTTPFlow, st: FlowState) -> str:
     if flow.request.method not in ("GET", "HEAD"):
         return ""
     if st.route.repository:
-        return f"repository:{st.route.repository}:pull"
+        return f"repository:{st.route.remote}:pull"
     return CATALOG_SCOPE if flow.request.path.split("?", 1)[0] == "/v2/_catalog" else ""
 
 
@@ -105,7 +108,7 @@ async def allowed(svc: Services, flow: http.HTTPFlow, st: FlowState, digest: str
         return True
     auth = flow.request.headers.get("authorization", "")
     key = (hashlib.sha256(auth.encode()).hexdigest(), st.route.repository)
-    if vis == "private" and auth and not tokens.is_local(auth) and svc.confirmed.get(key):
+    if vis == "private" and not tokens.brings_no_login(auth) and svc.confirmed.get(key):
         return True
     if why := svc.dockerhub.unavailable(flow.request.host):
         if vis == "foreign":
@@ -125,10 +128,11 @@ async def _upstream_has(svc: Services, flow: http.HTTPFlow, st: FlowState, diges
     pull `digest` from the repository; a yes links it there (public with a pool token)."""
     repo = st.route.repository
     kind = "manifests" if st.route.kind is Kind.MANIFEST else "blobs"
+    port = "" if flow.request.port == 443 else f":{flow.request.port}"
+    url = f"https://{flow.request.host}{port}/v2/{st.route.remote}/{kind}/{digest}"
     try:
         auth_up = await svc.upstream_auth(flow, st)
-        resp = await svc.dockerhub.request("HEAD", f"https://{flow.request.host}/v2/{repo}/{kind}/{digest}",
-                                           [("Authorization", auth_up), ("Accept", ", ".join(MANIFEST_TYPES))])
+        resp = await svc.dockerhub.request("HEAD", url, [("Authorization", auth_up), ("Accept", ", ".join(MANIFEST_TYPES))])
     except UpstreamError as e:
         if vis == "foreign":
             return False
@@ -141,9 +145,18 @@ async def _upstream_has(svc: Services, flow: http.HTTPFlow, st: FlowState, diges
         return True
     if vis == "foreign":
         return False
-    challenge = f'Bearer realm="{svc.settings.auth_realm}",service="{svc.settings.auth_service}",scope="repository:{repo}:pull"'
     raise Refusal(401, "UNAUTHORIZED", "authentication required", Outcome.REFUSED,
-                  note=f"private: upstream answered {resp.status}", headers={"Www-Authenticate": challenge})
+                  note=f"private: upstream answered {resp.status}", headers=_challenge(svc, st))
+
+
+def _challenge(svc: Services, st: FlowState) -> dict[str, str]:
+    """The registry's own challenge for the flow's repository (a client then logs in as there)."""
+    scope = f"repository:{st.route.remote}:pull"
+    if st.route.registry == DOCKER_HUB:
+        return {"Www-Authenticate": f'Bearer realm="{svc.settings.auth_realm}",service="{svc.settings.auth_service}",'
+                                    f'scope="{scope}"'}
+    seen = svc.dockerhub.others.known(st.route.registry)
+    return {"Www-Authenticate": seen.header(scope)} if seen is not None and seen.scheme else {}
 
 
 async def link_if_stored(svc: Services, st: FlowState, digest: str) -> None:

@@ -120,7 +120,7 @@ async def _revalidate(svc: Services, flow: http.HTTPFlow, st: FlowState, digest:
     except UpstreamError as e:
         serve_stale(flow, st, m, str(e))
         return True
-    svc.dockerhub.observe_budget(st.account, "HEAD", resp.status, resp.headers, resp.body)
+    svc.dockerhub.observe_budget(st.account, "HEAD", resp.status, resp.headers, resp.body, st.route.registry)
     if resp.status == 429 or resp.status >= 500:  # HEADs are free: a 429 here is the abuse limit
         serve_stale(flow, st, m, _why_refused(svc, flow, resp.status, resp.body))
         return True
@@ -164,7 +164,8 @@ async def after_upstream(svc: Services, flow: http.HTTPFlow, st: FlowState) -> N
     if resp is None:
         return
     body = resp.get_content(strict=False)
-    svc.dockerhub.observe_budget(st.account, flow.request.method, resp.status_code, resp.headers, body)
+    svc.dockerhub.observe_budget(st.account, flow.request.method, resp.status_code, resp.headers, body,
+                                 st.route.registry)
     if resp.status_code == 429 and st.stale is not None:
         serve_stale(flow, st, st.stale, _why_refused(svc, flow, 429, body))
     elif resp.status_code == 429 and not pull_limited(429, body):  # as when upstream backs off
@@ -213,7 +214,7 @@ async def _fetch_once(svc: Services, route: Route, url: str, headers: list[tuple
     """One upstream GET of a manifest: the verified, stored Manifest; a reason (str) when
     upstream's bytes were refused; or upstream's answer when it was not a 200, or a signed schema 1."""
     resp = await svc.dockerhub.request("GET", url, headers, kind="manifest")
-    svc.dockerhub.observe_budget(account, "GET", resp.status, resp.headers, resp.body)
+    svc.dockerhub.observe_budget(account, "GET", resp.status, resp.headers, resp.body, route.registry)
     if resp.status != 200 or resp.header("content-type").split(";")[0].strip() == SCHEMA1_SIGNED:
         return resp
     m = checks.check(route, resp.header("content-type"), resp.header("docker-content-digest"), resp.body)

@@ -33,6 +33,12 @@ RECENTLY_OK = 60  # seconds after a good upstream answer in which connections ar
 ABUSE_LIMIT = "answered a bare 429 (Docker Hub's abuse limit on requests from this address)"
 
 
+def _host_port(name: str) -> tuple[str, int]:
+    """A registry's name (host, or host:port when not 443) -> (host, port)."""
+    host, colon, port = name.rpartition(":")
+    return (host, int(port)) if colon and port.isdigit() and not host.endswith(":") else (name, 443)
+
+
 class DockerHub:
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
@@ -53,17 +59,38 @@ class DockerHub:
         self.settings = settings
         self.health.backoff = settings.backoff
         self.pacer.configure(settings.upstream_concurrency, settings.upstream_rate, settings.upstream_burst)
-        if {"hubcache_credentials", "hubcache_docker_config"} & set(updated) or not self._creds_loaded:
+        if {"hubcache_credentials", "hubcache_docker_config", "hubcache_registries"} & set(updated) or not self._creds_loaded:
             self._creds_loaded = True
-            self.accounts = credentials.load(settings.credentials, os.environ, settings.docker_config)
-            if self.accounts:
-                logs.event(log, logging.INFO, "accounts_loaded",
-                           "Docker Hub accounts: " + ", ".join(str(c) for c in self.accounts),
-                           accounts=[c.account for c in self.accounts])
+            self._load_logins(settings)
+        self.others.pool_private = settings.pool_private
         self.egress = credentials.egress_with_login(settings)
         realm, service = settings.auth_realm, settings.auth_service
         if self.tokens is None or (self.tokens.realm, self.tokens.service) != (realm, service):
             self.tokens = tokens.UpstreamTokens(self._get, realm, service)
+
+    def _load_logins(self, settings: Settings) -> None:
+        """Docker Hub's accounts (the pool) and the other registries' logins, those of registries
+        hubcache serves only."""
+        problems: list[str] = []
+        found = credentials.load(settings.credentials, os.environ, settings.docker_config,
+                                 lambda name: settings.registries.lookup(*_host_port(name)) is not None, problems)
+        self.accounts = [c for c in found if c.registry == DOCKER_HUB]
+        others = [c for c in found if c.registry != DOCKER_HUB]
+        self.others.configure(others, settings.pool_private)
+        if self.accounts:
+            logs.event(log, logging.INFO, "accounts_loaded",
+                       "Docker Hub accounts: " + ", ".join(str(c) for c in self.accounts),
+                       accounts=[c.account for c in self.accounts])
+        if others:
+            used = list(self.others.logins.values())
+            logs.event(log, logging.INFO, "registry_logins",
+                       "logins of other registries: " + ", ".join(str(c) for c in used) + " (used for public "
+                       "content, and for repositories named in hubcache_pool_private)",
+                       logins=[c.name for c in used])
+        for why in problems:
+            logs.event(log, logging.WARNING, "login_unavailable",
+                       f"{why}: that registry is asked anonymously (fix the credential helper, or remove its entry "
+                       f"from {settings.docker_config})", reason=why)
 
     # -- which hosts are up -------------------------------------------------------------------
 
@@ -174,10 +201,10 @@ class DockerHub:
         """(Authorization, account) for an upstream request on a client's behalf: the client's
         own credentials with account "", or a token for `scope` of the pool account with the most
         pull budget left. Fails fast while the auth host backs off."""
-        if client_auth and not tokens.is_local(client_auth):
+        if not tokens.brings_no_login(client_auth):
             return client_auth, ""
-        if registry != DOCKER_HUB:  # its own realm, anonymously: no Docker Hub token or login goes there
-            return await self.others.authorization(registry, scope), f"anonymous@{registry}"
+        if registry != DOCKER_HUB:  # its own realm and login: no Docker Hub token or login goes there
+            return await self.others.authorization(registry, scope)
         assert self.tokens
         if self.accounts and not await self._pool_may_fetch(scope):
             return f"Bearer {await self.tokens.token_for(scope, None)}", ANONYMOUS
@@ -219,10 +246,11 @@ class DockerHub:
         return True
 
     def observe_budget(self, account: str, method: str, status: int, headers: Mapping[str, str],
-                       body: bytes | None = None) -> None:
+                       body: bytes | None = None, registry: str = DOCKER_HUB) -> None:
         """A manifest response upstream gave for `account` ("" = the client's own login: not ours).
-        `body`: as for `result`; a bare 429 (the abuse limit) leaves every account as it was."""
-        if not account or (status == 429 and not pull_limited(status, body)):
+        `body`: as for `result`; a bare 429 (the abuse limit) leaves every account as it was.
+        Only Docker Hub reports a pull budget: other registries' answers are not counted."""
+        if not account or registry != DOCKER_HUB or (status == 429 and not pull_limited(status, body)):
             return
         now = time.time()
         told = self.budgets.observe(account, {k.lower(): v for k, v in headers.items()}, now)

@@ -5,7 +5,12 @@ hard-coded one. Docker Hub keeps its own path (dockerhub.py: accounts, budget).
 
 A client's own login is relayed by the caller; what is here is what hubcache sends for a client
 that brought none: an anonymous token of the registry's realm (Bearer), or nothing (a registry
-that asks for no login; a Basic registry then answers the client its own 401).
+that asks for no login; a Basic registry then answers the client its own 401), or the registry's
+stored login (credentials.py) where the pool rule allows it (decide/access.py): where an
+anonymous token may pull too (its grant, read as for Docker Hub's pool), or for a repository
+named in hubcache_pool_private. Then a Bearer registry gets a token its realm gave for that login
+(`Authorization: Basic` to the realm only, over https), a Basic registry the login itself. Docker
+Hub's accounts never come here, and no login goes to another registry's realm.
 """
 
 from __future__ import annotations
@@ -13,10 +18,12 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit
 
-from hubcache.decide import challenge
+from hubcache.decide import access, challenge
 from hubcache.decide.challenge import Challenge
+from hubcache.registries import Registry
 from hubcache.upstream import tokens
 from hubcache.upstream.client import UpstreamError, UpstreamResponse
+from hubcache.upstream.credentials import Credential
 from hubcache.upstream.singleflight import Shared
 
 Request = Callable[[str, str, list[tuple[str, str]]], Awaitable[UpstreamResponse]]
@@ -27,7 +34,16 @@ class RegistryAuth:
         self._request = request  # DockerHub.request's shape: health, pacing, egress, TLS options
         self.learned = learned  # called with a challenge seen for the first time or changed (to store it)
         self._challenges: dict[str, Challenge] = {}
-        self._tokens: dict[tuple[str, str], tokens.UpstreamTokens] = {}
+        self._tokens: dict[tuple[str, str, str], tokens.UpstreamTokens] = {}  # (registry, realm, service)
+        self.logins: dict[str, Credential] = {}  # registry -> its stored login (the first one found)
+        self.pool_private: tuple[str, ...] = ()  # hubcache_pool_private
+
+    def configure(self, logins: list[Credential], pool_private: tuple[str, ...]) -> None:
+        """Take the stored logins of registries other than Docker Hub (the first per registry)."""
+        self.logins = {}
+        for c in logins:
+            self.logins.setdefault(c.registry, c)
+        self.pool_private = pool_private
         self._asking: Shared[Challenge] = Shared()
 
     def known(self, registry: str) -> Challenge | None:
@@ -68,16 +84,43 @@ class RegistryAuth:
         self.remember(registry, seen)
         return seen
 
-    async def authorization(self, registry: str, scope: str) -> str:
-        """The Authorization hubcache sends `registry` for a client without a login of its own
-        ("" for none)."""
+    async def authorization(self, registry: str, scope: str) -> tuple[str, str]:
+        """(Authorization, account) hubcache sends `registry` for a client without a login of its
+        own ("" for none); the account as logs show it: user@registry or anonymous@registry."""
         seen = await self.challenge(registry)
+        login = self.logins.get(registry)
+        anonymous = f"anonymous@{registry}"
+        if seen.scheme == "basic":
+            if login and self._named(registry, scope):  # no anonymous access to compare with
+                return login.basic(), login.name
+            return "", anonymous
         if seen.scheme != "bearer":
-            return ""
-        key = (seen.realm, seen.service)
+            return "", anonymous
+        if not seen.realm.lower().startswith("https://"):
+            login = None  # a login never goes anywhere in clear text
+        anonymous_token = await self._tokens_of(registry, seen).token_for(scope, None)
+        if login and (self._named(registry, scope) or self._granted(anonymous_token, scope)):
+            return f"Bearer {await self._tokens_of(registry, seen).token_for(scope, login)}", login.name
+        return f"Bearer {anonymous_token}", anonymous
+
+    def _tokens_of(self, registry: str, seen: Challenge) -> tokens.UpstreamTokens:
+        """The tokens of `registry` from the realm it names: kept apart per registry, so that a
+        realm two registries share never hands one registry's login token to the other."""
+        key = (registry, seen.realm, seen.service)
         if key not in self._tokens:
             self._tokens[key] = tokens.UpstreamTokens(self._get, seen.realm, seen.service)
-        return f"Bearer {await self._tokens[key].token_for(scope, None)}"
+        return self._tokens[key]
+
+    def _named(self, registry: str, scope: str) -> bool:
+        repository = access.scope_repository(scope)
+        return bool(repository) and access.pool_may_fetch(Registry(registry).qualify(repository), False, self.pool_private)
+
+    @staticmethod
+    def _granted(anonymous_token: str, scope: str) -> bool:
+        """Public: the anonymous token's claims grant the pull (a token that does not say counts
+        as no: the login is then kept for named repositories)."""
+        repository = access.scope_repository(scope)
+        return bool(repository) and tokens.grants(anonymous_token, repository) is True
 
     async def _get(self, url: str, headers: list[tuple[str, str]]) -> UpstreamResponse:
         return await self._request("GET", url, headers)

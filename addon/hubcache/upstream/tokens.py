@@ -54,6 +54,18 @@ def is_local(authorization: str) -> bool:
     return scheme.lower() == "bearer" and token.startswith(LOCAL_PREFIX)
 
 
+def brings_no_login(authorization: str) -> bool:
+    """A client that logged in as nobody: no Authorization, hubcache's local token, or an empty
+    Basic login (`Basic Og==`, what skopeo sends a Basic registry when it has no login)."""
+    scheme, _, value = authorization.strip().partition(" ")
+    if scheme.lower() == "basic":
+        try:
+            return base64.b64decode(value.strip(), validate=True) in (b"", b":")
+        except ValueError:
+            return False
+    return not authorization.strip() or is_local(authorization)
+
+
 Fetch = Callable[[str, list[tuple[str, str]]], Awaitable[UpstreamResponse]]
 
 
