@@ -82,3 +82,14 @@ def test_every_event_the_code_logs_is_in_the_readme():
     assert {"start", "request", "upstream_backoff", "stop"} <= named  # the scan finds them
     readme = (root / "README.md").read_text()
     assert [n for n in sorted(named) if f"`{n}`" not in readme] == []
+
+
+def test_a_429_from_another_registry_backs_that_registry_off_and_no_other(caplog):
+    dh = DockerHub(Metrics())
+    dh.configure(Settings(), ["hubcache_credentials"])
+    caplog.set_level(logging.INFO, logger="hubcache")
+    dh.result("ghcr.io", 429, body=b'{"errors":[{"code":"TOOMANYREQUESTS","message":"slow down"}]}')
+    (backoff,) = _events(caplog, "upstream_backoff")
+    assert backoff.fields["host"] == "ghcr.io" and "429" in backoff.fields["reason"]
+    assert dh.unavailable("ghcr.io") and not dh.unavailable("registry-1.docker.io") and not dh.unavailable("quay.io")
+    assert _events(caplog, "abuse_limit") == [] and _events(caplog, "pull_limit") == []

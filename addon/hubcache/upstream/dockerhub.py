@@ -114,9 +114,12 @@ class DockerHub:
         """Remember how an upstream request went: failures start the back-off. `body`: the answer's
         body when it was read (a 429's tells one account's pull limit from the abuse limit)."""
         key, now = self.health_key(host), time.time()
-        if status == 429 and not pull_limited(status, body):
+        other = (reg := self.settings.registries.lookup(host)) is not None and not reg.is_hub
+        if status == 429 and not pull_limited(status, body) and not other:
             self._abuse_limited(host, key, now)
             return
+        if status == 429 and other:  # no pool to turn to there: that registry backs off, its tags go stale
+            status, error = None, error or "answered 429 (too many requests)"
         # A 500 can be about one object (distribution answers 500 for a manifest it cannot
         # parse); unreachable or overloaded is about the host. A 429 for one account's pull
         # limit is about that account (observe_budget): the host answers, other accounts pull.
