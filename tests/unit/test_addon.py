@@ -66,6 +66,18 @@ def test_offline_miss_is_an_oci_error_naming_the_image(hub_ctx):
     assert "docker.io/library/postgres:12.2" in err["message"] and "offline" in err["message"]
 
 
+def test_a_refused_head_carries_no_body_only_the_length_a_get_would_have(hub_ctx):
+    """An answer to HEAD has no body (RFC 9110 9.3.2). containerd's Go client reads one sent anyway
+    as an "Unsolicited response received on idle HTTP channel" on the reused connection."""
+    hub, tctx = hub_ctx
+    tctx.configure(hub, hubcache_offline=True)
+    get = run(hub, flow("/v2/library/postgres/manifests/12.2"))
+    head = run(hub, flow("/v2/library/postgres/manifests/12.2", method="HEAD"))
+    assert (head.status_code, head.raw_content) == (404, b"")
+    assert head.headers["content-length"] == str(len(get.raw_content)) and len(get.raw_content) > 0
+    assert head.headers["content-type"] == "application/json"
+
+
 def test_bad_name_is_an_oci_error(hub):
     r = run(hub, flow("/v2/UPPER/manifests/latest"))
     assert r.status_code == 400
