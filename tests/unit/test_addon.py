@@ -356,3 +356,39 @@ def test_a_toomanyrequests_429_spends_one_account_and_the_next_pull_goes_as_anot
     r = run(hub, flow("/v2/library/w/manifests/1"))
     assert r.status_code == 200 and r.content == body
     assert seen == [("GET", "alice"), ("GET", "bob")]
+
+
+def test_private_content_of_a_registry_on_its_own_port_is_confirmed_at_that_registry_under_its_own_name(hub_ctx):
+    """A private image of registry.corp.example:5000, stored after one client's own login: another
+    login's pull is confirmed with a HEAD at https://registry.corp.example:5000/v2/team/app/...,
+    the registry's own URL (not port 443, not the qualified name the store keeps it under)."""
+    from hubcache import model
+    from hubcache.upstream import client
+
+    hub, tctx = hub_ctx
+    tctx.configure(hub, hubcache_registries=["+registry.corp.example:5000"])
+    body = b'{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json"}'
+    digest = "sha256:" + hashlib.sha256(body).hexdigest()
+    calls = []
+
+    async def auth(client_auth, scope, registry="docker.io"):
+        return client_auth, ""  # the client's own login, sent on as it is
+
+    async def upstream(method, url, headers, kind=""):
+        calls.append((method, url))
+        h = {"content-type": model.OCI_MANIFEST, "docker-content-digest": digest, "content-length": str(len(body))}
+        return client.UpstreamResponse(200, h, body if method == "GET" else b"")
+
+    hub.dockerhub.authorization, hub.dockerhub.request = auth, upstream
+
+    def corp(path: str, login: str):
+        f = flow(path, host="registry.corp.example", headers=[("Authorization", f"Basic {login}")])
+        f.request.port = 5000
+        return f
+
+    first = run(hub, corp("/v2/team/app/manifests/1", "YWxpY2U6cHc="))
+    assert first.status_code == 200 and first.content == body
+    calls.clear()
+    second = run(hub, corp(f"/v2/team/app/manifests/{digest}", "Ym9iOnB3"))
+    assert second.status_code == 200 and second.content == body
+    assert calls == [("HEAD", f"https://registry.corp.example:5000/v2/team/app/manifests/{digest}")]

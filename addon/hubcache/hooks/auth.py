@@ -123,12 +123,13 @@ async def _upstream_has(svc: Services, flow: http.HTTPFlow, st: FlowState, diges
                         key: tuple[str, str]) -> bool:
     """Ask upstream, with a HEAD (free), whether this client's token, or else a pool token, may
     pull `digest` from the repository; a yes links it there (public with a pool token)."""
-    repo = st.route.repository
+    repo = st.route.repository  # as the store keeps it; the URL has the registry's own name and port
     kind = "manifests" if st.route.kind is Kind.MANIFEST else "blobs"
+    port = "" if flow.request.port == 443 else f":{flow.request.port}"
+    url = f"https://{flow.request.host}{port}/v2/{st.route.remote}/{kind}/{digest}"
     try:
         auth_up = await svc.upstream_auth(flow, st)
-        resp = await svc.dockerhub.request("HEAD", f"https://{flow.request.host}/v2/{repo}/{kind}/{digest}",
-                                           [("Authorization", auth_up), ("Accept", ", ".join(MANIFEST_TYPES))])
+        resp = await svc.dockerhub.request("HEAD", url, [("Authorization", auth_up), ("Accept", ", ".join(MANIFEST_TYPES))])
     except UpstreamError as e:
         if vis == "foreign":
             return False
