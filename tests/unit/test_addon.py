@@ -392,3 +392,38 @@ def test_private_content_of_a_registry_on_its_own_port_is_confirmed_at_that_regi
     second = run(hub, corp(f"/v2/team/app/manifests/{digest}", "Ym9iOnB3"))
     assert second.status_code == 200 and second.content == body
     assert calls == [("HEAD", f"https://registry.corp.example:5000/v2/team/app/manifests/{digest}")]
+
+
+def test_private_content_another_registry_refuses_is_answered_with_that_registrys_challenge(hub_ctx):
+    """The registry says no to this login: the client's 401 names that registry's own challenge
+    (Basic here), never Docker Hub's realm, where the client would send the registry's login."""
+    from hubcache import model
+    from hubcache.decide import challenge
+    from hubcache.upstream import client
+
+    hub, tctx = hub_ctx
+    tctx.configure(hub, hubcache_registries=["+registry.corp.example:5000"])
+    hub.dockerhub.others.remember("registry.corp.example:5000", challenge.parse('Basic realm="corp registry"'))
+    body = b'{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json"}'
+    digest = "sha256:" + hashlib.sha256(body).hexdigest()
+
+    async def auth(client_auth, scope, registry="docker.io"):
+        return client_auth, ""
+
+    async def upstream(method, url, headers, kind=""):
+        if method == "HEAD":
+            return client.UpstreamResponse(401, {"www-authenticate": 'Basic realm="corp registry"'}, b"")
+        h = {"content-type": model.OCI_MANIFEST, "docker-content-digest": digest, "content-length": str(len(body))}
+        return client.UpstreamResponse(200, h, body)
+
+    hub.dockerhub.authorization, hub.dockerhub.request = auth, upstream
+
+    def corp(path: str, login: str):
+        f = flow(path, host="registry.corp.example", headers=[("Authorization", f"Basic {login}")])
+        f.request.port = 5000
+        return f
+
+    assert run(hub, corp("/v2/team/app/manifests/1", "YWxpY2U6cHc=")).status_code == 200
+    refused = run(hub, corp(f"/v2/team/app/manifests/{digest}", "bWFsbG9yeTp4"))
+    assert refused.status_code == 401
+    assert refused.headers["www-authenticate"] == 'Basic realm="corp registry"'

@@ -142,9 +142,20 @@ async def _upstream_has(svc: Services, flow: http.HTTPFlow, st: FlowState, diges
         return True
     if vis == "foreign":
         return False
-    challenge = f'Bearer realm="{svc.settings.auth_realm}",service="{svc.settings.auth_service}",scope="repository:{repo}:pull"'
+    wanted = await _challenge(svc, st, f"repository:{st.route.remote}:pull")
     raise Refusal(401, "UNAUTHORIZED", "authentication required", Outcome.REFUSED,
-                  note=f"private: upstream answered {resp.status}", headers={"Www-Authenticate": challenge})
+                  note=f"private: upstream answered {resp.status}", headers={"Www-Authenticate": wanted} if wanted else {})
+
+
+async def _challenge(svc: Services, st: FlowState, scope: str) -> str:
+    """The flow's registry's own challenge: never Docker Hub's realm for another registry, where
+    the client would send that registry's login."""
+    if st.route.registry == DOCKER_HUB:
+        return f'Bearer realm="{svc.settings.auth_realm}",service="{svc.settings.auth_service}",scope="{scope}"'
+    try:
+        return (await svc.dockerhub.others.challenge(st.route.registry)).header(scope)
+    except UpstreamError:
+        return ""
 
 
 async def link_if_stored(svc: Services, st: FlowState, digest: str) -> None:
