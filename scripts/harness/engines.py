@@ -13,8 +13,11 @@ One class per engine, same methods: Docker (Debian's dockerd 20.10 + its own cli
 Every engine keeps its state under `workdir` (plus a short directory in /tmp for unix sockets,
 whose paths are limited to 108 bytes), runs with config files of its own rather than the
 machine's (/etc/docker/daemon.json, /etc/containerd/config.toml, /etc/containers/*.conf), and
-reaches Docker Hub only through HTTPS_PROXY=`proxy`, trusting `ca_cert` (hubcache's CA) and not
-the fake Hub's CA: a client that bypassed the proxy would fail TLS. The few directories an engine
+reaches Docker Hub and the other registries (harness.registries: ghcr-, gitlab-, mcr-like, corp)
+only through HTTPS_PROXY=`proxy`, trusting `ca_cert` (hubcache's CA) and not the upstream test CA:
+a client that bypassed the proxy would fail TLS. Where an engine's trust is per registry host
+(containerd's hosts.toml, podman's certs.d), a directory is written for each name of `registries`
+(REGISTRY_NAMES by default: every registry the harness runs, as references spell them). The few directories an engine
 creates at a fixed path whatever its config (/run/docker, /run/containers) are removed again if
 they were absent before and are left empty.
 
@@ -39,6 +42,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote, urlencode
 
+from .registries import CORP_REGISTRY, GHCR_HOST, GITLAB_HOST, MCR_HOST
+
 __all__ = ["Docker", "Containerd", "Podman", "Image", "EngineError", "ENGINES", "missing_engine"]
 
 DOCKERD = "/usr/sbin/dockerd"
@@ -49,6 +54,10 @@ PODMAN = "/usr/bin/podman"
 RUNC = "/usr/sbin/runc"
 SYSTEM_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY")
+HUB = "docker.io"
+# Registries as image references name them (a port other than 443 included), each given a trust
+# directory of its own where the engine's trust is per host.
+REGISTRY_NAMES = (HUB, GHCR_HOST, GITLAB_HOST, MCR_HOST, CORP_REGISTRY)
 
 # engine name -> (binaries it needs, Debian packages providing them)
 REQUIREMENTS = {
@@ -263,7 +272,8 @@ class Docker(_Engine):
     dockerd ignores /etc/docker/certs.d for Docker Hub and reads the system trust store, so
     hubcache's CA goes into a bundle of our own (system bundle + CA) bind-mounted over
     /etc/ssl/certs/ca-certificates.crt: only inside the test process's private mount namespace,
-    and unmounted at stop(). dockerd gets a containerd of our own (`--containerd`), whose
+    and unmounted at stop(). That store covers every registry host alike (ghcr.io, the gitlab.com
+    realm, registry.corp.example:5000), so nothing per registry is written. dockerd gets a containerd of our own (`--containerd`), whose
     state also stays under workdir; the one dockerd would start writes to /opt/containerd.
     """
 
@@ -418,21 +428,26 @@ class Containerd(_Engine):
 
     The pull runs in the ctr process, so HTTPS_PROXY and the CA go on
     `ctr images pull --snapshotter native`: trust="tlscacert" passes `--tlscacert CA`,
-    trust="hosts-dir" passes `--hosts-dir DIR` with DIR/docker.io/hosts.toml naming the CA
-    (the file certs/README.md puts in /etc/containerd/certs.d for Kubernetes nodes),
+    trust="hosts-dir" passes `--hosts-dir DIR` with DIR/<registry>/hosts.toml naming the CA, one
+    per name of `registries` (DIR/docker.io/, DIR/ghcr.io/, DIR/registry.corp.example:5000/: the
+    files certs/README.md puts in /etc/containerd/certs.d for Kubernetes nodes),
+    trust="hosts-dir-crt" the same directories with the CA file alone, no hosts.toml (Docker's
+    certs.d layout, which containerd reads where there is no hosts.toml),
     trust="system" passes nothing and puts the CA in the system bundle (see _SystemBundle).
     Each instance uses its own ctr namespace.
     """
 
     name = "containerd"
     NAMESPACE = "hubcache-e2e"
-    TRUST = ("tlscacert", "hosts-dir", "system")
+    TRUST = ("tlscacert", "hosts-dir", "hosts-dir-crt", "system")
 
-    def __init__(self, workdir: Path, *, proxy: str, ca_cert: Path, trust: str = "tlscacert"):
+    def __init__(self, workdir: Path, *, proxy: str, ca_cert: Path, trust: str = "tlscacert",
+                 registries: tuple[str, ...] = REGISTRY_NAMES):
         super().__init__(workdir, proxy=proxy, ca_cert=ca_cert)
         if trust not in self.TRUST:
             raise ValueError(f"trust must be one of {self.TRUST}")
         self.trust = trust
+        self.registries = tuple(registries)
         self.root = self.workdir / "root"
         self.config = self.workdir / "config.toml"
         self.hosts_dir = self.workdir / "certs.d"
@@ -464,28 +479,49 @@ class Containerd(_Engine):
         )
         if self.trust == "system":
             self.bundle.mount()
-        if self.trust == "hosts-dir":
-            (self.hosts_dir / "docker.io").mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(self.ca_cert, self.hosts_dir / "docker.io" / "hubcache-ca.crt")
-            (self.hosts_dir / "docker.io" / "hosts.toml").write_text(
-                'server = "https://registry-1.docker.io"\n'
-                "\n"
-                '[host."https://registry-1.docker.io"]\n'
-                '  capabilities = ["pull", "resolve"]\n'
-                f'  ca = "{self.hosts_dir / "docker.io" / "hubcache-ca.crt"}"\n'
-            )
+        if self.trust in ("hosts-dir", "hosts-dir-crt"):
+            for registry in self.registries:
+                self.write_hosts_toml(registry)
         self._spawn([CONTAINERD, "--config", str(self.config)], _clean_env())
         self._wait_ready(lambda: self.sock.exists() and self.ctr("version", check=False).returncode == 0)
+
+    def write_hosts_toml(self, registry: str) -> Path:
+        """DIR/<registry>/hosts.toml (and the CA beside it), as certs/README.md shows it."""
+        d = self.hosts_dir / registry
+        d.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(self.ca_cert, d / "hubcache-ca.crt")
+        server = "https://registry-1.docker.io" if registry == HUB else f"https://{registry}"
+        if self.trust == "hosts-dir-crt":  # Docker's layout: the *.crt files, no hosts.toml
+            return d
+        # The CA twice. containerd tries each [host] first and then `server` with the top-level
+        # settings: with the CA under [host] only, a 404 (an image name with a typo) moves on to
+        # `server` without it and the pull ends in "x509: certificate signed by unknown authority".
+        # Without any [host] section, containerd 1.6 logs "failed to decode hosts.toml" and falls
+        # back to the *.crt files of the directory.
+        ca = d / "hubcache-ca.crt"
+        (d / "hosts.toml").write_text(
+            f'server = "{server}"\n'
+            f'ca = "{ca}"\n'
+            "\n"
+            f'[host."{server}"]\n'
+            '  capabilities = ["pull", "resolve"]\n'
+            f'  ca = "{ca}"\n'
+        )
+        return d
 
     def ctr(self, *args: str, check: bool = True, proxy: bool = False, timeout: float = 300) -> subprocess.CompletedProcess:
         env = _clean_env({"HTTPS_PROXY": self.proxy, "https_proxy": self.proxy} if proxy else None)
         return self._run([CTR, "--address", str(self.sock), "--namespace", self.NAMESPACE, *args],
                          env, check, timeout)
 
-    def pull(self, ref: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
+    def pull(self, ref: str, check: bool = True, timeout: float = 300,
+             creds: str | None = None) -> subprocess.CompletedProcess:
+        """`ctr images pull`; creds "user:password" go on `--user` (a login of the client's own)."""
+        login = ["--user", creds] if creds else []
         trust = {"tlscacert": ["--tlscacert", str(self.ca_cert)],
-                 "hosts-dir": ["--hosts-dir", str(self.hosts_dir)], "system": []}[self.trust]
-        return self.ctr("images", "pull", "--snapshotter", "native", *trust, ref,
+                 "hosts-dir": ["--hosts-dir", str(self.hosts_dir)],
+                 "hosts-dir-crt": ["--hosts-dir", str(self.hosts_dir)], "system": []}[self.trust]
+        return self.ctr("images", "pull", "--snapshotter", "native", *trust, *login, ref,
                         check=check, proxy=True, timeout=timeout)
 
     def stored(self, digest: str) -> bytes | None:
@@ -542,9 +578,10 @@ class Podman(_Engine):
     """podman 4.3 as root with vfs storage, cgroupfs, file locks and config files of its own.
 
     trust="cert-dir": `podman pull --cert-dir DIR` with the CA as DIR/hubcache-ca.crt.
-    trust="certs.d": the machine-wide way, /etc/containers/certs.d/docker.io/ca.crt,
-    in a copy of /etc/containers bind-mounted over it inside the test's private mount namespace
-    (unmounted at stop()).
+    trust="certs.d": the machine-wide way, /etc/containers/certs.d/<registry>/ca.crt for each name
+    of `registries` (docker.io, ghcr.io, ..., registry.corp.example:5000), in a copy of
+    /etc/containers bind-mounted over it inside the test's private mount namespace (unmounted at
+    stop()).
     """
 
     name = "podman"
@@ -552,11 +589,13 @@ class Podman(_Engine):
     TRUST = ("cert-dir", "certs.d")
     ETC = Path("/etc/containers")
 
-    def __init__(self, workdir: Path, *, proxy: str, ca_cert: Path, trust: str = "cert-dir"):
+    def __init__(self, workdir: Path, *, proxy: str, ca_cert: Path, trust: str = "cert-dir",
+                 registries: tuple[str, ...] = REGISTRY_NAMES):
         super().__init__(workdir, proxy=proxy, ca_cert=ca_cert)
         if trust not in self.TRUST:
             raise ValueError(f"trust must be one of {self.TRUST}")
         self.trust = trust
+        self.registries = tuple(registries)
         self.cert_dir = self.workdir / "certs.d"
         self.env: dict = {}
         self._mounted = False
@@ -575,8 +614,9 @@ class Podman(_Engine):
             etc = w / "etc-containers"
             if self.ETC.is_dir():
                 shutil.copytree(self.ETC, etc, symlinks=True)
-            (etc / "certs.d" / "docker.io").mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(self.ca_cert, etc / "certs.d" / "docker.io" / "ca.crt")
+            for registry in self.registries:
+                (etc / "certs.d" / registry).mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(self.ca_cert, etc / "certs.d" / registry / "ca.crt")
             subprocess.run(["mount", "--bind", str(etc), str(self.ETC)], check=True, capture_output=True)
             self._mounted = True
         (w / "storage.conf").write_text(
@@ -616,8 +656,11 @@ class Podman(_Engine):
             env["HTTPS_PROXY"] = env["https_proxy"] = self.proxy
         return self._run([PODMAN, *args], env, check, timeout)
 
-    def pull(self, ref: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
+    def pull(self, ref: str, check: bool = True, timeout: float = 300,
+             creds: str | None = None) -> subprocess.CompletedProcess:
+        """`podman pull`; creds "user:password" go on `--creds` (a login of the client's own)."""
         trust = ["--cert-dir", str(self.cert_dir)] if self.trust == "cert-dir" else []
+        trust += ["--creds", creds] if creds else []
         return self.podman("pull", *trust, "--signature-policy", str(self.workdir / "policy.json"), ref,
                            check=check, proxy=True, timeout=timeout)
 

@@ -66,6 +66,18 @@ def test_offline_miss_is_an_oci_error_naming_the_image(hub_ctx):
     assert "docker.io/library/postgres:12.2" in err["message"] and "offline" in err["message"]
 
 
+def test_a_refused_head_carries_no_body_only_the_length_a_get_would_have(hub_ctx):
+    """An answer to HEAD has no body (RFC 9110 9.3.2). containerd's Go client reads one sent anyway
+    as an "Unsolicited response received on idle HTTP channel" on the reused connection."""
+    hub, tctx = hub_ctx
+    tctx.configure(hub, hubcache_offline=True)
+    get = run(hub, flow("/v2/library/postgres/manifests/12.2"))
+    head = run(hub, flow("/v2/library/postgres/manifests/12.2", method="HEAD"))
+    assert (head.status_code, head.raw_content) == (404, b"")
+    assert head.headers["content-length"] == str(len(get.raw_content)) and len(get.raw_content) > 0
+    assert head.headers["content-type"] == "application/json"
+
+
 def test_bad_name_is_an_oci_error(hub):
     r = run(hub, flow("/v2/UPPER/manifests/latest"))
     assert r.status_code == 400
@@ -373,3 +385,74 @@ def test_requests_are_logged_and_counted_under_their_registrys_name_never_a_host
     assert counted == {("invalid", "rejected", "docker.io"): 2, ("invalid", "rejected", "ghcr.io"): 1,
                        ("invalid", "rejected", "*-docker.pkg.dev"): 2, ("token", "hit", "docker.io"): 1,
                        ("root", "hit", "ghcr.io"): 1, ("token", "hit", "ghcr.io"): 1, ("token", "hit", "gitlab.com"): 1}
+
+
+def test_private_content_of_a_registry_on_its_own_port_is_confirmed_at_that_registry_under_its_own_name(hub_ctx):
+    """A private image of registry.corp.example:5000, stored after one client's own login: another
+    login's pull is confirmed with a HEAD at https://registry.corp.example:5000/v2/team/app/...,
+    the registry's own URL (not port 443, not the qualified name the store keeps it under)."""
+    from hubcache import model
+    from hubcache.upstream import client
+
+    hub, tctx = hub_ctx
+    tctx.configure(hub, hubcache_registries=["+registry.corp.example:5000"])
+    body = b'{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json"}'
+    digest = "sha256:" + hashlib.sha256(body).hexdigest()
+    calls = []
+
+    async def auth(client_auth, scope, registry="docker.io"):
+        return client_auth, ""  # the client's own login, sent on as it is
+
+    async def upstream(method, url, headers, kind=""):
+        calls.append((method, url))
+        h = {"content-type": model.OCI_MANIFEST, "docker-content-digest": digest, "content-length": str(len(body))}
+        return client.UpstreamResponse(200, h, body if method == "GET" else b"")
+
+    hub.dockerhub.authorization, hub.dockerhub.request = auth, upstream
+
+    def corp(path: str, login: str):
+        f = flow(path, host="registry.corp.example", headers=[("Authorization", f"Basic {login}")])
+        f.request.port = 5000
+        return f
+
+    first = run(hub, corp("/v2/team/app/manifests/1", "YWxpY2U6cHc="))
+    assert first.status_code == 200 and first.content == body
+    calls.clear()
+    second = run(hub, corp(f"/v2/team/app/manifests/{digest}", "Ym9iOnB3"))
+    assert second.status_code == 200 and second.content == body
+    assert calls == [("HEAD", f"https://registry.corp.example:5000/v2/team/app/manifests/{digest}")]
+
+
+def test_private_content_another_registry_refuses_is_answered_with_that_registrys_challenge(hub_ctx):
+    """The registry says no to this login: the client's 401 names that registry's own challenge
+    (Basic here), never Docker Hub's realm, where the client would send the registry's login."""
+    from hubcache import model
+    from hubcache.decide import challenge
+    from hubcache.upstream import client
+
+    hub, tctx = hub_ctx
+    tctx.configure(hub, hubcache_registries=["+registry.corp.example:5000"])
+    hub.dockerhub.others.remember("registry.corp.example:5000", challenge.parse('Basic realm="corp registry"'))
+    body = b'{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json"}'
+    digest = "sha256:" + hashlib.sha256(body).hexdigest()
+
+    async def auth(client_auth, scope, registry="docker.io"):
+        return client_auth, ""
+
+    async def upstream(method, url, headers, kind=""):
+        if method == "HEAD":
+            return client.UpstreamResponse(401, {"www-authenticate": 'Basic realm="corp registry"'}, b"")
+        h = {"content-type": model.OCI_MANIFEST, "docker-content-digest": digest, "content-length": str(len(body))}
+        return client.UpstreamResponse(200, h, body)
+
+    hub.dockerhub.authorization, hub.dockerhub.request = auth, upstream
+
+    def corp(path: str, login: str):
+        f = flow(path, host="registry.corp.example", headers=[("Authorization", f"Basic {login}")])
+        f.request.port = 5000
+        return f
+
+    assert run(hub, corp("/v2/team/app/manifests/1", "YWxpY2U6cHc=")).status_code == 200
+    refused = run(hub, corp(f"/v2/team/app/manifests/{digest}", "bWFsbG9yeTp4"))
+    assert refused.status_code == 401
+    assert refused.headers["www-authenticate"] == 'Basic realm="corp registry"'

@@ -161,7 +161,7 @@ class HubCache:
         try:
             await HANDLERS[route.kind](svc, flow, st)
         except Refusal as r:  # the one place a refusal becomes the client's answer
-            flow.response = responses.refusal(r)
+            flow.response = responses.refusal(r, head=req.method == "HEAD")
             st.outcome, st.note = r.outcome, r.note
         if flow.response:  # answered here
             st.answered_here = True

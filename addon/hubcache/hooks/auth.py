@@ -126,7 +126,7 @@ async def _upstream_has(svc: Services, flow: http.HTTPFlow, st: FlowState, diges
                         key: tuple[str, str]) -> bool:
     """Ask upstream, with a HEAD (free), whether this client's token, or else a pool token, may
     pull `digest` from the repository; a yes links it there (public with a pool token)."""
-    repo = st.route.repository
+    repo = st.route.repository  # as the store keeps it; the URL has the registry's own name and port
     kind = "manifests" if st.route.kind is Kind.MANIFEST else "blobs"
     port = "" if flow.request.port == 443 else f":{flow.request.port}"
     url = f"https://{flow.request.host}{port}/v2/{st.route.remote}/{kind}/{digest}"
@@ -145,18 +145,20 @@ async def _upstream_has(svc: Services, flow: http.HTTPFlow, st: FlowState, diges
         return True
     if vis == "foreign":
         return False
+    wanted = await _challenge(svc, st, f"repository:{st.route.remote}:pull")
     raise Refusal(401, "UNAUTHORIZED", "authentication required", Outcome.REFUSED,
-                  note=f"private: upstream answered {resp.status}", headers=_challenge(svc, st))
+                  note=f"private: upstream answered {resp.status}", headers={"Www-Authenticate": wanted} if wanted else {})
 
 
-def _challenge(svc: Services, st: FlowState) -> dict[str, str]:
-    """The registry's own challenge for the flow's repository (a client then logs in as there)."""
-    scope = f"repository:{st.route.remote}:pull"
+async def _challenge(svc: Services, st: FlowState, scope: str) -> str:
+    """The flow's registry's own challenge: never Docker Hub's realm for another registry, where
+    the client would send that registry's login."""
     if st.route.registry == DOCKER_HUB:
-        return {"Www-Authenticate": f'Bearer realm="{svc.settings.auth_realm}",service="{svc.settings.auth_service}",'
-                                    f'scope="{scope}"'}
-    seen = svc.dockerhub.others.known(st.route.registry)
-    return {"Www-Authenticate": seen.header(scope)} if seen is not None and seen.scheme else {}
+        return f'Bearer realm="{svc.settings.auth_realm}",service="{svc.settings.auth_service}",scope="{scope}"'
+    try:
+        return (await svc.dockerhub.others.challenge(st.route.registry)).header(scope)
+    except UpstreamError:
+        return ""
 
 
 async def link_if_stored(svc: Services, st: FlowState, digest: str) -> None:

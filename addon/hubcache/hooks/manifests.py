@@ -170,7 +170,7 @@ async def after_upstream(svc: Services, flow: http.HTTPFlow, st: FlowState) -> N
         serve_stale(flow, st, st.stale, _why_refused(svc, flow, 429, body))
     elif resp.status_code == 429 and not pull_limited(429, body):  # as when upstream backs off
         refusal = not_stored(st, _why_refused(svc, flow, 429, body))
-        flow.response = responses.refusal(refusal)
+        flow.response = responses.refusal(refusal, head=flow.request.method == "HEAD")
         st.outcome, st.note = refusal.outcome, refusal.note
     if flow.request.method == "HEAD":
         await _remember_tag(svc, st.route, resp.status_code, lambda name: resp.headers.get(name, ""),

@@ -16,12 +16,16 @@ def oci_error(status: int, code: str, message: str) -> http.Response:
                               {"Content-Type": "application/json", API_VERSION[0]: API_VERSION[1]})
 
 
-def refusal(r: Refusal) -> http.Response:
+def refusal(r: Refusal, head: bool = False) -> http.Response:
     """The client's answer to a refused request: the OCI error, with any header it needs
-    (a 401's challenge)."""
+    (a 401's challenge). To a HEAD, no body (mitmproxy would send it): only its length."""
     resp = oci_error(r.status, r.code, r.message)
     for name, value in r.headers.items():
         resp.headers[name] = value
+    if head:
+        length = len(resp.raw_content or b"")
+        resp.content = b""
+        resp.headers["Content-Length"] = str(length)
     return resp
 
 
