@@ -110,3 +110,38 @@ def test_a_blob_two_registries_serve_is_stored_once_and_private_content_stays_in
         assert sorted(r for r in store.repositories(private_layer)) == ["C:ghcr.io/acme/ghcrsecret"]
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("registry", [MCR_HOST, GITLAB_HOST])
+def test_concurrent_cold_pulls_of_another_registry_fetch_each_object_once(upstream, start_hubcache, certs, tmp_path,
+                                                                         registry):
+    """Single flight is by digest whatever the registry: 8 pulls at once, one fetch of each object."""
+    img = upstream.push_image("team/together", "1", [(4 * MiB, next(_seeds)), (4 * MiB, next(_seeds))], registry=registry)
+    ref = f"{registry}/team/together:1"
+    direct = skopeo_copy(ref, tmp_path / "direct", proxy=None, cert_dir=certs)
+    assert direct.returncode == 0, direct.stderr
+    hub = start_hubcache()
+    mark = upstream.mark()
+    policy = tmp_path / "policy.json"
+    policy.write_text('{"default": [{"type": "insecureAcceptAnything"}]}\n')
+    env = {"HTTPS_PROXY": hub.url, "PATH": "/usr/bin:/bin"}
+    procs = [subprocess.Popen(["skopeo", "--policy", str(policy), "copy", "--quiet", "--src-cert-dir", str(certs),
+                               f"docker://{ref}", f"dir:{tmp_path / f'pull-{i}'}"], env=env,
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+             for i in range(8)]
+    try:
+        results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert all(rc == 0 for rc, _ in results), results
+    for i in range(8):
+        assert dir_files(tmp_path / f"pull-{i}") == dir_files(tmp_path / "direct")
+    reqs = upstream.requests_since(mark)
+    manifest_gets = [r for r in reqs if r.method == "GET" and "/manifests/" in r.path and r.status == 200]
+    assert len(manifest_gets) == 1, manifest_gets
+    for d in (img.config_digest, *img.layer_digests):
+        bytes_gets = [r for r in reqs if r.method == "GET" and d.split(":")[1] in r.path and r.status == 200]
+        assert len(bytes_gets) == 1, (d, bytes_gets)

@@ -100,24 +100,29 @@ def test_tampered_upstream_manifest_is_refused_and_not_stored(upstream, start_hu
     assert len(manifest_gets) == 1  # the refused manifest had not been stored
 
 
-def test_tag_history_and_replaying_a_past_pipeline(upstream, start_hubcache, certs, tmp_path):
-    upstream.push_image("library/pinme", "1", [(300_000, next(_seeds))])
+@pytest.mark.parametrize("registry", ["docker.io", "ghcr.io"])
+def test_tag_history_and_replaying_a_past_pipeline(upstream, start_hubcache, certs, tmp_path, registry):
+    """Every registry's tags have a history, and hubcache_pin_time replays any of them."""
+    name = "library/pinme" if registry == "docker.io" else "team/pinme"
+    ref = f"{registry}/{name}:1"
+    upstream.push_image(name, "1", [(300_000, next(_seeds))], registry=registry)
     hub = start_hubcache("hubcache_tag_ttl=0")
-    v1 = pull_ok("docker.io/library/pinme:1", tmp_path / "v1", hub, certs)
+    v1 = pull_ok(ref, tmp_path / "v1", hub, certs)
     time.sleep(1.1)
     between = time.time()
     time.sleep(1.1)
-    upstream.push_image("library/pinme", "1", [(300_000, next(_seeds))])
-    v2 = pull_ok("docker.io/library/pinme:1", tmp_path / "v2", hub, certs)
+    upstream.push_image(name, "1", [(300_000, next(_seeds))], registry=registry)
+    v2 = pull_ok(ref, tmp_path / "v2", hub, certs)
     assert dir_files(v1) != dir_files(v2)
-    out = subprocess.run([HUBCACHE, "history", "pinme:1", "--store", hub.store], capture_output=True, text=True)
+    short = "pinme:1" if registry == "docker.io" else ref
+    out = subprocess.run([HUBCACHE, "history", short, "--store", hub.store], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    assert len(out.stdout.splitlines()) == 2 and "docker.io/library/pinme:1" in out.stdout
+    assert len(out.stdout.splitlines()) == 2 and f"{registry}/{name}:1" in out.stdout
     hub.stop()
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(between))
     replay = start_hubcache(f"hubcache_store={hub.store}", f"hubcache_pin_time={stamp}", name="replay")
     mark = upstream.mark()
-    again = pull_ok("docker.io/library/pinme:1", tmp_path / "replayed", replay, certs)
+    again = pull_ok(ref, tmp_path / "replayed", replay, certs)
     assert dir_files(again) == dir_files(v1)
     assert upstream.requests_since(mark) == []
 
