@@ -24,6 +24,10 @@ More registries beside it (registries.py has the details), with Upstream(workdir
   eastus.data.mcr.microsoft.com  -> 127.0.0.9:443
   registry.corp.example:5000     -> 127.0.0.10:5000 Basic (htpasswd); CORP_USER's login in
                                                     `up.docker_config` (a docker config.json)
+  registry.k8s.io                -> 127.0.0.11:443  no content: every /v2/ request 307 to
+                                                    ghcr.io/v2/k8s-artifacts-prod/images/...
+                                                    (push_image(..., registry="registry.k8s.io")
+                                                    pushes there; storage_of/blob_file are ghcr's)
 Each is distribution with its own storage behind a front that logs every request (host: the
 registry's name, with :port unless 443), and the same test CA. registry="ghcr.io" (default
 docker.io) picks one in push_image, push_index, down, set_private, add_account, login, blob_file.
@@ -63,13 +67,15 @@ from .registries import (
     GHCR_HOST,
     GITLAB_AUTH_HOST,
     GITLAB_HOST,
+    K8S_HOST,
+    K8S_PREFIX,
     MCR_DATA_HOST,
     MCR_HOST,
 )
 from .reqlog import Req
 
 __all__ = ["Upstream", "ImageInfo", "IndexInfo", "Req", "missing_prerequisites", "HUB", "REGISTRIES",
-           "GHCR_HOST", "GITLAB_HOST", "GITLAB_AUTH_HOST", "MCR_HOST", "MCR_DATA_HOST",
+           "GHCR_HOST", "GITLAB_HOST", "GITLAB_AUTH_HOST", "MCR_HOST", "MCR_DATA_HOST", "K8S_HOST",
            "CORP_HOST", "CORP_PORT", "CORP_REGISTRY", "CORP_USER", "CORP_PASSWORD"]
 
 REGISTRY_HOST = "registry-1.docker.io"
@@ -512,8 +518,16 @@ class Upstream:
     def cdn_truncates(self, digest: str, after: int):
         return self.cdn_fault(digest, truncate_at=after)
 
+    def _content_of(self, registry: str, name: str = "") -> tuple[str, str]:
+        """(registry, name) where a registry's content is stored: registry.k8s.io's in ghcr.io
+        under k8s-artifacts-prod/images/ (the redirector has none of its own)."""
+        if registry in self.extra and (target := self.extra[registry].spec.redirect_to):
+            return (target.split("/")[2], K8S_PREFIX + name)
+        return registry, name
+
     def storage_of(self, registry: str = HUB) -> Path:
         """A registry's distribution storage root (rootdirectory)."""
+        registry = self._content_of(self._registry_name(registry) or HUB)[0]
         return self.storage if self._registry_name(registry) == HUB else self.extra[registry].storage
 
     def blob_file(self, digest: str, registry: str = HUB) -> Path:
@@ -532,6 +546,7 @@ class Upstream:
         return find
 
     def _skopeo_push(self, src: Path, name: str, tag: str, all_: bool = False, registry: str = HUB) -> None:
+        registry, name = self._content_of(registry, name)
         user, password = self.push_account if registry == HUB else self.extra[registry].push_account
         cmd = ["skopeo", "--policy", str(self.workdir / "policy.json"), "copy", "--quiet",
                "--preserve-digests", "--dest-cert-dir", str(self.cert_dir),
@@ -546,6 +561,7 @@ class Upstream:
             raise RuntimeError(f"skopeo push of {registry}/{name}:{tag} failed: {res.stderr.strip()}")
 
     def _stored_manifest_digest(self, name: str, tag: str, registry: str = HUB) -> str:
+        registry, name = self._content_of(registry, name)
         link = (self.storage_of(registry) / "docker/registry/v2/repositories" / name
                 / "_manifests/tags" / tag / "current/link")
         return link.read_text().strip()

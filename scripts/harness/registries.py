@@ -15,6 +15,11 @@ accounts and private repositories (tokenserver.py's policy) or an htpasswd file.
     eastus.data.mcr.microsoft.com 127.0.0.9:443 cdnserver.py over mcr's storage
   registry.corp.example:5000   127.0.0.10:5000  Basic realm="corp registry" (htpasswd, bcrypt);
                                                 CORP_USER's login in Upstream.docker_config
+  registry.k8s.io              127.0.0.11:443   none of its own: k8sredir.py answers every /v2/
+                                                request 307 to ghcr.io/v2/k8s-artifacts-prod/images/
+                                                (/v2/ itself to ghcr.io/v2/), whose token ghcr's
+                                                realm gives; push to ghcr as
+                                                k8s-artifacts-prod/images/NAME, pull registry.k8s.io/NAME
 distribution itself listens on the registry's address, port 5000 (corp: 5001).
 Accounts: the Hub's user names, each registry with passwords of its own ("<key>-<password>",
 e.g. ghcr-alice-pw); the corp registry also has CORP_USER. Private repositories per token
@@ -44,6 +49,8 @@ CORP_PORT = 5000
 CORP_REGISTRY = f"{CORP_HOST}:{CORP_PORT}"
 CORP_USER, CORP_PASSWORD = "corp-ci", "corp-ci-secret"  # the login written to Upstream.docker_config
 CORP_REALM = "corp registry"
+K8S_HOST = "registry.k8s.io"
+K8S_PREFIX = "k8s-artifacts-prod/images/"  # where its images are in the registry it redirects to
 HERE = Path(__file__).resolve().parent
 BCRYPT_ROUNDS = 4  # distribution checks the hash on every request: the cheapest bcrypt it accepts
 
@@ -56,13 +63,14 @@ class Spec:
     host: str
     port: int
     ip: str
-    auth: str  # "token", "basic" or "none"
+    auth: str  # "token", "basic", "none" or "redirect" (k8sredir.py, no registry of its own)
     service: str = ""  # token: the service in the challenge (the JWT's aud)
     realm_host: str = ""  # token: the realm's host; "" = the registry's own host
     realm_path: str = ""
     data_host: str = ""  # blob GETs are redirected (307) to this host
     data_ip: str = ""
     realm_ip: str = ""
+    redirect_to: str = ""  # auth "redirect": every /v2/<rest> is 307 to this URL + <rest>; no storage
 
     @property
     def name(self) -> str:
@@ -99,6 +107,7 @@ SPECS = (
          realm_host=GITLAB_AUTH_HOST, realm_path="/jwt/auth", realm_ip="127.0.0.7"),
     Spec("mcr", MCR_HOST, 443, "127.0.0.8", "none", data_host=MCR_DATA_HOST, data_ip="127.0.0.9"),
     Spec("corp", CORP_HOST, CORP_PORT, "127.0.0.10", "basic"),
+    Spec("k8s", K8S_HOST, 443, "127.0.0.11", "redirect", redirect_to=f"https://{GHCR_HOST}/v2/{K8S_PREFIX}"),
 )
 BY_NAME = {s.name: s for s in SPECS}
 
@@ -152,6 +161,9 @@ class Registry:
 
     def prepare(self, pki) -> None:
         """Write every file the services read (once, before the first start)."""
+        if self.spec.redirect_to:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            return  # a redirector: no registry, no storage
         self.storage.mkdir(parents=True, exist_ok=True)
         self.limits.write_text(json.dumps({"limits": {}}))
         if self.spec.auth == "token":
@@ -211,8 +223,7 @@ class Registry:
 
     def services(self, pki) -> list[Service]:
         s, py = self.spec, sys.executable
-        out = [Service(f"{s.key}-registry", ["docker-registry", "serve", str(self.dir / "registry.yml")],
-                       s.backend, self.logs / f"{s.key}-registry.log")]
+        out: list[Service] = []
 
         def https(what: str, script: str, ip: str, port: int, host: str, extra: list[str]) -> Service:
             return Service(what, [py, str(HERE / script), "--listen", f"{ip}:{port}",
@@ -220,6 +231,10 @@ class Registry:
                                   "--log", str(self.logs / f"{what}.jsonl"), "--host", host, *extra],
                            (ip, port), self.logs / f"{what}.err")
 
+        if s.redirect_to:
+            return [https(f"{s.key}-front", "k8sredir.py", s.ip, s.port, s.name, ["--target", s.redirect_to])]
+        out.append(Service(f"{s.key}-registry", ["docker-registry", "serve", str(self.dir / "registry.yml")],
+                           s.backend, self.logs / f"{s.key}-registry.log"))
         front = ["--backend", "{}:{}".format(*s.backend), "--limits", str(self.limits)]
         if s.auth == "token" and not s.realm_host:
             front += ["--config", str(self.dir / "token.json"), "--path", s.realm_path]

@@ -26,6 +26,9 @@ from hubcache.upstream.pacing import Pacer
 BODY = os.urandom(3 * 1024 * 1024 + 17)  # several reads, and not a whole number of them
 TOKEN = "Bearer pool-account-token"
 BLOB = "/v2/library/alpine/blobs/sha256:" + hashlib.sha256(BODY).hexdigest()
+GUARDED = "/v2/mirror/images/alpine/blobs/sha256:" + hashlib.sha256(BODY).hexdigest()  # wants ANON
+ANON = "Bearer anonymous-token-of-the-mirrors-realm"
+CHALLENGE = 'Bearer realm="https://localhost/token",service="mirror"'
 
 
 class Handler(httpsd.LoggedHandler):
@@ -38,6 +41,10 @@ class Handler(httpsd.LoggedHandler):
             self.send_bytes(307, b"", "text/plain", {"Location": self.server.redirect_to})
         elif self.path == "/data":
             self.send_bytes(200, BODY, "application/octet-stream")
+        elif self.path == GUARDED and self.headers.get("Authorization") == ANON:
+            self.send_bytes(200, BODY, "application/octet-stream")
+        elif self.path == GUARDED:  # as an Artifact Registry host answers registry.k8s.io's redirect
+            self.send_bytes(401, b'{"errors":[]}', "application/json", {"Www-Authenticate": CHALLENGE})
         else:
             self.send_bytes(404, b"", "text/plain")
 
@@ -272,3 +279,51 @@ def test_a_host_that_went_down_while_its_hop_waited_is_not_asked(servers):
         fetch.get(f"https://127.0.0.1:{_port(registry)}{BLOB}", [], tls, timeout=5, pace=pace,
                   allowed=lambda host: "backing off" if host in down else None)
     assert registry.seen == [] and pacer.busy("127.0.0.1") == 0
+
+
+def test_a_redirect_to_a_host_that_wants_its_own_token_is_retried_once_with_what_authorize_gives(servers):
+    tls, registry, cdn = servers
+    target = f"https://localhost:{_port(cdn)}{GUARDED}"
+    registry.redirect_to = target
+    asked: list[tuple[str, str]] = []
+
+    def authorize(challenge: str, url: str) -> str | None:
+        asked.append((challenge, url))
+        return ANON
+
+    resp = fetch.get(f"https://127.0.0.1:{_port(registry)}{BLOB}", [("Authorization", TOKEN)], tls, timeout=10,
+                     authorize=authorize)
+    try:
+        assert resp.status == 200 and b"".join(resp.iter_body()) == BODY
+    finally:
+        resp.close()
+    assert asked == [(CHALLENGE, target)]
+    assert [h.get("Authorization") for _, h in cdn.seen] == [None, ANON]  # never the registry's token
+    assert [(h.host, h.status) for h in resp.hops] == [("127.0.0.1", 307), ("localhost", 401), ("localhost", 200)]
+
+
+@pytest.mark.parametrize("give", [None, "Bearer wrong", UpstreamError("realm down")])
+def test_a_401_after_a_redirect_stands_when_no_token_or_a_refused_one_is_had(servers, give):
+    tls, registry, cdn = servers
+    registry.redirect_to = f"https://localhost:{_port(cdn)}{GUARDED}"
+
+    def authorize(challenge: str, url: str) -> str | None:
+        if isinstance(give, Exception):
+            raise give
+        return give
+
+    resp = fetch.get(f"https://127.0.0.1:{_port(registry)}{BLOB}", [], tls, timeout=10, authorize=authorize)
+    try:
+        assert resp.status == 401 and resp.header("www-authenticate") == CHALLENGE
+    finally:
+        resp.close()
+    assert len(cdn.seen) == (2 if give == "Bearer wrong" else 1)  # retried once at most
+
+
+def test_a_401_of_the_registry_itself_is_not_retried(servers):
+    tls, registry, _ = servers
+    asked = []
+    resp = fetch.get(f"https://127.0.0.1:{_port(registry)}{GUARDED}", [], tls, timeout=10,
+                     authorize=lambda c, u: asked.append(u) or ANON)
+    resp.close()
+    assert resp.status == 401 and asked == []  # the client's own 401, hers to answer

@@ -132,7 +132,7 @@ async def _upstream_has(svc: Services, flow: http.HTTPFlow, st: FlowState, diges
     url = f"https://{flow.request.host}{port}/v2/{st.route.remote}/{kind}/{digest}"
     try:
         auth_up = await svc.upstream_auth(flow, st)
-        resp = await svc.dockerhub.request("HEAD", url, [("Authorization", auth_up), ("Accept", ", ".join(MANIFEST_TYPES))])
+        resp = await svc.dockerhub.follow("HEAD", url, [("Authorization", auth_up), ("Accept", ", ".join(MANIFEST_TYPES))])
     except UpstreamError as e:
         if vis == "foreign":
             return False

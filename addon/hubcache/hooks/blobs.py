@@ -154,9 +154,14 @@ def _start_flight(svc: Services, url: str, headers: list[tuple[str, str]], st: F
     loop = asyncio.get_running_loop()
     seen = access.seen_as(st.repository, st.private)
 
+    def authorize(challenge: str, target: str) -> str | None:  # on the flight's thread
+        # a registry redirected the blob to a host that wants a token of its own realm (registry.k8s.io)
+        token = asyncio.run_coroutine_threadsafe(dh.others.redirected_token(challenge, target), loop)
+        return token.result(settings.upstream_timeout * 2)  # the realm's request, bounded by its own timeout
+
     def opener() -> fetch.Response:
         return fetch.get(url, headers, settings.tls, settings.tcp_timeout, dh.unavailable, settings.connect_timeout,
-                         egress=dh.egress,
+                         egress=dh.egress, authorize=authorize,
                          pace=dh.pacer.hold)  # each hop waits its turn; the blob's slot is held until closed
 
     def record(hops: list[fetch.Hop]) -> None:  # on the event loop

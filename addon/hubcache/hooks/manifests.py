@@ -116,7 +116,7 @@ async def _revalidate(svc: Services, flow: http.HTTPFlow, st: FlowState, digest:
     try:
         auth = await svc.upstream_auth(flow, st)
         headers = [("Accept", v) for v in flow.request.headers.get_all("accept")] + [("Authorization", auth)]
-        resp = await svc.dockerhub.request("HEAD", url_of(flow), headers)
+        resp = await svc.dockerhub.follow("HEAD", url_of(flow), headers)
     except UpstreamError as e:
         serve_stale(flow, st, m, str(e))
         return True
@@ -213,7 +213,7 @@ async def _fetch_once(svc: Services, route: Route, url: str, headers: list[tuple
                       seen: str) -> Manifest | str | UpstreamResponse:
     """One upstream GET of a manifest: the verified, stored Manifest; a reason (str) when
     upstream's bytes were refused; or upstream's answer when it was not a 200, or a signed schema 1."""
-    resp = await svc.dockerhub.request("GET", url, headers, kind="manifest")
+    resp = await svc.dockerhub.follow("GET", url, headers, kind="manifest")
     svc.dockerhub.observe_budget(account, "GET", resp.status, resp.headers, resp.body, route.registry)
     if resp.status != 200 or resp.header("content-type").split(";")[0].strip() == SCHEMA1_SIGNED:
         return resp

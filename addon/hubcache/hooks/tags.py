@@ -24,7 +24,7 @@ async def handle(svc: Services, flow: http.HTTPFlow, st: FlowState) -> None:
         return
     try:
         auth = await svc.upstream_auth(flow, st)
-        resp = await svc.dockerhub.request(flow.request.method, url_of(flow), [("Authorization", auth)], kind="tags")
+        resp = await svc.dockerhub.follow(flow.request.method, url_of(flow), [("Authorization", auth)], kind="tags")
     except client.BodyTooLarge:  # a long list without pages: mitmproxy relays it, streamed
         await other(svc, flow, st)
         return

@@ -13,7 +13,7 @@ import logging
 import os
 import time
 from collections.abc import Collection, Mapping
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 from hubcache import logs
 from hubcache.decide import access
@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 REGISTRY = "registry"  # the health key of all registry host aliases
 RECENTLY_OK = 60  # seconds after a good upstream answer in which connections are not probed first
 ABUSE_LIMIT = "answered a bare 429 (Docker Hub's abuse limit on requests from this address)"
+REDIRECTS = (301, 302, 303, 307, 308)
+MAX_HOPS = 5  # redirects followed by `follow`, as fetch.get follows a blob's
 
 
 def _host_port(name: str) -> tuple[str, int]:
@@ -49,7 +51,7 @@ class DockerHub:
         self.settings = Settings()
         self.egress: Egress | None = None  # the corporate proxy every connection goes through, with its login
         self.pacer = Pacer(metrics)  # hubcache's own requests, blob downloads included (fetch.get's pace)
-        self.others = RegistryAuth(self.request)  # every other registry: its challenge and realm
+        self.others = RegistryAuth(self.request, follow=self.follow)  # every other registry: its challenge and realm
         self._creds_loaded = False
         self._reserve_warned = 0.0
 
@@ -197,6 +199,35 @@ class DockerHub:
 
     async def _get(self, url: str, headers: list[tuple[str, str]]) -> client.UpstreamResponse:
         return await self.request("GET", url, headers)
+
+    async def follow(self, method: str, url: str, headers: list[tuple[str, str]], kind: str = "") -> client.UpstreamResponse:
+        """`request`, following a registry's redirects itself (registry.k8s.io sends every /v2/
+        request to an Artifact Registry host): the Authorization is dropped on a change of host,
+        and when the new host answers 401 with a Bearer challenge, that hop is asked once more with
+        an anonymous token of its realm. At most MAX_HOPS redirects; https targets only."""
+        moved = retried = False
+        hops = 0
+        while True:  # at most MAX_HOPS redirects, each hop retried at most once
+            resp = await self.request(method, url, headers, kind)
+            location = resp.header("location")
+            if resp.status in REDIRECTS and location:
+                target = urljoin(url, location)
+                hops += 1
+                if hops > MAX_HOPS:
+                    raise client.UpstreamError(f"{method} {client.redact(url)}: more than {MAX_HOPS} redirects")
+                if urlsplit(target).scheme != "https":
+                    raise client.UpstreamError(f"{client.redact(url)} redirected to a non-HTTPS URL")
+                if (urlsplit(target).hostname or "").lower() != (urlsplit(url).hostname or "").lower():
+                    headers, moved = [(k, v) for k, v in headers if k.lower() != "authorization"], True
+                url, retried = target, False
+                continue
+            if resp.status == 401 and moved and not retried:
+                auth = await self.others.redirected_token(resp.header("www-authenticate"), url)
+                if auth:
+                    headers, retried = [(k, v) for k, v in headers if k.lower() != "authorization"] + [
+                        ("Authorization", auth)], True
+                    continue
+            return resp
 
     # -- accounts and the pull budget ---------------------------------------------------------
 

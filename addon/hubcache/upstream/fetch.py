@@ -7,7 +7,9 @@ TLS decryption, hashing and store writes then stay off mitmproxy's event loop.
 Same TLS settings as every other upstream connection (upstream.ssl_context) and the same name
 resolution as mitmproxy (the system resolver through getaddrinfo). Redirects are followed to
 other hosts (Docker Hub's blob 307 to its CDN) without the Authorization header, as Docker's own
-clients do; only HTTPS targets are followed. Each hop waits its turn (`pace`, pacing.Pacer.hold)
+clients do; only HTTPS targets are followed. A host redirected to that answers 401 is asked once
+more with what `authorize(www_authenticate, url)` gives (registry.k8s.io sends blobs to an
+Artifact Registry host that wants an anonymous token of its own realm). Each hop waits its turn (`pace`, pacing.Pacer.hold)
 and holds its host's slot until the answer is closed: for the blob, the whole transfer.
 """
 
@@ -125,6 +127,7 @@ def get(
     connect_timeout: float | None = None,
     egress: Egress | None = None,
     pace: Callable[[str], Callable[[], None]] = lambda host: lambda: None,
+    authorize: Callable[[str, str], str | None] = lambda challenge, url: None,
 ) -> Response:
     """GET `url`, following redirects; the returned response's body is not read yet.
 
@@ -132,10 +135,13 @@ def get(
     `timeout` bounds every read (a stalled transfer fails after it), `connect_timeout` (default:
     `timeout`) the TCP connect. With `egress` (the corporate proxy) every hop, redirects to
     other hosts too, goes through a CONNECT tunnel of its own. `pace(host)` blocks until the hop may go and returns what frees
-    its slot (called when the hop's answer is closed).
+    its slot (called when the hop's answer is closed). `authorize(www_authenticate, url)`: the
+    Authorization for a 401 after a redirect to another host (blocking; None: the 401 stands).
     """
     hops: list[Hop] = []
-    for _ in range(MAX_REDIRECTS + 1):
+    moved = retried = False
+    redirects = 0
+    while redirects <= MAX_REDIRECTS:
         parts = urlsplit(url)
         host = parts.hostname or ""
         if parts.scheme != "https" or not host:
@@ -160,11 +166,25 @@ def get(
             resp.close()
             target = urljoin(url, location)
             if (urlsplit(target).hostname or "").lower() != host.lower():
-                headers = [(k, v) for k, v in headers if k.lower() != "authorization"]
-            url = target
+                headers, moved = [(k, v) for k, v in headers if k.lower() != "authorization"], True
+            url, retried, redirects = target, False, redirects + 1
             continue
+        if resp.status == 401 and moved and not retried:
+            auth = _authorized(authorize, resp.header("www-authenticate"), url)
+            if auth:
+                resp.close()
+                headers, retried = [(k, v) for k, v in headers if k.lower() != "authorization"] + [
+                    ("Authorization", auth)], True
+                continue
         return resp
     raise FetchError(f"GET {redact(url)}: more than {MAX_REDIRECTS} redirects", hops)
+
+
+def _authorized(authorize: Callable[[str, str], str | None], challenge: str, url: str) -> str | None:
+    try:
+        return authorize(challenge, url)
+    except (UpstreamError, TimeoutError):  # no token could be had (the realm's failure is recorded where it was asked): the 401 stands
+        return None
 
 
 def _request(url: str, headers: list[tuple[str, str]], tls: TLSSettings, timeout: float, connect_timeout: float,

@@ -11,10 +11,16 @@ anonymous token may pull too (its grant, read as for Docker Hub's pool), or for 
 named in hubcache_pool_private. Then a Bearer registry gets a token its realm gave for that login
 (`Authorization: Basic` to the realm only, over https), a Basic registry the login itself. Docker
 Hub's accounts never come here, and no login goes to another registry's realm.
+
+A registry that redirects (registry.k8s.io sends every /v2/ request to a regional Artifact
+Registry host) is followed by hubcache itself (DockerHub.follow): when the host redirected to asks
+for a Bearer token, `redirected_token` gets an anonymous one from the realm that host names, for
+the repository of the redirected URL; tokens are kept per (realm, service), never with a login.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit
 
@@ -27,11 +33,20 @@ from hubcache.upstream.credentials import Credential
 from hubcache.upstream.singleflight import Shared
 
 Request = Callable[[str, str, list[tuple[str, str]]], Awaitable[UpstreamResponse]]
+_REPOSITORY = re.compile(r"^/v2/(.+?)/(?:manifests|blobs)/[^/]+$")
+
+
+def redirected_repository(url: str) -> str:
+    """The repository a registry URL names (/v2/<name>/manifests|blobs/<ref>), "" for another path."""
+    m = _REPOSITORY.match(urlsplit(url).path)
+    return m.group(1) if m else ""
 
 
 class RegistryAuth:
-    def __init__(self, request: Request, learned: Callable[[str, Challenge], None] = lambda r, c: None) -> None:
+    def __init__(self, request: Request, learned: Callable[[str, Challenge], None] = lambda r, c: None,
+                 follow: Request | None = None) -> None:
         self._request = request  # DockerHub.request's shape: health, pacing, egress, TLS options
+        self._follow = follow or request  # the same, following redirects (DockerHub.follow)
         self.learned = learned  # called with a challenge seen for the first time or changed (to store it)
         self._challenges: dict[str, Challenge] = {}
         self._tokens: dict[tuple[str, str, str], tokens.UpstreamTokens] = {}  # (registry, realm, service)
@@ -71,7 +86,9 @@ class RegistryAuth:
         return got
 
     async def _ask(self, registry: str) -> Challenge:
-        resp = await self._request("GET", f"https://{registry}/v2/", [])
+        # followed: a registry that redirects /v2/ wants no login of its own when the host it
+        # sends clients to gives hubcache an anonymous token (registry.k8s.io: 200, so NONE)
+        resp = await self._follow("GET", f"https://{registry}/v2/", [])
         if resp.status == 401:
             seen = challenge.parse(resp.header("www-authenticate"))
             if seen is None:
@@ -103,9 +120,21 @@ class RegistryAuth:
             return f"Bearer {await self._tokens_of(registry, seen).token_for(scope, login)}", login.name
         return f"Bearer {anonymous_token}", anonymous
 
+    async def redirected_token(self, www_authenticate: str, url: str) -> str | None:
+        """The Authorization (an anonymous Bearer token) for `url`, a host a registry redirected
+        hubcache to that answered 401 with `www_authenticate`; None when it asks for no Bearer token
+        from an https realm (then its 401 stands)."""
+        seen = challenge.parse(www_authenticate)
+        if seen is None or seen.scheme != "bearer":
+            return None
+        repository = redirected_repository(url)
+        scope = f"repository:{repository}:pull" if repository else ""
+        return f"Bearer {await self._tokens_of('', seen).token_for(scope, None)}"
+
     def _tokens_of(self, registry: str, seen: Challenge) -> tokens.UpstreamTokens:
         """The tokens of `registry` from the realm it names: kept apart per registry, so that a
-        realm two registries share never hands one registry's login token to the other."""
+        realm two registries share never hands one registry's login token to the other (registry
+        "": a redirect's anonymous tokens, per realm and service)."""
         key = (registry, seen.realm, seen.service)
         if key not in self._tokens:
             self._tokens[key] = tokens.UpstreamTokens(self._get, seen.realm, seen.service)
