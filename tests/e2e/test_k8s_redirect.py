@@ -68,3 +68,23 @@ def test_a_redirecting_registry_is_followed_by_hubcache_and_cached_under_its_own
         assert dir_files(tmp_path / "again") == dir_files(tmp_path / "direct")
         missing = skopeo_copy(f"{K8S_HOST}/nevercached:1", tmp_path / "missing", proxy=hub.url, cert_dir=certs)
         assert missing.returncode != 0 and f"{K8S_HOST}/nevercached:1" in missing.stderr, missing.stderr
+
+
+def test_a_tag_head_on_a_redirecting_registry_is_answered_by_hubcache_and_then_offline(upstream, start_hubcache,
+                                                                                       tmp_path):
+    """dockerd and containerd resolve a tag with a HEAD first: hubcache follows registry.k8s.io's
+    redirect for it (the client never gets the 307), records the tag, and once the manifest was
+    fetched by digest answers the same HEAD with both hosts down."""
+    img = upstream.push_image("kube-proxy", "v1.31", [(200_000, next(_seeds))], registry=K8S_HOST)
+    hub = start_hubcache()
+    accept = [("Accept", img.media_type)]
+    status, headers, body = proxied_request(hub.port, hub.ca_cert, "HEAD", K8S_HOST, "/v2/kube-proxy/manifests/v1.31", accept)
+    assert status == 200 and "location" not in headers, (status, headers)
+    assert headers["docker-content-digest"] == img.manifest_digest and body == b""
+    status, _, body = proxied_request(hub.port, hub.ca_cert, "GET", K8S_HOST,
+                                      f"/v2/kube-proxy/manifests/{img.manifest_digest}", accept)
+    assert status == 200 and body == img.manifest_bytes
+    with upstream.down(registry=K8S_HOST), upstream.down(registry=GHCR_HOST):
+        status, headers, _ = proxied_request(hub.port, hub.ca_cert, "HEAD", K8S_HOST, "/v2/kube-proxy/manifests/v1.31",
+                                             accept)
+        assert status == 200 and headers["docker-content-digest"] == img.manifest_digest, (status, headers)

@@ -22,6 +22,7 @@ from hubcache.hooks.fallback import go_upstream, not_stored, serve_stale, stale_
 from hubcache.hooks.flowstate import FlowState
 from hubcache.hooks.services import Services, owner_of, url_of
 from hubcache.model import MAX_MANIFEST_BYTES, OCI_INDEX, OCI_MANIFEST, Manifest, Outcome, Refusal, Route
+from hubcache.registries import DOCKER_HUB
 from hubcache.store import StoreError
 from hubcache.upstream import client
 from hubcache.upstream.client import UpstreamError, UpstreamResponse
@@ -55,6 +56,9 @@ async def _by_digest(svc: Services, flow: http.HTTPFlow, st: FlowState) -> None:
         flow.response = responses.manifest(m, flow.request.method == "HEAD")
         st.outcome = Outcome.HIT
         return
+    if flow.request.method == "HEAD" and st.route.registry != DOCKER_HUB:
+        await _head_miss(svc, flow, st)
+        return
     await go_upstream(svc, flow, st, _fetch)
 
 
@@ -83,7 +87,37 @@ async def _by_tag(svc: Services, flow: http.HTTPFlow, st: FlowState) -> None:
     if st.stale is not None and svc.dockerhub.budget_low():  # the last pulls are kept for images not cached at all
         serve_stale(flow, st, st.stale, "pull budget reserve reached")
         return
+    if flow.request.method == "HEAD" and st.route.registry != DOCKER_HUB:
+        await _head_miss(svc, flow, st)
+        return
     await go_upstream(svc, flow, st, _fetch)
+
+
+async def _head_miss(svc: Services, flow: http.HTTPFlow, st: FlowState) -> None:
+    """A HEAD the store cannot answer, on a registry other than Docker Hub: hubcache's own HEAD,
+    the registry's redirects followed (registry.k8s.io sends every request elsewhere), the tag
+    recorded. The client never meets the redirect (dockerd and containerd resolve tags with a
+    HEAD), and once the manifest is fetched by digest the tag is answered offline too. Docker Hub's
+    HEAD misses are relayed as they are (answers compared byte for byte with Hub's own)."""
+    if why := svc.dockerhub.unavailable(flow.request.host):
+        stale_or_refuse(flow, st, why)
+        return
+    st.outcome = Outcome.MISS
+    accept = flow.request.headers.get_all("accept")
+    try:
+        auth = await svc.upstream_auth(flow, st)
+        resp = await svc.dockerhub.follow("HEAD", url_of(flow), [("Accept", v) for v in accept] + [("Authorization", auth)])
+    except UpstreamError as e:
+        stale_or_refuse(flow, st, str(e))
+        return
+    head = await _remember_tag(svc, st.route, resp.status, resp.header, accept)
+    if head is not None:
+        flow.response = responses.manifest_head(head.media_type, head.digest, head.size)
+        return
+    flow.response = http.Response.make(resp.status, b"", client.relayable(resp.headers))
+    if length := resp.header("content-length"):
+        flow.response.headers["Content-Length"] = length
+    st.note = f"upstream answered {resp.status}"
 
 
 def _last_stored(svc: Services, repository: str, tag: str, accept: Accept) -> Manifest | None:
