@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote, urlencode
 
-from .registries import CORP_REGISTRY, GHCR_HOST, GITLAB_HOST, MCR_HOST
+from .registries import CORP_REGISTRY, GHCR_HOST, GITLAB_HOST, K8S_HOST, MCR_HOST
 
 __all__ = ["Docker", "Containerd", "Podman", "Image", "EngineError", "ENGINES", "missing_engine"]
 
@@ -57,7 +57,7 @@ PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY")
 HUB = "docker.io"
 # Registries as image references name them (a port other than 443 included), each given a trust
 # directory of its own where the engine's trust is per host.
-REGISTRY_NAMES = (HUB, GHCR_HOST, GITLAB_HOST, MCR_HOST, CORP_REGISTRY)
+REGISTRY_NAMES = (HUB, GHCR_HOST, GITLAB_HOST, MCR_HOST, CORP_REGISTRY, K8S_HOST)
 
 # engine name -> (binaries it needs, Debian packages providing them)
 REQUIREMENTS = {

@@ -23,7 +23,7 @@ import itertools
 import pytest
 
 from harness.engines import Containerd, Docker, Podman, missing_engine
-from harness.hubenv import GHCR_HOST, GITLAB_HOST, MCR_HOST
+from harness.hubenv import GHCR_HOST, GITLAB_HOST, K8S_HOST, MCR_HOST
 from harness.proxy import Proxy
 from harness.registries import BY_NAME, CORP_PASSWORD, CORP_REGISTRY, CORP_USER, MCR_DATA_HOST
 
@@ -157,6 +157,27 @@ def test_cold_identical_warm_without_requests_and_offline(engine, hub, upstream,
         assert "x509" not in never.stderr and "unknown authority" not in never.stderr, never.stderr[-1500:]
         # nor a body after the answer to a HEAD (Go: "Unsolicited response received on idle HTTP channel")
         assert "Unsolicited response" not in never.stderr, never.stderr[-1500:]
+
+
+def test_registry_k8s_io_redirects_are_followed_by_hubcache_for_every_engine(engine, hub, upstream):
+    """registry.k8s.io answers every request with a 307 to another registry (here the ghcr-like
+    one): the engine pulls through hubcache as from any registry, warm without a request, and with
+    both hosts down from the store (dockerd and ctr resolve the tag with a HEAD first)."""
+    name = f"{engine.setup}-pause"
+    img = upstream.push_image(name, "3.9", layers(1 * MiB), registry=K8S_HOST)
+    ref = f"{K8S_HOST}/{name}:3.9"
+    mark = upstream.mark()
+    pull(engine, hub, upstream, ref)
+    assert_pushed(engine, ref, img)
+    assert {r.host for r in upstream.requests_since(mark)} <= {K8S_HOST, GHCR_HOST}
+    remove(engine, ref, img)
+    mark = upstream.mark()
+    pull(engine, hub, upstream, ref)
+    assert upstream.requests_since(mark) == []
+    remove(engine, ref, img)
+    with upstream.down(registry=K8S_HOST), upstream.down(registry=GHCR_HOST):
+        pull(engine, hub, upstream, ref)
+        assert_pushed(engine, ref, img)
 
 
 def test_a_registry_added_by_option_on_its_own_port_with_the_clients_own_basic_login(engine, hub, upstream):
