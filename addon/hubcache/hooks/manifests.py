@@ -110,14 +110,13 @@ async def _head_miss(svc: Services, flow: http.HTTPFlow, st: FlowState) -> None:
     except UpstreamError as e:
         stale_or_refuse(flow, st, str(e))
         return
-    head = await _remember_tag(svc, st.route, resp.status, resp.header, accept)
-    if head is not None:
-        flow.response = responses.manifest_head(head.media_type, head.digest, head.size)
-        return
+    await _remember_tag(svc, st.route, resp.status, resp.header, accept)
+    # the registry's own answer (the last hop's: its headers, Date included), as a relayed HEAD would be
     flow.response = http.Response.make(resp.status, b"", client.relayable(resp.headers))
     if length := resp.header("content-length"):
         flow.response.headers["Content-Length"] = length
-    st.note = f"upstream answered {resp.status}"
+    if resp.status != 200:
+        st.note = f"upstream answered {resp.status}"
 
 
 def _last_stored(svc: Services, repository: str, tag: str, accept: Accept) -> Manifest | None:
