@@ -190,6 +190,30 @@ def _repository_patterns(value: Sequence[str]) -> tuple[str, ...]:
     return tuple(patterns)
 
 
+def _parents(value: str) -> tuple[tuple[str, str], ...]:
+    """`https://mirror.internal[:port]` (Docker Hub's parent) or `docker.io=https://a,quay.io=https://b`."""
+    out: dict[str, str] = {}
+    for item in (value or "").split(","):
+        if not (item := item.strip()):
+            continue
+        registry, sep, url = item.rpartition("=") if "=" in item else ("", "", item)
+        registry = registries.split_reference(registry.strip() + "/x")[0] if sep else registries.DOCKER_HUB
+        url = url.strip().rstrip("/")
+        if not re.fullmatch(r"https?://[A-Za-z0-9.-]+(:\d{1,5})?", url):
+            raise ValueError(f"not a parent registry's root URL: {url!r} (e.g. https://mirror.internal:5000)")
+        if registry in out:
+            raise ValueError(f"two parents for {registry}")
+        out[registry] = url
+    return tuple(out.items())
+
+
+def _parent_prefix(value: str) -> str:
+    value = value.strip("/")
+    if value and not re.fullmatch(r"[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*", value):
+        raise ValueError(f"not a repository prefix: {value!r} (e.g. dockerhub-proxy)")
+    return value
+
+
 def _registries(value: Sequence[str]) -> RegistryTable:
     return registries.parse(value)
 
@@ -215,6 +239,11 @@ class Settings:
     docker_config: str = ""
     budget_reserve: int = 0
     pool_private: tuple[str, ...] = ()
+    # issue 13, being built (docs/fleet.md): parsed by _parents/_parent_prefix, no option sets them yet
+    parents: tuple[tuple[str, str], ...] = ()  # (registry, the parent's root URL)
+    parent_tags: str = "hub"
+    parent_fallback: str = "hub"
+    parent_prefix: str = ""
     metrics_listen: str = ""
     upstream_timeout: int = 15
     connect_timeout: int = 5

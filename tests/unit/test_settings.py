@@ -125,3 +125,20 @@ def test_the_egress_proxy_comes_from_mitmproxys_upstream_mode(modes, expected):
 def test_the_proxy_login_is_never_shown():
     s = Settings.parse(options(mode=["upstream:http://proxy.corp:3128"], upstream_auth="runner:s3cret"), updated=())
     assert "s3cret" not in repr(s) and "s3cret" not in repr(s.egress) and "s3cret" not in str(s.egress)
+
+
+def test_a_parent_is_docker_hubs_or_one_per_registry():
+    from hubcache.settings import _parent_prefix, _parents
+
+    assert _parents("https://mirror.internal:5000/") == (("docker.io", "https://mirror.internal:5000"),)
+    assert _parents("docker.io=https://a.internal, quay.io=http://b.internal:5000") == (
+        ("docker.io", "https://a.internal"), ("quay.io", "http://b.internal:5000"))
+    assert _parents("") == ()
+    for bad, says in [("mirror.internal", "not a parent registry's root URL"),
+                      ("https://mirror.internal/v2/", "not a parent registry's root URL"),
+                      ("docker.io=https://a,docker.io=https://b", "two parents for docker.io")]:
+        with pytest.raises(ValueError, match=says):
+            _parents(bad)
+    assert _parent_prefix("/dockerhub-proxy/") == "dockerhub-proxy"
+    with pytest.raises(ValueError, match="not a repository prefix"):
+        _parent_prefix("Bad Prefix")

@@ -164,6 +164,8 @@ class HubCache:
             flow.response = responses.refusal(r, head=req.method == "HEAD")
             st.outcome, st.note = r.outcome, r.note
         if flow.response:  # answered here
+            if req.method == "HEAD" and flow.response.raw_content:  # any answer of ours: no body after a HEAD's
+                responses.drop_body(flow.response)
             st.answered_here = True
             log_request(flow, st, svc.metrics)
 

@@ -23,10 +23,16 @@ def refusal(r: Refusal, head: bool = False) -> http.Response:
     for name, value in r.headers.items():
         resp.headers[name] = value
     if head:
-        length = len(resp.raw_content or b"")
-        resp.content = b""
-        resp.headers["Content-Length"] = str(length)
+        drop_body(resp)
     return resp
+
+
+def drop_body(resp: http.Response) -> None:
+    """An answer to a HEAD: its headers, the length its body would have, no body (mitmproxy would
+    send one, which a client reusing the connection reads as an unsolicited response)."""
+    length = len(resp.raw_content or b"")
+    resp.content = b""
+    resp.headers["Content-Length"] = str(length)
 
 
 # The registry's own answer to /v2/ without a token, byte for byte: clients only read its challenge,
