@@ -16,11 +16,12 @@ from __future__ import annotations
 import base64
 import os
 import re
-import signal
 import socket
 import subprocess
 import time
 from pathlib import Path
+
+from harness.proxy import terminate
 
 SUBNET = "10.203.{n}.{host}"
 
@@ -115,13 +116,7 @@ class Tinyproxy:
 
     def stop(self) -> None:
         if self.proc is not None:
-            if self.proc.poll() is None:
-                self.proc.send_signal(signal.SIGTERM)
-                try:
-                    self.proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait()
+            terminate(self.proc)
             self.proc = None
 
     def log(self) -> str:

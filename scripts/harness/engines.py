@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote, urlencode
 
+from .proxy import terminate
 from .registries import CORP_REGISTRY, GHCR_HOST, GITLAB_HOST, K8S_HOST, MCR_HOST
 
 __all__ = ["Docker", "Containerd", "Podman", "Image", "EngineError", "ENGINES", "missing_engine"]
@@ -186,13 +187,7 @@ class _Engine:
     def _stop_daemon(self, timeout: float = 20) -> None:
         if self.proc is None:
             return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc, timeout)
         self.proc = None
 
     def log(self) -> str:

@@ -19,7 +19,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from harness.proxy import _die_with_parent, free_port
+from harness.proxy import _die_with_parent, free_port, terminate
 
 
 class Parent:
@@ -69,13 +69,8 @@ class Parent:
         raise RuntimeError(f"the parent registry did not listen within {timeout} s")
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            terminate(self.proc)
         self.proc = None
 
     def __enter__(self) -> Parent:
