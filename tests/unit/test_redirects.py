@@ -11,9 +11,10 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from hubcache.decide import challenge
+from hubcache.decide.redirects import MAX_REDIRECTS as MAX_HOPS
 from hubcache.metrics import Metrics
 from hubcache.upstream.client import UpstreamError, UpstreamResponse
-from hubcache.upstream.dockerhub import MAX_HOPS, DockerHub
+from hubcache.upstream.dockerhub import DockerHub
 from hubcache.upstream.registryauth import redirected_repository
 
 K8S = "https://registry.k8s.io"

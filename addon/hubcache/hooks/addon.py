@@ -15,6 +15,7 @@ from mitmproxy.proxy import mode_specs, server_hooks
 
 from hubcache import logs, settings
 from hubcache.decide import challenge, routes
+from hubcache.decide.redirects import REDIRECTS
 from hubcache.hooks import auth, blobs, manifests, pushes, responses, tags
 from hubcache.hooks.flowstate import META, FlowState, log_request, state_of
 from hubcache.hooks.services import Services
@@ -255,7 +256,7 @@ async def _after_upstream(svc: Services, flow: http.HTTPFlow, st: FlowState) -> 
         await manifests.after_upstream(svc, flow, st)
     elif kind is Kind.MANIFEST_WRITE:
         await pushes.after_upstream(svc, flow, st)
-    elif kind is Kind.BLOB and status in blobs.REDIRECTS:
+    elif kind is Kind.BLOB and status in REDIRECTS:
         blobs.note_redirect(svc, flow, st)
     if status == 401 and st.route.registry != DOCKER_HUB:  # how that registry wants to be asked
         if seen := challenge.parse(flow.response.headers.get("www-authenticate", "")):

@@ -28,7 +28,6 @@ from hubcache.upstream.client import UpstreamError
 
 log = logging.getLogger(__name__)
 
-REDIRECTS = (301, 302, 303, 307, 308)
 
 
 async def handle(svc: Services, flow: http.HTTPFlow, st: FlowState) -> None:

@@ -13,12 +13,13 @@ import logging
 import os
 import time
 from collections.abc import Collection, Mapping
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urlsplit
 
 from hubcache import logs
 from hubcache.decide import access
 from hubcache.decide.budget import ANONYMOUS, Budgets, pull_limited
 from hubcache.decide.health import Health
+from hubcache.decide.redirects import Hops
 from hubcache.metrics import Metrics
 from hubcache.registries import DOCKER_HUB
 from hubcache.settings import Egress, Settings
@@ -31,8 +32,6 @@ log = logging.getLogger(__name__)
 REGISTRY = "registry"  # the health key of all registry host aliases
 RECENTLY_OK = 60  # seconds after a good upstream answer in which connections are not probed first
 ABUSE_LIMIT = "answered a bare 429 (Docker Hub's abuse limit on requests from this address)"
-REDIRECTS = (301, 302, 303, 307, 308)
-MAX_HOPS = 5  # redirects followed by `follow`, as fetch.get follows a blob's
 
 
 def _host_port(name: str) -> tuple[str, int]:
@@ -204,29 +203,19 @@ class DockerHub:
         """`request`, following a registry's redirects itself (registry.k8s.io sends every /v2/
         request to an Artifact Registry host): the Authorization is dropped on a change of host,
         and when the new host answers 401 with a Bearer challenge, that hop is asked once more with
-        an anonymous token of its realm. At most MAX_HOPS redirects; https targets only."""
-        moved = retried = False
-        hops = 0
-        while True:  # at most MAX_HOPS redirects, each hop retried at most once
-            resp = await self.request(method, url, headers, kind)
-            location = resp.header("location")
-            if resp.status in REDIRECTS and location:
-                target = urljoin(url, location)
-                hops += 1
-                if hops > MAX_HOPS:
-                    raise client.UpstreamError(f"{method} {client.redact(url)}: more than {MAX_HOPS} redirects")
-                if urlsplit(target).scheme != "https":
-                    raise client.UpstreamError(f"{client.redact(url)} redirected to a non-HTTPS URL")
-                if (urlsplit(target).hostname or "").lower() != (urlsplit(url).hostname or "").lower():
-                    headers, moved = [(k, v) for k, v in headers if k.lower() != "authorization"], True
-                url, retried = target, False
-                continue
-            if resp.status == 401 and moved and not retried:
-                auth = await self.others.redirected_token(resp.header("www-authenticate"), url)
-                if auth:
-                    headers, retried = [(k, v) for k, v in headers if k.lower() != "authorization"] + [
-                        ("Authorization", auth)], True
+        an anonymous token of its realm (decide/redirects: at most MAX_REDIRECTS, https only)."""
+        way = Hops(url, headers)
+        while True:  # each redirect and each token retry is bounded by Hops
+            resp = await self.request(method, way.url, way.headers, kind)
+            try:
+                if way.redirected(resp.status, resp.header("location")):
                     continue
+            except ValueError as e:
+                raise client.UpstreamError(f"{method} {client.redact(way.url)}: {e}") from e
+            if way.wants_token(resp.status) and (
+                    auth := await self.others.redirected_token(resp.header("www-authenticate"), way.url)):
+                way.with_token(auth)
+                continue
             return resp
 
     # -- accounts and the pull budget ---------------------------------------------------------

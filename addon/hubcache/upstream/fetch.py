@@ -18,15 +18,15 @@ from __future__ import annotations
 import ssl
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urlsplit
 
 import h11
 
+from hubcache.decide.redirects import Hops
 from hubcache.settings import Egress, TLSSettings
 from hubcache.upstream import egress as route
 from hubcache.upstream.client import UpstreamError, header_dict, redact, request_head, ssl_context
 
-MAX_REDIRECTS = 5
 READ_SIZE = 64 * 1024  # a TLS record is at most 16 KiB: a larger buffer is only allocated, not filled
 MAX_ERROR_BODY = 64 * 1024  # of a non-200 answer that is relayed to clients
 
@@ -139,9 +139,9 @@ def get(
     Authorization for a 401 after a redirect to another host (blocking; None: the 401 stands).
     """
     hops: list[Hop] = []
-    moved = retried = False
-    redirects = 0
-    while redirects <= MAX_REDIRECTS:
+    way = Hops(url, headers)
+    while True:
+        url = way.url
         parts = urlsplit(url)
         host = parts.hostname or ""
         if parts.scheme != "https" or not host:
@@ -153,7 +153,7 @@ def get(
             release()
             raise FetchError(why, hops)
         try:
-            resp = _request(url, headers, tls, timeout, connect_timeout or timeout, egress)
+            resp = _request(url, way.headers, tls, timeout, connect_timeout or timeout, egress)
         except UpstreamError as e:
             release()
             hops.append(Hop(host, None, str(e)))
@@ -161,23 +161,19 @@ def get(
         resp._release = release
         hops.append(Hop(host, resp.status))
         resp.hops = hops
-        location = resp.header("location")
-        if resp.status in (301, 302, 303, 307, 308) and location:
+        try:
+            redirected = way.redirected(resp.status, resp.header("location"))
+        except ValueError as e:
             resp.close()
-            target = urljoin(url, location)
-            if (urlsplit(target).hostname or "").lower() != host.lower():
-                headers, moved = [(k, v) for k, v in headers if k.lower() != "authorization"], True
-            url, retried, redirects = target, False, redirects + 1
+            raise FetchError(f"GET {redact(url)}: {e}", hops) from e
+        if redirected:
+            resp.close()
             continue
-        if resp.status == 401 and moved and not retried:
-            auth = _authorized(authorize, resp.header("www-authenticate"), url)
-            if auth:
-                resp.close()
-                headers, retried = [(k, v) for k, v in headers if k.lower() != "authorization"] + [
-                    ("Authorization", auth)], True
-                continue
+        if way.wants_token(resp.status) and (auth := _authorized(authorize, resp.header("www-authenticate"), url)):
+            resp.close()
+            way.with_token(auth)
+            continue
         return resp
-    raise FetchError(f"GET {redact(url)}: more than {MAX_REDIRECTS} redirects", hops)
 
 
 def _authorized(authorize: Callable[[str, str], str | None], challenge: str, url: str) -> str | None:
