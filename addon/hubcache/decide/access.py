@@ -42,7 +42,12 @@ def pool_may_fetch(repository: str, anonymous_may_pull: bool, pool_private: Iter
     hubcache_pool_private (globs such as myorg/* on Docker Hub, ghcr.io/myorg/*,
     registry.corp.example:5000/team/*). A pattern names one registry: `*` never crosses from one
     registry into another's names."""
-    return anonymous_may_pull or any(named(repository, p) for p in pool_private)
+    return anonymous_may_pull or named_by(repository, pool_private)
+
+
+def named_by(repository: str, pool_private: Iterable[str]) -> bool:
+    """Is `repository` (a store name) one that hubcache_pool_private names?"""
+    return any(named(repository, p) for p in pool_private)
 
 
 def named(repository: str, pattern: str) -> bool:

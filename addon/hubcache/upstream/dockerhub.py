@@ -243,10 +243,9 @@ class DockerHub:
         repository = access.scope_repository(scope)
         if not repository:
             return False
-        if access.pool_may_fetch(repository, False, self.settings.pool_private):
+        if access.named_by(repository, self.settings.pool_private):
             return True
-        anonymous = await self.tokens.token_for(scope, None)
-        return access.pool_may_fetch(repository, tokens.grants(anonymous, repository) is True, ())
+        return tokens.grants(await self.tokens.token_for(scope, None), repository) is True
 
     def account_names(self) -> list[str]:
         return [c.account for c in self.accounts] or [ANONYMOUS]

@@ -142,7 +142,7 @@ class RegistryAuth:
 
     def _named(self, registry: str, scope: str) -> bool:
         repository = access.scope_repository(scope)
-        return bool(repository) and access.pool_may_fetch(Registry(registry).qualify(repository), False, self.pool_private)
+        return bool(repository) and access.named_by(Registry(registry).qualify(repository), self.pool_private)
 
     @staticmethod
     def _granted(anonymous_token: str, scope: str) -> bool:
