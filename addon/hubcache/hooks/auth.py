@@ -128,8 +128,7 @@ async def _upstream_has(svc: Services, flow: http.HTTPFlow, st: FlowState, diges
     pull `digest` from the repository; a yes links it there (public with a pool token)."""
     repo = st.route.repository  # as the store keeps it; the URL has the registry's own name and port
     kind = "manifests" if st.route.kind is Kind.MANIFEST else "blobs"
-    port = "" if flow.request.port == 443 else f":{flow.request.port}"
-    url = f"https://{flow.request.host}{port}/v2/{st.route.remote}/{kind}/{digest}"
+    url = url_of(flow, f"/v2/{st.route.remote}/{kind}/{digest}")
     try:
         auth_up = await svc.upstream_auth(flow, st)
         resp = await svc.dockerhub.follow("HEAD", url, [("Authorization", auth_up), ("Accept", ", ".join(MANIFEST_TYPES))])

@@ -103,20 +103,26 @@ async def _head_miss(svc: Services, flow: http.HTTPFlow, st: FlowState) -> None:
         stale_or_refuse(flow, st, why)
         return
     st.outcome = Outcome.MISS
-    accept = flow.request.headers.get_all("accept")
     try:
-        auth = await svc.upstream_auth(flow, st)
-        resp = await svc.dockerhub.follow("HEAD", url_of(flow), [("Accept", v) for v in accept] + [("Authorization", auth)])
+        resp = await _head_upstream(svc, flow, st)
     except UpstreamError as e:
         stale_or_refuse(flow, st, str(e))
         return
-    await _remember_tag(svc, st.route, resp.status, resp.header, accept)
+    await _remember_tag(svc, st.route, resp.status, resp.header, flow.request.headers.get_all("accept"))
     # the registry's own answer (the last hop's: its headers, Date included), as a relayed HEAD would be
     flow.response = http.Response.make(resp.status, b"", client.relayable(resp.headers))
     if length := resp.header("content-length"):
         flow.response.headers["Content-Length"] = length
     if resp.status != 200:
         st.note = f"upstream answered {resp.status}"
+
+
+async def _head_upstream(svc: Services, flow: http.HTTPFlow, st: FlowState) -> UpstreamResponse:
+    """hubcache's own HEAD of the flow's manifest (free at Docker Hub), with the client's Accept
+    and the credentials upstream takes for this client, redirects followed."""
+    auth = await svc.upstream_auth(flow, st)
+    headers = [("Accept", v) for v in flow.request.headers.get_all("accept")] + [("Authorization", auth)]
+    return await svc.dockerhub.follow("HEAD", url_of(flow), headers)
 
 
 def _last_stored(svc: Services, repository: str, tag: str, accept: Accept) -> Manifest | None:
@@ -147,9 +153,7 @@ async def _revalidate(svc: Services, flow: http.HTTPFlow, st: FlowState, digest:
                       m: Manifest) -> bool:
     """HEAD upstream (not counted by Docker Hub). True when the flow was answered here."""
     try:
-        auth = await svc.upstream_auth(flow, st)
-        headers = [("Accept", v) for v in flow.request.headers.get_all("accept")] + [("Authorization", auth)]
-        resp = await svc.dockerhub.follow("HEAD", url_of(flow), headers)
+        resp = await _head_upstream(svc, flow, st)
     except UpstreamError as e:
         serve_stale(flow, st, m, str(e))
         return True

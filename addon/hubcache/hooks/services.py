@@ -65,10 +65,11 @@ class Services:
         return auth
 
 
-def url_of(flow: http.HTTPFlow) -> str:
+def url_of(flow: http.HTTPFlow, path: str = "") -> str:
+    """The flow's URL upstream, or another `path` on the same registry host and port."""
     req = flow.request
     port = "" if req.port == 443 else f":{req.port}"
-    return f"https://{req.host}{port}{req.path}"
+    return f"https://{req.host}{port}{path or req.path}"
 
 
 def owner_of(flow: http.HTTPFlow, st: FlowState) -> str:
