@@ -49,6 +49,7 @@ class RegistryAuth:
         self._follow = follow or request  # the same, following redirects (DockerHub.follow)
         self.learned = learned  # called with a challenge seen for the first time or changed (to store it)
         self._challenges: dict[str, Challenge] = {}
+        self._realm_paths: dict[str, set[str]] = {}  # host -> its token realms' paths, from _challenges
         self._tokens: dict[tuple[str, str, str], tokens.UpstreamTokens] = {}  # (registry, realm, service)
         self.logins: dict[str, Credential] = {}  # registry -> its stored login (the first one found)
         self.pool_private: tuple[str, ...] = ()  # hubcache_pool_private
@@ -71,12 +72,16 @@ class RegistryAuth:
         seen = Challenge(seen.scheme, {k: v for k, v in seen.params.items() if k not in ("scope", "error")})
         if self._challenges.get(registry) != seen:
             self._challenges[registry] = seen
+            self._realm_paths = {}
+            for c in self._challenges.values():
+                if c.realm_host:
+                    self._realm_paths.setdefault(c.realm_host, set()).add(urlsplit(c.realm).path.rstrip("/") or "/")
             self.learned(registry, seen)
 
     def realm_paths(self, host: str) -> set[str]:
-        """Paths of the token realms known to be on `host` (e.g. /token on ghcr.io, /jwt/auth on gitlab.com)."""
-        return {urlsplit(c.realm).path.rstrip("/") or "/" for c in self._challenges.values()
-                if c.realm_host == host.lower()}
+        """Paths of the token realms known to be on `host` (e.g. /token on ghcr.io, /jwt/auth on
+        gitlab.com): asked for every request, so kept up to date when a challenge is learned."""
+        return self._realm_paths.get(host.lower(), set())
 
     async def challenge(self, registry: str) -> Challenge:
         """`registry`'s challenge: remembered, or asked at its /v2/ (one request however many wait)."""
