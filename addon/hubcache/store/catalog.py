@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import struct
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Iterator
+
+import lmdb
 
 from hubcache.model import Manifest, TagRecord
 from hubcache.store.txn import Transactions, Txn
@@ -67,14 +69,8 @@ class Catalog:
     def challenges(self) -> dict[str, str]:
         """Every registry's kept challenge, by registry name."""
         def op(txn: Txn) -> dict[str, str]:
-            cur = txn.cursor(db=self._meta)
-            found: dict[str, str] = {}
-            if cur.set_range(b"challenge:"):
-                for key, value in cur:
-                    if not bytes(key).startswith(b"challenge:"):
-                        break
-                    found[bytes(key)[len(b"challenge:"):].decode()] = bytes(value).decode()
-            return found
+            return {key[len(b"challenge:"):].decode(): value.decode()
+                    for key, value in _prefixed(txn, self._meta, b"challenge:")}
 
         return self._txns.read(op)
 
@@ -170,16 +166,11 @@ class Catalog:
         """A manifest deleted from `repository`: no tag of it points to it any more, and it no
         longer belongs there (`seen`: its repos entries for that repository). One pass over the
         repository's tags, inside the caller's write transaction."""
-        prefix = f"{repository}:".encode()
-        cur = txn.cursor(db=self._tags)
         found = []
-        if cur.set_range(prefix):
-            for key, raw in cur:
-                if not bytes(key).startswith(prefix):
-                    break
-                records = json.loads(raw)
-                if any(r["digest"] == digest for r in records.values()):
-                    found.append((bytes(key), records))
+        for key, raw in _prefixed(txn, self._tags, f"{repository}:".encode()):
+            records = json.loads(raw)
+            if any(r["digest"] == digest for r in records.values()):
+                found.append((key, records))
         for key, records in found:  # changed after the walk: a cursor's table is not written under it
             self._drop_records(txn, key, records, now, digest)
         self.unlink(txn, digest.encode(), seen)
@@ -189,14 +180,7 @@ class Catalog:
         prefix = f"{repository}:".encode()
 
         def op(txn: Txn) -> list[str]:
-            cur = txn.cursor(db=self._tags)
-            out: list[str] = []
-            if cur.set_range(prefix):
-                for key in cur.iternext(keys=True, values=False):
-                    if not bytes(key).startswith(prefix):
-                        break
-                    out.append(bytes(key)[len(prefix):].decode())
-            return out
+            return [key[len(prefix):].decode() for key, _ in _prefixed(txn, self._tags, prefix)]
 
         return sorted(self._txns.read(op))
 
@@ -258,6 +242,18 @@ class Catalog:
     def counts(self, txn: Txn) -> tuple[int, int]:
         """How many manifests and tags there are."""
         return txn.stat(self._manifests)["entries"], txn.stat(self._tags)["entries"]
+
+
+def _prefixed(txn: Txn, db: lmdb._Database, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+    """The (key, value) pairs of `db` whose key starts with `prefix`, in key order."""
+    cur = txn.cursor(db=db)
+    if not cur.set_range(prefix):
+        return
+    for key, value in cur:
+        key = bytes(key)
+        if not key.startswith(prefix):
+            return
+        yield key, bytes(value)
 
 
 LINKS_VERSION = b"1"  # meta["links"]: the store's manifests have linked their references
