@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import functools
 import os
 import re
 from collections.abc import Callable, Collection, Sequence
@@ -239,11 +240,6 @@ class Settings:
     docker_config: str = ""
     budget_reserve: int = 0
     pool_private: tuple[str, ...] = ()
-    # issue 13, being built (docs/fleet.md): parsed by _parents/_parent_prefix, no option sets them yet
-    parents: tuple[tuple[str, str], ...] = ()  # (registry, the parent's root URL)
-    parent_tags: str = "hub"
-    parent_fallback: str = "hub"
-    parent_prefix: str = ""
     metrics_listen: str = ""
     upstream_timeout: int = 15
     connect_timeout: int = 5
@@ -277,7 +273,7 @@ class Settings:
     def tls(self) -> TLSSettings:
         return TLSSettings(self.ssl_insecure, self.ssl_verify_upstream_trusted_ca, self.ssl_verify_upstream_trusted_confdir)
 
-    @property
+    @functools.cached_property  # asked on every request (health, probes): derived once per Settings
     def intercepted_hosts(self) -> frozenset[str]:
         return frozenset(self.registries.exact_hosts()) | self.auth_hosts | self.cdn_hosts
 
@@ -286,7 +282,7 @@ class Settings:
         """Docker Hub's token realm's host (auth.docker.io)."""
         return (urlsplit(self.auth_realm).hostname or "").lower()
 
-    @property
+    @functools.cached_property
     def registry_hosts(self) -> frozenset[str]:
         """Docker Hub's host names (one registry), as far as the table keeps them."""
         return frozenset(h for h in REGISTRY_HOSTS if self.registries.lookup(h) is not None)
