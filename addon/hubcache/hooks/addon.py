@@ -269,9 +269,8 @@ def _keep_challenges(svc: Services) -> None:
     """Registries' challenges: read back from the store (so /v2/ is answered while a registry is
     down, after a restart too), and written there when one is seen new or changed."""
     store, others = svc.the_store(), svc.dockerhub.others
-    others.learned = lambda registry, seen: None
-    for registry, header in store.challenges().items():
-        others.remember(registry, challenge.parse(header) or challenge.NONE)
+    others.restore(store.challenges())
+
     def learned(registry: str, seen: challenge.Challenge) -> None:
         svc.writer.submit(store.put_challenge, registry, seen.header())
 

@@ -21,7 +21,7 @@ the repository of the redirected URL; tokens are kept per (realm, service), neve
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from urllib.parse import urlsplit
 
 from hubcache.decide import access, challenge
@@ -67,16 +67,24 @@ class RegistryAuth:
         return self._challenges.get(registry)
 
     def remember(self, registry: str, seen: Challenge) -> None:
-        """A challenge seen (a 401 a client got, or read back from the store); what is about one
-        request (its scope, an error) is not kept."""
+        """A challenge seen (a 401 a client got, or asked at /v2/); what is about one request (its
+        scope, an error) is not kept. A new or changed one is passed on to `learned` (the store)."""
         seen = Challenge(seen.scheme, {k: v for k, v in seen.params.items() if k not in ("scope", "error")})
         if self._challenges.get(registry) != seen:
-            self._challenges[registry] = seen
-            self._realm_paths = {}
-            for c in self._challenges.values():
-                if c.realm_host:
-                    self._realm_paths.setdefault(c.realm_host, set()).add(urlsplit(c.realm).path.rstrip("/") or "/")
+            self._set(registry, seen)
             self.learned(registry, seen)
+
+    def restore(self, kept: Mapping[str, str]) -> None:
+        """The challenges the store kept (registry -> WWW-Authenticate, "" for none)."""
+        for registry, header in kept.items():
+            self._set(registry, challenge.parse(header) or challenge.NONE)
+
+    def _set(self, registry: str, seen: Challenge) -> None:
+        self._challenges[registry] = seen
+        self._realm_paths = {}
+        for c in self._challenges.values():
+            if c.realm_host:
+                self._realm_paths.setdefault(c.realm_host, set()).add(urlsplit(c.realm).path.rstrip("/") or "/")
 
     def realm_paths(self, host: str) -> set[str]:
         """Paths of the token realms known to be on `host` (e.g. /token on ghcr.io, /jwt/auth on
