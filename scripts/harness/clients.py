@@ -163,3 +163,13 @@ def direct_request(cafile: Path, method: str, host: str, path: str,
         return send(conn, method, path, headers)
     finally:
         conn.close()
+
+
+def warm_pull_ok(upstream, hub, ref: str, dest: Path, expected: Path, cert_dir: Path) -> None:
+    """A pull through `hub` that the store answers whole: the same files as `expected` (a direct
+    pull's), and not one request at any upstream host."""
+    mark = upstream.mark()
+    res = skopeo_copy(ref, dest, proxy=hub.url, cert_dir=cert_dir)
+    assert res.returncode == 0, res.stderr
+    assert dir_files(dest) == dir_files(expected)
+    assert upstream.requests_since(mark) == []

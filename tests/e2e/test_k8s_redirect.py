@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.clients import dir_files, proxied_request, skopeo_copy
+from harness.clients import dir_files, proxied_request, skopeo_copy, warm_pull_ok
 from harness.hubenv import GHCR_HOST, K8S_HOST
 from harness.registries import K8S_PREFIX
 
@@ -50,11 +50,7 @@ def test_a_redirecting_registry_is_followed_by_hubcache_and_cached_under_its_own
         assert len(got) == 1 and got[0].path.startswith("/v2/k8s-artifacts-prod/images/pause/blobs/"), reqs
     assert f"miss        GET  manifest {K8S_HOST}/pause 3.9 200" in hub.log()
 
-    mark = upstream.mark()
-    warm = skopeo_copy(ref, tmp_path / "warm", proxy=hub.url, cert_dir=certs)
-    assert warm.returncode == 0, warm.stderr
-    assert dir_files(tmp_path / "warm") == dir_files(tmp_path / "direct")
-    assert upstream.requests_since(mark) == []
+    warm_pull_ok(upstream, hub, ref, tmp_path / "warm", tmp_path / "direct", certs)
     history = subprocess.run([HUBCACHE, "history", ref, "--store", hub.store], capture_output=True, text=True)
     assert history.returncode == 0 and f"  {ref}  {img.manifest_digest}" in history.stdout, history
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.clients import dir_files, skopeo_copy
+from harness.clients import dir_files, skopeo_copy, warm_pull_ok
 from harness.hubenv import GHCR_HOST, GITLAB_HOST, MCR_HOST
 from harness.registries import BY_NAME
 
@@ -46,11 +46,7 @@ def test_a_public_image_of_another_registry_is_cached_and_replayed_offline(upstr
         assert len([r for r in reqs if r.method == "GET" and d.split(":")[1] in r.path and r.status == 200]) == 1, reqs
     assert f"miss        GET  manifest {registry}/team/cached 1 200" in hub.log()
 
-    mark = upstream.mark()
-    warm = skopeo_copy(ref, tmp_path / "warm", proxy=hub.url, cert_dir=certs)
-    assert warm.returncode == 0, warm.stderr
-    assert dir_files(tmp_path / "warm") == dir_files(tmp_path / "direct")
-    assert upstream.requests_since(mark) == []
+    warm_pull_ok(upstream, hub, ref, tmp_path / "warm", tmp_path / "direct", certs)
     history = subprocess.run([HUBCACHE, "history", ref, "--store", hub.store], capture_output=True, text=True)
     assert history.returncode == 0 and f"  {ref}  {img.manifest_digest}" in history.stdout, history
 
