@@ -131,6 +131,13 @@ class Tinyproxy:
         text = self.log()[since if since is not None else 0:]
         return re.findall(r"Request \(file descriptor \d+\): CONNECT (\S+) HTTP", text)
 
+    def refused_connects(self, since: int | None = None) -> int:
+        """How many CONNECTs the proxy did not open (since `since`, a mark()). tinyproxy logs
+        nothing for the 407 it answers to a CONNECT without its login, only the request line,
+        so a refused CONNECT is one that no 'Established connection' line follows."""
+        text = self.log()[since if since is not None else 0:]
+        return len(self.connects(since)) - len(re.findall(r"Established connection to host ", text))
+
     def connections(self, since: int | None = None) -> int:
         """How many TCP connections the proxy accepted (since `since`, a mark())."""
         text = self.log()[since if since is not None else 0:]
