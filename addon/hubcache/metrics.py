@@ -27,6 +27,12 @@ class Metrics:
                                      "download for its whole transfer), by host", ["host"], registry=r)
         self.upstream_wait = Histogram("hubcache_upstream_wait_seconds", "Seconds hubcache's own upstream requests waited "
                                        "for their turn, by host", ["host"], buckets=WAIT_BUCKETS, registry=r)
+        self.parent = Counter("hubcache_parent_requests", "Objects asked of a parent registry (hubcache_parent), by "
+                              "registry, kind (manifest, blob) and result (ok, failed)", ["registry", "kind", "result"], registry=r)
+        self.parent_fallbacks = Counter("hubcache_parent_fallbacks", "Objects fetched from the registry because the parent "
+                                        "could not give them, by registry and kind", ["registry", "kind"], registry=r)
+        self.parent_bytes = Counter("hubcache_parent_bytes", "Verified bytes hubcache took from a parent registry, by "
+                                    "registry", ["registry"], registry=r)
         self.store_bytes = Gauge("hubcache_store_bytes", "Bytes of content in the store", registry=r)
         self.store_entries = Gauge("hubcache_store_entries", "Entries in the store, by kind", ["kind"], registry=r)
         self._server: Any = None  # prometheus_client's WSGI server, while it runs

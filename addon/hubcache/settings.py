@@ -260,6 +260,20 @@ class Settings:
     egress_proxy: tuple[str, int] | None = None  # from mitmproxy's `mode` (upstream:URL)
     upstream_auth: str | None = dataclasses.field(default=None, repr=False)  # mitmproxy's upstream_auth
     upstream_auth_file: str = ""
+    parent: tuple[tuple[str, str], ...] = ()  # (registry name, the parent's root URL)
+    parent_ca: str = ""
+    parent_credentials: str = ""
+    parent_prefix: str = ""
+    parent_tags: str = "hub"
+    parent_fallback: str = "hub"
+
+    @property
+    def parent_tls(self) -> TLSSettings:
+        """How the parent's certificate is checked: against hubcache_parent_ca alone when set (the
+        registries' own verification stays as it is), else as every upstream's is."""
+        if self.parent_ca:
+            return TLSSettings(self.ssl_insecure, self.parent_ca, None)
+        return self.tls
 
     @property
     def egress(self) -> Egress | None:
@@ -342,6 +356,12 @@ _PARSERS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "mode": ("egress_proxy", egress_proxy),
     "upstream_auth": ("upstream_auth", upstream_login),
     "hubcache_upstream_auth_file": ("upstream_auth_file", _same),
+    "hubcache_parent": ("parent", _parents),
+    "hubcache_parent_ca": ("parent_ca", _same),
+    "hubcache_parent_credentials": ("parent_credentials", _same),
+    "hubcache_parent_prefix": ("parent_prefix", _parent_prefix),
+    "hubcache_parent_tags": ("parent_tags", _one_of("hub", "parent")),
+    "hubcache_parent_fallback": ("parent_fallback", _one_of("hub", "never")),
 }
 
 
@@ -386,6 +406,15 @@ def load(loader: Any) -> None:
     add("hubcache_upstream_auth_file", str, "", "File (mode 0600) holding the egress proxy's login as user:password, "
         "for mode=upstream:URL; instead of upstream_auth, which `ps` shows.")
     add("hubcache_log_level", str, "info", "Lowest level of hubcache's log lines: debug, info, warning or error.")
+    add("hubcache_parent", str, "", "A parent registry (distribution in proxy mode) asked first for blobs and manifests by "
+        "digest: https://mirror.internal[:port] for Docker Hub, or docker.io=https://a,quay.io=https://b. Empty: none.")
+    add("hubcache_parent_ca", str, "", "CA file the parent's certificate is checked against (the parent only).")
+    add("hubcache_parent_credentials", str, "", "File (mode 0600) holding the parent's own login as user:password "
+        "(Basic, or for the parent's token realm); never a registry's login.")
+    add("hubcache_parent_prefix", str, "", "Repository prefix at the parent (a Harbor proxy-cache project, e.g. dockerhub-proxy).")
+    add("hubcache_parent_tags", str, "hub", "Where tags are resolved: hub (hubcache's free HEAD at the registry) or "
+        "parent (hosts without the registry's egress).")
+    add("hubcache_parent_fallback", str, "hub", "What the parent could not give comes from: hub (the registry) or never (an error).")
 
 
 def mitmproxy_defaults(options: Any, settings: Settings) -> dict[str, object]:

@@ -23,6 +23,8 @@ def options(**overrides):
         "ssl_insecure": False, "ssl_verify_upstream_trusted_ca": None,
         "ssl_verify_upstream_trusted_confdir": None, "tcp_timeout": 60,
         "mode": ["regular"], "upstream_auth": None, "hubcache_upstream_auth_file": "",
+        "hubcache_parent": "", "hubcache_parent_ca": "", "hubcache_parent_credentials": "",
+        "hubcache_parent_prefix": "", "hubcache_parent_tags": "hub", "hubcache_parent_fallback": "hub",
     }
     assert set(values) == set(_PARSERS)  # the test covers every option the settings read
     values.update(overrides)
@@ -65,6 +67,10 @@ def test_only_the_options_that_changed_are_parsed_again():
     ("hubcache_pool_private", ["myorg/*", "http://x"], "not a repository or namespace pattern: 'http://x'"),
     ("mode", ["upstream:https://proxy.corp:3128"], "over http:// only"),
     ("upstream_auth", "nocolon", "upstream_auth: must be user:password (the value is not shown)"),
+    ("hubcache_parent", "mirror.internal", "hubcache_parent: not a parent registry's root URL: 'mirror.internal'"),
+    ("hubcache_parent_tags", "registry", "hubcache_parent_tags: must be hub or parent, not 'registry'"),
+    ("hubcache_parent_fallback", "no", "hubcache_parent_fallback: must be hub or never, not 'no'"),
+    ("hubcache_parent_prefix", "Bad Prefix", "hubcache_parent_prefix: not a repository prefix"),
 ])
 def test_a_bad_value_is_refused_naming_the_option_and_the_value(option, value, says):
     with pytest.raises(SettingsError) as e:
@@ -125,6 +131,17 @@ def test_the_egress_proxy_comes_from_mitmproxys_upstream_mode(modes, expected):
 def test_the_proxy_login_is_never_shown():
     s = Settings.parse(options(mode=["upstream:http://proxy.corp:3128"], upstream_auth="runner:s3cret"), updated=())
     assert "s3cret" not in repr(s) and "s3cret" not in repr(s.egress) and "s3cret" not in str(s.egress)
+
+
+def test_the_parent_is_checked_against_its_own_ca_when_one_is_given():
+    plain = Settings.parse(options(hubcache_parent="https://mirror.internal", ssl_verify_upstream_trusted_ca="/etc/hub-ca.pem"),
+                           updated=())
+    assert plain.parent == (("docker.io", "https://mirror.internal"),)
+    assert plain.parent_tls == plain.tls  # no CA of its own: verified as the registries are
+    own = Settings.parse(options(hubcache_parent="https://mirror.internal", hubcache_parent_ca="/etc/parent-ca.pem",
+                                 ssl_verify_upstream_trusted_ca="/etc/hub-ca.pem"), updated=())
+    assert own.parent_tls.ca_file == "/etc/parent-ca.pem" and own.parent_tls.ca_path is None
+    assert own.tls.ca_file == "/etc/hub-ca.pem"  # the registries' verification is not changed
 
 
 def test_a_parent_is_docker_hubs_or_one_per_registry():

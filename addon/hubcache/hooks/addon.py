@@ -69,6 +69,7 @@ class HubCache:
         try:  # taken only when all of it is valid: mitmproxy then rolls the options back
             new = Settings.parse(ctx.options, updated, svc.settings if self._configured else None)
             svc.dockerhub.configure(new, updated)
+            svc.parent.configure(new)
             svc.settings = new
         except (SettingsError, CredentialsError) as e:
             raise exceptions.OptionsError(str(e)) from e

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from functools import partial
+from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 from mitmproxy import connection, http
@@ -20,11 +22,13 @@ from hubcache.hooks.auth import allowed
 from hubcache.hooks.fallback import go_upstream, not_stored, send_upstream
 from hubcache.hooks.flowstate import FlowState, client_of
 from hubcache.hooks.services import Services, owner_of, url_of
-from hubcache.model import BlobInfo, Kind, Outcome
+from hubcache.model import BlobInfo, Kind, Outcome, Route
 from hubcache.serve.flights import Flight
 from hubcache.settings import DIRECT_HOST
 from hubcache.upstream import fetch
 from hubcache.upstream.client import UpstreamError
+from hubcache.upstream.parent import ParentError
+from hubcache.upstream.tokens import brings_no_login
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +91,8 @@ async def _miss(svc: Services, flow: http.HTTPFlow, st: FlowState, flight: Fligh
         await _unstored(svc, flow, st, cdn)
         return
     if flight is None or (flight.owner and not cdn and flight.owner != owner_of(flow, st)):
-        headers = await _credentials(svc, flow, st, cdn)
+        parent = None if cdn else await _parent_first(svc, flow, st)
+        headers = [] if parent is not None else await _credentials(svc, flow, st, cdn)
         # While the token came, a download may have started, or even ended and stored the blob.
         info, flight = svc.flights.locate(st.digest, svc.the_store().blob_info)
         if info is not None and (cdn or await allowed(svc, flow, st, info.digest)):
@@ -101,12 +106,31 @@ async def _miss(svc: Services, flow: http.HTTPFlow, st: FlowState, flight: Fligh
             st.outcome, st.note = Outcome.MISS, "private download of another client under way"
             return
         if flight is None:
-            flight = _start_flight(svc, url_of(flow), headers, st, owner)
+            flight = _start_flight(svc, flow, headers, st, owner, parent)
         else:
             st.note = "joined a download under way"
     else:
         st.note = "joined a download under way"
     await _follow(svc, flow, st, flight, cdn)
+
+
+async def _parent_first(svc: Services, flow: http.HTTPFlow, st: FlowState) -> list[tuple[str, str]] | None:
+    """The parent's own login headers when this blob is asked of the registry's parent first;
+    None when it goes to the registry alone. Raises Refusal when the parent cannot be asked and
+    hubcache_parent_fallback=never."""
+    parent = svc.parent
+    if not parent.asks(st.route, own_login=not brings_no_login(flow.request.headers.get("authorization", ""))):
+        return None
+    try:
+        if why := parent.unavailable(st.route.registry):
+            raise ParentError(why)
+        headers = await parent.headers(st.route)
+    except ParentError as e:
+        if not parent.falls_back():
+            raise not_stored(st, f"{e} (hubcache_parent_fallback=never)") from e
+        return None  # backing off: its back-off was told once
+    st.private = False  # the parent's account reads public content only: shared like the pool's
+    return headers
 
 
 async def _credentials(svc: Services, flow: http.HTTPFlow, st: FlowState, cdn: bool) -> list[tuple[str, str]]:
@@ -148,10 +172,15 @@ async def _unstored(svc: Services, flow: http.HTTPFlow, st: FlowState, cdn: bool
         await send_upstream(svc, flow, st)
 
 
-def _start_flight(svc: Services, url: str, headers: list[tuple[str, str]], st: FlowState, owner: str) -> Flight:
-    store, digest, dh, settings = svc.the_store(), st.digest, svc.dockerhub, svc.settings
+def _start_flight(svc: Services, flow: http.HTTPFlow, headers: list[tuple[str, str]], st: FlowState, owner: str,
+                  parent: list[tuple[str, str]] | None = None) -> Flight:
+    """Start hubcache's download of st.digest: from the registry with `headers`; or,
+    with `parent` (the parent's login headers), from the parent first, then (unless
+    hubcache_parent_fallback=never) from the registry with a token asked for only then."""
+    store, digest, dh, settings, url = svc.the_store(), st.digest, svc.dockerhub, svc.settings, url_of(flow)
     loop = asyncio.get_running_loop()
     seen = access.seen_as(st.repository, st.private)
+    route = st.route
 
     def authorize(challenge: str, target: str) -> str | None:  # on the flight's thread
         # a registry redirected the blob to a host that wants a token of its own realm (registry.k8s.io)
@@ -159,7 +188,8 @@ def _start_flight(svc: Services, url: str, headers: list[tuple[str, str]], st: F
         return token.result(settings.upstream_timeout * 2)  # the realm's request, bounded by its own timeout
 
     def opener() -> fetch.Response:
-        return fetch.get(url, headers, settings.tls, settings.tcp_timeout, dh.unavailable, settings.connect_timeout,
+        wanted = headers if parent is None else _on_loop(loop, _registry_headers(svc, flow, st), settings.upstream_timeout * 2)
+        return fetch.get(url, wanted, settings.tls, settings.tcp_timeout, dh.unavailable, settings.connect_timeout,
                          egress=dh.egress, authorize=authorize,
                          pace=dh.pacer.hold)  # each hop waits its turn; the blob's slot is held until closed
 
@@ -171,26 +201,69 @@ def _start_flight(svc: Services, url: str, headers: list[tuple[str, str]], st: F
 
     def ended(f: Flight) -> None:  # on the flight's thread
         svc.flights.end(f)
-        if f.stored:
-            logs.event(log, logging.INFO, "blob_stored", f"stored {digest} ({f.received} bytes) for {st.repository}",
-                       digest=digest, bytes=f.received, repository=st.repository)
-            svc.writer.submit(store.evict_if_needed)
-        elif f.failure.startswith("not stored"):
-            svc.no_room.put(digest, True)
-            logs.event(log, logging.WARNING, "blob_not_stored",
-                       f"blob {digest} of {st.repository} served but {f.failure} (a full disk? lower "
-                       "hubcache_max_size or free space)", digest=digest, repository=st.repository, reason=f.failure)
-        else:  # the log's outcome words: rejected (bytes did not match), error (no complete transfer)
-            logs.event(log, logging.WARNING, "blob_rejected" if f.rejected else "blob_failed",
-                       f"{'rejected' if f.rejected else 'error':<11} download of blob {st.repository} {digest} "
-                       f"failed: {f.failure}", digest=digest, repository=st.repository, reason=f.failure,
-                       bytes=f.received)
+        if parent is not None and not f.fell_back:  # the parent gave it, or (never) failed for good
+            loop.call_soon_threadsafe(_parent_result, svc, route, f)
+        _told_end(svc, st.repository, f)
 
+    def fell_back(why: str) -> None:  # on the flight's thread
+        loop.call_soon_threadsafe(_parent_failed, svc, route, why)
+
+    use_parent = parent is not None
     flight = Flight(
-        digest, opener, lambda size: store.begin_blob(digest, size, seen), owner=owner, room=store.room_for,
+        digest, partial(svc.parent.blob, route, parent or []) if use_parent else opener,
+        lambda size: store.begin_blob(digest, size, seen), owner=owner, room=store.room_for,
         on_hops=lambda hops: _soon(loop, record, hops), on_end=ended,
+        fallback=opener if use_parent and svc.parent.falls_back() else None, on_fallback=fell_back,
     )
     return svc.flights.add(flight).start()
+
+
+def _told_end(svc: Services, repository: str, f: Flight) -> None:
+    """The log line of a download's end (on the flight's thread)."""
+    digest = f.digest
+    if f.stored:
+        logs.event(log, logging.INFO, "blob_stored", f"stored {digest} ({f.received} bytes) for {repository}",
+                   digest=digest, bytes=f.received, repository=repository)
+        svc.writer.submit(svc.the_store().evict_if_needed)
+    elif f.failure.startswith("not stored"):
+        svc.no_room.put(digest, True)
+        logs.event(log, logging.WARNING, "blob_not_stored",
+                   f"blob {digest} of {repository} served but {f.failure} (a full disk? lower "
+                   "hubcache_max_size or free space)", digest=digest, repository=repository, reason=f.failure)
+    else:  # the log's outcome words: rejected (bytes did not match), error (no complete transfer)
+        logs.event(log, logging.WARNING, "blob_rejected" if f.rejected else "blob_failed",
+                   f"{'rejected' if f.rejected else 'error':<11} download of blob {repository} {digest} "
+                   f"failed: {f.failure}", digest=digest, repository=repository, reason=f.failure,
+                   bytes=f.received)
+
+
+async def _registry_headers(svc: Services, flow: http.HTTPFlow, st: FlowState) -> list[tuple[str, str]]:
+    """A registry token for a download the parent could not give (asked only then: the parent
+    serves while the registry, its auth host included, is down)."""
+    try:
+        return [("Authorization", await svc.upstream_auth(flow, st))]
+    except UpstreamError as e:
+        raise UpstreamError(f"no upstream token could be had: {e}") from e
+
+
+def _on_loop[T](loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, T], timeout: float) -> T:
+    """Run `coro` on the event loop and wait for it (from a flight's thread)."""
+    try:
+        return asyncio.run_coroutine_threadsafe(coro, loop).result(timeout)
+    except TimeoutError as e:
+        raise UpstreamError(f"no answer within {timeout:g} s") from e
+
+
+def _parent_failed(svc: Services, route: Route, why: str) -> None:
+    svc.parent.failed(route, "blob", why)
+    svc.parent.fell_back(route, "blob", why)
+
+
+def _parent_result(svc: Services, route: Route, f: Flight) -> None:
+    if f.stored:
+        svc.parent.succeeded(route, "blob", f.received)
+    elif not f.failure.startswith("not stored"):  # hubcache_parent_fallback=never: the parent failed
+        svc.parent.failed(route, "blob", f.failure)
 
 
 def _soon(loop: asyncio.AbstractEventLoop, fn: Callable[[list[fetch.Hop]], None], hops: list[fetch.Hop]) -> None:

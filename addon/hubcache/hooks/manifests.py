@@ -4,6 +4,7 @@ asking at the same time (one counted pull), and when upstream cannot answer, the
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -16,6 +17,7 @@ from hubcache.decide import access, freshness
 from hubcache.decide import manifests as checks
 from hubcache.decide.budget import pull_limited
 from hubcache.decide.mediatypes import Accept, choose
+from hubcache.decide.parent import TAGS_AT_PARENT
 from hubcache.hooks import responses
 from hubcache.hooks.auth import allowed
 from hubcache.hooks.fallback import go_upstream, not_stored, serve_stale, stale_or_refuse
@@ -27,6 +29,8 @@ from hubcache.store import StoreError
 from hubcache.upstream import client
 from hubcache.upstream.client import UpstreamError, UpstreamResponse
 from hubcache.upstream.dockerhub import ABUSE_LIMIT
+from hubcache.upstream.parent import ParentError
+from hubcache.upstream.tokens import brings_no_login
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +59,8 @@ async def _by_digest(svc: Services, flow: http.HTTPFlow, st: FlowState) -> None:
     if m is not None and servable and await allowed(svc, flow, st, st.route.reference):
         flow.response = responses.manifest(m, flow.request.method == "HEAD")
         st.outcome = Outcome.HIT
+        return
+    if flow.request.method == "GET" and _asks_parent(svc, flow, st) and await _answer_from_parent(svc, flow, st, st.route.reference):
         return
     if flow.request.method == "HEAD" and st.route.registry != DOCKER_HUB:
         await _head_miss(svc, flow, st)
@@ -90,6 +96,9 @@ async def _by_tag(svc: Services, flow: http.HTTPFlow, st: FlowState) -> None:
     if flow.request.method == "HEAD" and st.route.registry != DOCKER_HUB:
         await _head_miss(svc, flow, st)
         return
+    if st.stale is None and svc.dockerhub.unavailable(flow.request.host) and _asks_parent(svc, flow, st, tag=True) \
+            and await _answer_from_parent(svc, flow, st, route.reference):
+        return  # the registry is down and the store never had the tag: the parent's answer for it
     await go_upstream(svc, flow, st, _fetch)
 
 
@@ -119,7 +128,16 @@ async def _head_miss(svc: Services, flow: http.HTTPFlow, st: FlowState) -> None:
 
 async def _head_upstream(svc: Services, flow: http.HTTPFlow, st: FlowState) -> UpstreamResponse:
     """hubcache's own HEAD of the flow's manifest (free at Docker Hub), with the client's Accept
-    and the credentials upstream takes for this client, redirects followed."""
+    and the credentials upstream takes for this client, redirects followed. With
+    hubcache_parent_tags=parent, the parent's HEAD (hosts without the registry's egress)."""
+    plan = svc.parent.plan
+    if plan is not None and plan.tags == TAGS_AT_PARENT and _asks_parent(svc, flow, st, tag=True):
+        try:
+            return await svc.parent.manifest(st.route, st.route.reference, flow.request.headers.get_all("accept"), "HEAD")
+        except ParentError as e:
+            svc.parent.failed(st.route, "manifest", str(e))
+            if not svc.parent.falls_back():
+                raise
     auth = await svc.upstream_auth(flow, st)
     headers = [("Accept", v) for v in flow.request.headers.get_all("accept")] + [("Authorization", auth)]
     return await svc.dockerhub.follow("HEAD", url_of(flow), headers)
@@ -216,7 +234,11 @@ async def after_upstream(svc: Services, flow: http.HTTPFlow, st: FlowState) -> N
 
 async def _fetch(svc: Services, flow: http.HTTPFlow, st: FlowState) -> None:
     """GET a manifest upstream, once for all clients asking the same thing at the same time
-    (same URL, same Accept, same login or the pool): one counted pull instead of many."""
+    (same URL, same Accept, same login or the pool): one counted pull instead of many. With a
+    parent, a tag is resolved by a HEAD at the registry (free) and its manifest asked of the
+    parent by digest (hubcache_parent_tags=parent: the tag itself is asked of the parent)."""
+    if not st.route.by_digest and _asks_parent(svc, flow, st, tag=True) and await _tag_via_parent(svc, flow, st):
+        return
     try:
         auth = await svc.upstream_auth(flow, st)
     except UpstreamError as e:
@@ -262,8 +284,14 @@ async def _fetch_once(svc: Services, route: Route, url: str, headers: list[tuple
                    f"manifest {m.digest} of {route.repository}: upstream sent no Content-Type, served but not stored",
                    digest=m.digest, repository=route.repository, reason="no Content-Type")
         return m
-    store, tag = svc.the_store(), None if route.by_digest else route.reference
-    superseded = _superseded(svc, route, [v for k, v in headers if k == "Accept"], m.media_type) if tag else []
+    await _keep(svc, route, m, None if route.by_digest else route.reference, [v for k, v in headers if k == "Accept"], seen)
+    return m
+
+
+async def _keep(svc: Services, route: Route, m: Manifest, tag: str | None, accept: Iterable[str], seen: str) -> None:
+    """Store a verified manifest, and what `tag` points to now (asked with `accept`)."""
+    store = svc.the_store()
+    superseded = _superseded(svc, route, accept, m.media_type) if tag else []
 
     def keep() -> None:  # on the writer thread, in one hand-over
         store.put_manifest(m.digest, m.media_type, m.body, seen)
@@ -276,9 +304,8 @@ async def _fetch_once(svc: Services, route: Route, url: str, headers: list[tuple
         logs.event(log, logging.WARNING, "manifest_not_stored",
                    f"manifest {m.digest} of {route.repository} served but not stored: {e} (a full disk? "
                    "lower hubcache_max_size or free space)", digest=m.digest, repository=route.repository, reason=str(e))
-        return m
+        return
     svc.writer.submit(store.evict_if_needed)  # not on the client's time
-    return m
 
 
 def _why_refused(svc: Services, flow: http.HTTPFlow, status: int, body: bytes | None) -> str:
@@ -295,3 +322,82 @@ def _rejected(why: str) -> Refusal:
     return Refusal(502, "MANIFEST_INVALID", f"hubcache refused the upstream manifest: {why}", Outcome.REJECTED, note=why)
 
 
+
+
+# -- the parent (hubcache_parent) ------------------------------------------------------------------
+
+
+def _asks_parent(svc: Services, flow: http.HTTPFlow, st: FlowState, tag: bool = False) -> bool:
+    """Whether the registry's parent is asked for this GET (`tag`: about a tag, resolved at the
+    registry or at the parent). Never with the client's own login. Raises Refusal when the parent
+    is backing off and hubcache_parent_fallback=never."""
+    parent = svc.parent
+    if not parent.has(st.route.registry) or not brings_no_login(flow.request.headers.get("authorization", "")):
+        return False
+    if not tag and not parent.asks(st.route, own_login=False):
+        return False
+    if why := parent.unavailable(st.route.registry):
+        if not parent.falls_back():
+            raise not_stored(st, f"{why} (hubcache_parent_fallback=never)")
+        return False
+    return True
+
+
+async def _tag_via_parent(svc: Services, flow: http.HTTPFlow, st: FlowState) -> bool:
+    """A tag's manifest by way of the parent: resolved by hubcache's free HEAD at the registry,
+    then fetched by digest (or, hubcache_parent_tags=parent, the tag asked of the parent). True
+    when the flow was answered here."""
+    route = st.route
+    if svc.parent.plan is not None and svc.parent.plan.tags == TAGS_AT_PARENT:
+        return await _answer_from_parent(svc, flow, st, route.reference)
+    try:
+        resp = await _head_upstream(svc, flow, st)
+    except UpstreamError:
+        return False  # the registry's GET meets the same trouble, and says it as it always has
+    svc.dockerhub.observe_budget(st.account, "HEAD", resp.status, resp.headers, resp.body, route.registry)
+    head = await _remember_tag(svc, route, resp.status, resp.header, flow.request.headers.get_all("accept"))
+    if head is None or head.media_type == SCHEMA1_SIGNED:
+        return False  # the registry's GET gives its answer (401, 404...) as it always has
+    return await _answer_from_parent(svc, flow, st, head.digest)
+
+
+async def _answer_from_parent(svc: Services, flow: http.HTTPFlow, st: FlowState, reference: str) -> bool:
+    """Answer the flow with the parent's manifest for `reference` (a digest, or the flow's tag),
+    verified and stored, once for every client asking the same at the same time. False when the
+    parent could not give it (it backs off; the registry is asked). Raises Refusal with
+    hubcache_parent_fallback=never."""
+    accept = tuple(flow.request.headers.get_all("accept"))
+    key = ("parent", st.route.registry, st.route.repository, reference, accept)
+    got, joined = await svc.manifest_fetches.run(key, lambda: _parent_once(svc, st.route, reference, accept))
+    if isinstance(got, str):
+        if not svc.parent.falls_back():
+            raise not_stored(st, f"the parent could not give it: {got} (hubcache_parent_fallback=never)")
+        return False
+    flow.response = responses.manifest(got, False)
+    st.outcome, st.note = Outcome.MISS, "from the parent" + (", joined a fetch under way" if joined else "")
+    return True
+
+
+async def _parent_once(svc: Services, route: Route, reference: str, accept: tuple[str, ...]) -> Manifest | str:
+    """One GET of a manifest at the parent: the verified, stored Manifest, or why not (the parent
+    backs off, and the object is counted as falling back when the registry is asked instead)."""
+    parent = svc.parent
+    target = dataclasses.replace(route, reference=reference)
+    try:
+        resp = await parent.manifest(route, reference, list(accept))
+        if resp.status != 200:
+            raise ParentError(f"answered {resp.status}")
+        m = checks.check(target, resp.header("content-type"), resp.header("docker-content-digest"), resp.body)
+        if isinstance(m, str):
+            raise ParentError(m.replace("upstream manifest", "its manifest"))
+        if not m.media_type or m.media_type == SCHEMA1_SIGNED:
+            raise ParentError(f"sent a manifest of type {m.media_type or 'none'}")
+    except (ParentError, client.BodyTooLarge) as e:
+        parent.failed(route, "manifest", str(e))
+        if parent.falls_back():
+            parent.fell_back(route, "manifest", str(e))
+        return str(e)
+    parent.succeeded(route, "manifest", len(m.body))
+    tag = None if route.by_digest else route.reference
+    await _keep(svc, route, m, tag, accept, access.seen_as(route.repository, False))
+    return m

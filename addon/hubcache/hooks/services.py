@@ -20,6 +20,7 @@ from hubcache.serve.flights import Flights
 from hubcache.settings import Settings
 from hubcache.store import Store
 from hubcache.upstream.dockerhub import DockerHub
+from hubcache.upstream.parent import Parent
 from hubcache.upstream.singleflight import Shared
 
 T = TypeVar("T")
@@ -40,6 +41,7 @@ class Services:
         self.manifest_fetches: Shared[Any] = Shared()  # manifest GETs under way
         self.metrics = Metrics()
         self.dockerhub = DockerHub(self.metrics)
+        self.parent = Parent(self.metrics)  # the shared tier asked first for content by digest (hubcache_parent)
         self.no_room: ExpiringCache[str, bool] = ExpiringCache(MAX_ENTRIES, NO_ROOM_SECONDS)
         # (sha256 of a client's Authorization, repository): upstream accepted it for that repository
         self.confirmed: ExpiringCache[tuple[str, str], bool] = ExpiringCache(MAX_ENTRIES, CONFIRM_SECONDS)

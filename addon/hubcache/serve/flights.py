@@ -73,6 +73,8 @@ class Flight:
         owner: str = "",
         on_hops: Callable[[list[Any]], None] = lambda hops: None,
         on_end: Callable[[Flight], None] = lambda f: None,
+        fallback: Callable[[], Download] | None = None,
+        on_fallback: Callable[[str], None] = lambda why: None,
     ) -> None:
         self.digest = digest
         self.owner = owner  # "" for a pool-account download anyone may join; else whose login it used
@@ -81,6 +83,9 @@ class Flight:
         self._room = room  # size -> whether the store can take it
         self._on_hops = on_hops
         self._on_end = on_end
+        self._fallback = fallback  # asked when `opener`'s source (a parent registry) fails
+        self._on_fallback = on_fallback  # why it failed, before the fallback is asked
+        self.fell_back = False
         self._loop = asyncio.get_running_loop()
         self._head: asyncio.Future[Head] = self._loop.create_future()
         self._cond = threading.Condition()
@@ -123,28 +128,54 @@ class Flight:
             self._cond.notify_all()
 
     def _run(self) -> None:
+        try:
+            if self._fallback is None:
+                self._attempt(self._opener, final=True)
+            elif (why := self._attempt(self._opener, final=False)) is not None:
+                # The first source failed; followers of what it wrote were cut short (a blob's
+                # last byte waits for its publication). Late joiners wait for the fallback.
+                self._on_fallback(why)
+                self.fell_back, self.received, self._writer = True, 0, None
+                self._loop.call_soon_threadsafe(self._renew_head)
+                self._attempt(self._fallback, final=True)
+        finally:
+            self._set_head(Head(0, error=self.failure or "fetch ended without an answer"))
+            self.done = True
+            self._notify()
+            self._on_end(self)
+
+    def _attempt(self, opener: Callable[[], Download], final: bool) -> str | None:
+        """Download from one source. None when the flight is decided (stored, or failed for
+        good); else, for a source that is not `final`, why it could not give the blob."""
         resp = None
         try:
-            resp = self._opener()
-            self._on_hops(list(getattr(resp, "hops", [])))
+            resp = opener()
+            if final:
+                self._on_hops(list(getattr(resp, "hops", [])))
             if resp.status != 200:  # relayed to every waiter as upstream gave it
+                if not final:
+                    return f"answered {resp.status}"
                 self._set_head(Head(resp.status, headers=relayable(resp.headers), body=resp.read_small()))
                 self.failure = f"upstream answered {resp.status}"
-                return
+                return None
             length = resp.header("content-length")
             size = int(length) if length.isdigit() else None
             if size is not None and not self._room(size):
                 self.failure = f"not stored: no room for {size} bytes"
                 self._set_head(Head(200, size, no_room=True))
-                return
+                return None
             self._download(resp, size)
         except DigestMismatch as e:  # commit() has dropped the bytes already
+            if not final:
+                return str(e)
             self.failure, self.rejected = str(e), True  # logged by on_end, with the repository
         except UpstreamError as e:
+            self._abort()
+            if not final:
+                return str(e)
             self.failure = str(e)
             self._on_hops(list(getattr(e, "hops", [])))
             self._set_head(Head(0, error=str(e)))
-            self._abort()
         except StoreError as e:
             self.failure = f"not stored: {e}"  # logged by on_end
             self._abort()
@@ -155,10 +186,11 @@ class Flight:
         finally:
             if resp is not None:
                 resp.close()
-            self._set_head(Head(0, error=self.failure or "fetch ended without an answer"))
-            self.done = True
-            self._notify()
-            self._on_end(self)
+        return None
+
+    def _renew_head(self) -> None:  # on the event loop
+        if self._head.done():
+            self._head = self._loop.create_future()
 
     def _download(self, resp: Download, size: int | None) -> None:
         """Write the body into the store as it arrives, handing followers what is written at

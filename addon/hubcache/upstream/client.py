@@ -73,11 +73,13 @@ async def request(
     tls: TLSSettings,
     timeout: float,
     egress: Egress | None = None,
+    allow_http: bool = False,
 ) -> UpstreamResponse:
-    """One request; through a CONNECT tunnel of `egress` (the corporate proxy) when given."""
+    """One request; through a CONNECT tunnel of `egress` (the corporate proxy) when given.
+    `allow_http`: a plain-http URL is asked too (a parent registry in the data centre)."""
     answered: list[int] = []  # the status, once the response head is in
     try:
-        return await asyncio.wait_for(_request(method, url, headers, tls, answered, egress), timeout)
+        return await asyncio.wait_for(_request(method, url, headers, tls, answered, egress, allow_http), timeout)
     except TimeoutError as e:
         if answered:
             raise TransferError(f"{method} {redact(url)}: body stalled (not complete within {timeout:g} s)", answered[0]) from e
@@ -126,12 +128,16 @@ def redact(url: str) -> str:
 
 
 async def _request(method: str, url: str, headers: list[tuple[str, str]], tls: TLSSettings,
-                   answered: list[int], egress: Egress | None) -> UpstreamResponse:
+                   answered: list[int], egress: Egress | None, allow_http: bool = False) -> UpstreamResponse:
     parts = urlsplit(url)
-    if parts.scheme != "https" or not parts.hostname:
+    plain = allow_http and parts.scheme == "http"
+    if (parts.scheme != "https" and not plain) or not parts.hostname:
         raise UpstreamError(f"refusing a non-HTTPS upstream URL: {redact(url)}")
     host = parts.hostname
-    reader, writer = await route.open_tls(host, parts.port or 443, ssl_context(tls), egress)
+    if plain:
+        reader, writer = await asyncio.open_connection(host, parts.port or 80)
+    else:
+        reader, writer = await route.open_tls(host, parts.port or 443, ssl_context(tls), egress)
     try:
         conn = h11.Connection(h11.CLIENT)
         writer.write(request_head(conn, method, url, headers))

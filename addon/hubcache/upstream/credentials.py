@@ -240,13 +240,18 @@ def load(credentials_file: str, env: Mapping[str, str], docker_config: str, want
 
 def proxy_login(path: Path) -> str:
     """The egress proxy's login (one line, user:password) from hubcache_upstream_auth_file."""
-    _private(path, "egress proxy login file")
+    return one_login(path, "egress proxy login file")
+
+
+def one_login(path: Path, what: str) -> str:
+    """A login file of one line, user:password, readable by its owner only."""
+    _private(path, what)
     try:
         lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
     except (OSError, UnicodeDecodeError) as e:
-        raise CredentialsError(f"cannot read egress proxy login file {path}: {type(e).__name__}") from None
+        raise CredentialsError(f"cannot read {what} {path}: {type(e).__name__}") from None
     if len(lines) != 1 or ":" not in lines[0][1:]:
-        raise CredentialsError(f"egress proxy login file {path} must hold one line user:password (its content is not shown)")
+        raise CredentialsError(f"{what} {path} must hold one line user:password (its content is not shown)")
     return lines[0]
 
 

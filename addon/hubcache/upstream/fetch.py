@@ -15,6 +15,7 @@ and holds its host's slot until the answer is closed: for the blob, the whole tr
 
 from __future__ import annotations
 
+import socket
 import ssl
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -54,7 +55,7 @@ class Response:
     headers: dict[str, str]  # lower-case names
     url: str
     hops: list[Hop] = field(default_factory=list)
-    _sock: ssl.SSLSocket | None = None
+    _sock: socket.socket | None = None  # TLS, or plain to a parent over http
     _conn: h11.Connection | None = None
     _release: Callable[[], None] | None = None  # frees the hop's pacing slot
 
@@ -128,6 +129,7 @@ def get(
     egress: Egress | None = None,
     pace: Callable[[str], Callable[[], None]] = lambda host: lambda: None,
     authorize: Callable[[str, str], str | None] = lambda challenge, url: None,
+    allow_http: bool = False,
 ) -> Response:
     """GET `url`, following redirects; the returned response's body is not read yet.
 
@@ -137,6 +139,8 @@ def get(
     other hosts too, goes through a CONNECT tunnel of its own. `pace(host)` blocks until the hop may go and returns what frees
     its slot (called when the hop's answer is closed). `authorize(www_authenticate, url)`: the
     Authorization for a 401 after a redirect to another host (blocking; None: the 401 stands).
+    `allow_http`: the first URL may be plain http (a parent registry in the data centre); every
+    redirect is still https only.
     """
     hops: list[Hop] = []
     way = Hops(url, headers)
@@ -144,7 +148,8 @@ def get(
         url = way.url
         parts = urlsplit(url)
         host = parts.hostname or ""
-        if parts.scheme != "https" or not host:
+        plain = allow_http and not hops and parts.scheme == "http"
+        if (parts.scheme != "https" and not plain) or not host:
             raise FetchError(f"refusing a non-HTTPS upstream URL: {redact(url)}", hops)
         if why := allowed(host):
             raise FetchError(why, hops)
@@ -153,7 +158,7 @@ def get(
             release()
             raise FetchError(why, hops)
         try:
-            resp = _request(url, way.headers, tls, timeout, connect_timeout or timeout, egress)
+            resp = _request(url, way.headers, tls, timeout, connect_timeout or timeout, egress, plain)
         except UpstreamError as e:
             release()
             hops.append(Hop(host, None, str(e)))
@@ -184,9 +189,9 @@ def _authorized(authorize: Callable[[str, str], str | None], challenge: str, url
 
 
 def _request(url: str, headers: list[tuple[str, str]], tls: TLSSettings, timeout: float, connect_timeout: float,
-             egress: Egress | None) -> Response:
+             egress: Egress | None, plain: bool = False) -> Response:
     parts = urlsplit(url)
-    host, port = parts.hostname or "", parts.port or 443
+    host, port = parts.hostname or "", parts.port or (80 if plain else 443)
     try:
         raw = route.open_socket(host, port, egress, connect_timeout, timeout)
     except route.EgressError as e:
@@ -196,7 +201,7 @@ def _request(url: str, headers: list[tuple[str, str]], tls: TLSSettings, timeout
     except OSError as e:
         raise UpstreamError(f"GET {redact(url)}: cannot connect to {host}:{port}: {e}") from e
     try:
-        sock = ssl_context(tls).wrap_socket(raw, server_hostname=host)
+        sock = raw if plain else ssl_context(tls).wrap_socket(raw, server_hostname=host)
         conn = h11.Connection(h11.CLIENT)
         sock.sendall(request_head(conn, "GET", url, headers))
         while True:
