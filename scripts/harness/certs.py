@@ -1,4 +1,4 @@
-"""Test PKI for the fake Docker Hub: one CA, one TLS server cert, one JWT signing cert.
+"""Test PKI for the fake Docker Hub (and the fleet tests' parent): one CA, one TLS server cert, one JWT signing cert.
 
 Go (registry, skopeo, dockerd) is strict about certificates: the CA needs
 BasicConstraints CA=true and keyCertSign, and every server name must be a SAN.
@@ -53,10 +53,11 @@ def _builder(subject: str, issuer: str, public_key) -> x509.CertificateBuilder:
     )
 
 
-def make_pki(directory: Path, dns_names: list[str], ips: list[str]) -> TestPKI:
-    """Write a fresh CA, server cert and JWT cert into `directory`."""
+def make_pki(directory: Path, dns_names: list[str], ips: list[str], ca_cn: str = "hubcache test CA") -> TestPKI:
+    """Write a fresh CA, server cert and JWT cert into `directory`. ca_cn: the CA's name; another
+    PKI that must not pass for the fake Hub's (the fleet tests' parent) names its CA otherwise, so
+    that a refusal names the CA that is missing."""
     directory.mkdir(parents=True, exist_ok=True)
-    ca_cn = "hubcache test CA"
 
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca = (

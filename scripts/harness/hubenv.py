@@ -28,6 +28,8 @@ More registries beside it (registries.py has the details), with Upstream(workdir
                                                     ghcr.io/v2/k8s-artifacts-prod/images/...
                                                     (push_image(..., registry="registry.k8s.io")
                                                     pushes there; storage_of/blob_file are ghcr's)
+The fleet tests' parent (parent.py, started by a test, not here), with a CA of its own:
+  mirror.internal                -> 127.0.0.20      distribution 2.8 in proxy mode: Parent(..., tls=True)
 Each is distribution with its own storage behind a front that logs every request (host: the
 registry's name, with :port unless 443), and the same test CA. registry="ghcr.io" (default
 docker.io) picks one in push_image, push_index, down, set_private, add_account, login, blob_file.
@@ -58,6 +60,7 @@ from . import certs, images, reqlog
 from . import registries as extra_registries
 from .images import ImageInfo, IndexInfo
 from .netns import Namespaces
+from .parent import HOSTS as PARENT_HOSTS  # mirror.internal: in the hosts file started or not, not in the test CA's cert
 from .registries import (
     CORP_HOST,
     CORP_PASSWORD,
@@ -203,7 +206,7 @@ class Upstream:
             '{"default": [{"type": "insecureAcceptAnything"}]}\n')
         (self.workdir / "auth.json").write_text('{"auths": {}}\n')
         hosts = "127.0.0.1 localhost\n::1 localhost\n" + "".join(
-            f"{ip} {' '.join(ns)}\n" for ip, ns in every.items())
+            f"{ip} {' '.join(ns)}\n" for ip, ns in {**every, **PARENT_HOSTS}.items())
         self.ns.hosts_file.write_text(hosts)
         for reg in self.extra.values():
             reg.prepare(self.pki)
