@@ -44,6 +44,7 @@ class TLSSettings:
     insecure: bool = False
     ca_file: str | None = None
     ca_path: str | None = None
+    also_ca: str | None = None  # trusted besides those (the parent's own CA, for the parent's connections only)
 
 
 @dataclass(frozen=True)
@@ -269,11 +270,10 @@ class Settings:
 
     @property
     def parent_tls(self) -> TLSSettings:
-        """How the parent's certificate is checked: against hubcache_parent_ca alone when set (the
-        registries' own verification stays as it is), else as every upstream's is."""
-        if self.parent_ca:
-            return TLSSettings(self.ssl_insecure, self.parent_ca, None)
-        return self.tls
+        """How the parent's certificate is checked: as every upstream's is, and against
+        hubcache_parent_ca too (for the parent's connections only, and the storage hosts it
+        redirects to: the registries' own verification is not changed)."""
+        return dataclasses.replace(self.tls, also_ca=self.parent_ca or None)
 
     @property
     def egress(self) -> Egress | None:

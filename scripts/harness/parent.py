@@ -76,7 +76,8 @@ def _wait_listening(addr: tuple[str, int], proc: subprocess.Popen, what: str, lo
 
 class Parent:
     def __init__(self, workdir: Path, upstream, account: tuple[str, str], *, tls: bool = False,
-                 port: int | None = None, storage: str = "filesystem", s3_redirect: bool = False) -> None:
+                 port: int | None = None, storage: str = "filesystem", s3_redirect: bool = False,
+                 login: tuple[str, str] | None = None) -> None:
         if storage not in ("filesystem", "s3"):
             raise ValueError(f"storage is 'filesystem' or 's3', not {storage!r}")
         self.workdir = Path(workdir)
@@ -87,6 +88,7 @@ class Parent:
         self.port = port if port is not None else (443 if tls else free_port())
         self.storage_kind = storage
         self.s3_redirect = s3_redirect
+        self.login = login  # the parent's own login (htpasswd, bcrypt): what hubcache_parent_credentials holds
         self.storage = self.workdir / "storage"  # filesystem storage
         self.log = self.workdir / "parent.log"  # distribution's JSON app log
         self.proc: subprocess.Popen | None = None
@@ -165,13 +167,21 @@ class Parent:
         else:
             self.storage.mkdir(parents=True, exist_ok=True)
             storage["filesystem"] = {"rootdirectory": str(self.storage)}
-        return {
+        config = {
             "version": "0.1",
             "log": {"level": "info", "formatter": "json"},
             "storage": storage,
             "http": http,
             "proxy": {"remoteurl": "https://registry-1.docker.io", "username": user, "password": password},
         }
+        if self.login:
+            import bcrypt
+
+            htpasswd = self.workdir / "htpasswd"
+            name, secret = self.login
+            htpasswd.write_text(f"{name}:{bcrypt.hashpw(secret.encode(), bcrypt.gensalt(4)).decode()}\n")
+            config["auth"] = {"htpasswd": {"realm": "parent", "path": str(htpasswd)}}
+        return config
 
     def _start_moto(self, timeout: float) -> None:
         self.s3_port = free_port()

@@ -93,3 +93,13 @@ def test_a_429_from_another_registry_backs_that_registry_off_and_no_other(caplog
     assert backoff.fields["host"] == "ghcr.io" and "429" in backoff.fields["reason"]
     assert dh.unavailable("ghcr.io") and not dh.unavailable("registry-1.docker.io") and not dh.unavailable("quay.io")
     assert _events(caplog, "abuse_limit") == [] and _events(caplog, "pull_limit") == []
+
+
+def test_a_host_that_answers_after_its_back_off_ended_is_told_as_recovered(caplog):
+    dh = DockerHub(Metrics())
+    dh.configure(Settings(backoff=0), ["hubcache_credentials"])
+    caplog.set_level(logging.INFO, logger="hubcache")
+    dh.result("registry-1.docker.io", None, "connection refused")
+    assert dh.unavailable("registry-1.docker.io") is None  # the back-off (0 s) is over: it is asked again
+    dh.result("registry-1.docker.io", 200)
+    assert [r.fields["host"] for r in _events(caplog, "upstream_recovered")] == ["registry-1.docker.io"]

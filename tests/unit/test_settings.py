@@ -140,7 +140,9 @@ def test_the_parent_is_checked_against_its_own_ca_when_one_is_given():
     assert plain.parent_tls == plain.tls  # no CA of its own: verified as the registries are
     own = Settings.parse(options(hubcache_parent="https://mirror.internal", hubcache_parent_ca="/etc/parent-ca.pem",
                                  ssl_verify_upstream_trusted_ca="/etc/hub-ca.pem"), updated=())
-    assert own.parent_tls.ca_file == "/etc/parent-ca.pem" and own.parent_tls.ca_path is None
+    assert own.parent_tls.also_ca == "/etc/parent-ca.pem"  # besides the registries' trust: S3 redirects verify
+    assert own.parent_tls.ca_file == "/etc/hub-ca.pem"
+    assert own.tls.also_ca is None
     assert own.tls.ca_file == "/etc/hub-ca.pem"  # the registries' verification is not changed
 
 

@@ -25,11 +25,8 @@ class Health:
     def down(self, host: str, now: float) -> str | None:
         """Why `host` is not to be asked now, or None."""
         f = self._failures.get(host)
-        if f is None:
-            return None
-        if now >= f.until:
-            del self._failures[host]
-            return None
+        if f is None or now >= f.until:  # an ended back-off stays on record until the host answers:
+            return None  # then succeeded() says it recovered
         return f"{f.reason} (not retried for {f.until - now:.0f} s)"
 
     def failed(self, host: str, reason: str, now: float) -> bool:

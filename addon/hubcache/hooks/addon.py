@@ -90,7 +90,7 @@ class HubCache:
             svc.store = Store(svc.settings.store, max_size=svc.settings.max_size)
         except (StoreError, OSError) as e:
             raise exceptions.OptionsError(f"hubcache_store: {e}") from e
-        svc.blobserver = BlobServer(svc.store, svc.flights.wait, _direct_tls())
+        svc.blobserver = BlobServer(svc.store, svc.flights.wait, _direct_tls(), svc.flights.writing)
         _keep_challenges(svc)
         size = svc.store.size()
         logs.event(log, logging.INFO, "store_opened", f"store {svc.settings.store} ({size >> 20} MiB in use)",

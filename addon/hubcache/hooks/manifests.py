@@ -326,6 +326,8 @@ def _rejected(why: str) -> Refusal:
 
 # -- the parent (hubcache_parent) ------------------------------------------------------------------
 
+ELSEWHERE = "the parent's tag points to another digest"
+
 
 def _asks_parent(svc: Services, flow: http.HTTPFlow, st: FlowState, tag: bool = False) -> bool:
     """Whether the registry's parent is asked for this GET (`tag`: about a tag, resolved at the
@@ -352,23 +354,30 @@ async def _tag_via_parent(svc: Services, flow: http.HTTPFlow, st: FlowState) -> 
         return await _answer_from_parent(svc, flow, st, route.reference)
     try:
         resp = await _head_upstream(svc, flow, st)
-    except UpstreamError:
-        return False  # the registry's GET meets the same trouble, and says it as it always has
+    except UpstreamError:  # the registry is down: the store's last answer, else the parent's
+        return st.stale is None and await _answer_from_parent(svc, flow, st, route.reference)
     svc.dockerhub.observe_budget(st.account, "HEAD", resp.status, resp.headers, resp.body, route.registry)
     head = await _remember_tag(svc, route, resp.status, resp.header, flow.request.headers.get_all("accept"))
     if head is None or head.media_type == SCHEMA1_SIGNED:
         return False  # the registry's GET gives its answer (401, 404...) as it always has
-    return await _answer_from_parent(svc, flow, st, head.digest)
+    # Asked by tag, so that the parent keeps the tag too and can answer it while the registry is
+    # down (its own HEAD there is free); what it answers must be the digest the registry said.
+    if await _answer_from_parent(svc, flow, st, route.reference, expected=head.digest):
+        return True
+    return not svc.parent.unavailable(route.registry) and await _answer_from_parent(svc, flow, st, head.digest)
 
 
-async def _answer_from_parent(svc: Services, flow: http.HTTPFlow, st: FlowState, reference: str) -> bool:
-    """Answer the flow with the parent's manifest for `reference` (a digest, or the flow's tag),
-    verified and stored, once for every client asking the same at the same time. False when the
-    parent could not give it (it backs off; the registry is asked). Raises Refusal with
-    hubcache_parent_fallback=never."""
+async def _answer_from_parent(svc: Services, flow: http.HTTPFlow, st: FlowState, reference: str,
+                              expected: str = "") -> bool:
+    """Answer the flow with the parent's manifest for `reference` (a digest, or the flow's tag:
+    `expected` is then the digest it must have), verified and stored, once for every client
+    asking the same at the same time. False when the parent could not give it (it backs off; the
+    registry is asked), or its tag is elsewhere. Raises Refusal with hubcache_parent_fallback=never."""
     accept = tuple(flow.request.headers.get_all("accept"))
-    key = ("parent", st.route.registry, st.route.repository, reference, accept)
-    got, joined = await svc.manifest_fetches.run(key, lambda: _parent_once(svc, st.route, reference, accept))
+    key = ("parent", st.route.registry, st.route.repository, reference, accept, expected)
+    got, joined = await svc.manifest_fetches.run(key, lambda: _parent_once(svc, st.route, reference, accept, expected))
+    if got is ELSEWHERE:
+        return False
     if isinstance(got, str):
         if not svc.parent.falls_back():
             raise not_stored(st, f"the parent could not give it: {got} (hubcache_parent_fallback=never)")
@@ -378,9 +387,11 @@ async def _answer_from_parent(svc: Services, flow: http.HTTPFlow, st: FlowState,
     return True
 
 
-async def _parent_once(svc: Services, route: Route, reference: str, accept: tuple[str, ...]) -> Manifest | str:
-    """One GET of a manifest at the parent: the verified, stored Manifest, or why not (the parent
-    backs off, and the object is counted as falling back when the registry is asked instead)."""
+async def _parent_once(svc: Services, route: Route, reference: str, accept: tuple[str, ...],
+                       expected: str = "") -> Manifest | str:
+    """One GET of a manifest at the parent: the verified, stored Manifest, ELSEWHERE (its tag
+    is not at `expected`), or why not (the parent backs off, and the object is counted as falling
+    back when the registry is asked instead)."""
     parent = svc.parent
     target = dataclasses.replace(route, reference=reference)
     try:
@@ -392,6 +403,8 @@ async def _parent_once(svc: Services, route: Route, reference: str, accept: tupl
             raise ParentError(m.replace("upstream manifest", "its manifest"))
         if not m.media_type or m.media_type == SCHEMA1_SIGNED:
             raise ParentError(f"sent a manifest of type {m.media_type or 'none'}")
+        if expected and m.digest != expected:
+            return ELSEWHERE  # moved meanwhile, or another type for this Accept: asked by digest
     except (ParentError, client.BodyTooLarge) as e:
         parent.failed(route, "manifest", str(e))
         if parent.falls_back():

@@ -138,7 +138,7 @@ class _Handler(BaseHTTPRequestHandler):
         info = store.blob_info(digest)
         size = info.size if info else -1
         if info is None and blob_id:
-            size = self._await_size(digest, blob_id)
+            size, blob_id = self._await_size(digest, blob_id)
             if size < 0 and (info := store.blob_info(digest)) is not None:
                 size = info.size
         if size < 0:  # evicted between the decision and this request, or its download failed
@@ -178,19 +178,37 @@ class _Handler(BaseHTTPRequestHandler):
                        digest=digest, client=client, bytes=self._sent, of=end - start, reason=why)
             self.close_connection = True
 
-    def _await_size(self, digest: str, blob_id: bytes) -> int:
-        """The size of a blob being downloaded (-1 when its download failed). Upstream did not
-        always say it up front (no Content-Length): then only the end of the download tells."""
+    def _await_size(self, digest: str, blob_id: bytes) -> tuple[int, bytes]:
+        """The size of a blob being downloaded (-1 when its download failed), and the write it is
+        followed in: another one when the first was dropped and the download goes on from another
+        source (a parent's bytes did not match). Upstream did not always say the size up front (no
+        Content-Length): then only the end of the download tells."""
         store, idle_since = self.server.store, time.monotonic()
         while True:
             state, _, size = store.progress(digest, blob_id)
             if state == "gone":
-                return -1
+                if (successor := self._successor(digest, blob_id)) is None:
+                    return -1, blob_id
+                blob_id = successor
+                continue
             if size >= 0:
-                return size
+                return size, blob_id
             if time.monotonic() - idle_since > IDLE_LIMIT:
-                return -1
+                return -1, blob_id
             self.server.wait(digest, WAIT_SLICE)
+
+    def _successor(self, digest: str, blob_id: bytes) -> bytes | None:
+        """The write that a download of `digest` goes on in after the write `blob_id` was dropped
+        (the download tries its next source), once it has begun; None when no download goes on."""
+        deadline = time.monotonic() + IDLE_LIMIT
+        while time.monotonic() < deadline:
+            under_way, current = self.server.writing(digest)
+            if not under_way:
+                return None
+            if current and current != blob_id:
+                return current
+            self.server.wait(digest, WAIT_SLICE)
+        return None
 
     def _follow(self, digest: str, blob_id: bytes, size: int, start: int, end: int) -> None:
         """Send [start, end) of a blob still being downloaded, as its bytes reach the store. The
@@ -204,6 +222,9 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             if state == "gone":
                 info = store.blob_info(digest)  # another download may have published the same bytes
+                if info is None and pos == start and (successor := self._successor(digest, blob_id)):
+                    blob_id = successor  # nothing sent yet: follow the download from its next source
+                    continue
                 if info is None:
                     raise DownloadFailed("its download failed")
                 self._send(info, pos, end)
@@ -251,6 +272,7 @@ class _Server(ThreadingHTTPServer):
             log.exception("blob server: the connection from %s failed", client_address[0])
     store: Store
     wait: Callable[[str, float], None]  # (digest, timeout): until a download makes progress
+    writing: Callable[[str], tuple[bool, bytes]]  # digest -> (a download is under way, the blob id it writes now)
     signed: Callable[[str, str], bool]  # (digest, query): a URL the addon made, not expired
 
 
@@ -292,7 +314,8 @@ class BlobServer:
     TLS listener (`tls_port`, for clients redirected to DIRECT_HOST)."""
 
     def __init__(self, store: Store, wait: Callable[[str, float], None] | None = None,
-                 tls: ssl.SSLContext | None = None) -> None:
+                 tls: ssl.SSLContext | None = None,
+                 writing: Callable[[str], tuple[bool, bytes]] = lambda digest: (False, b"")) -> None:
         self._secret = os.urandom(32)
         self._servers: list[_Server] = [_Server(("127.0.0.1", 0), _Handler)]
         if tls is not None:
@@ -301,6 +324,7 @@ class BlobServer:
             server.store = store
             server.wait = wait or (lambda digest, timeout: time.sleep(min(timeout, 0.02)))
             server.signed = self._valid
+            server.writing = writing
             threading.Thread(target=server.serve_forever, name="hubcache-blobserver", daemon=True).start()
         self.port = self._servers[0].server_address[1]
         self.tls_port = self._servers[1].server_address[1] if tls is not None else 0

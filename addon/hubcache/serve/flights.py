@@ -254,6 +254,15 @@ class Flights:
             if self._flights.get(flight.digest) is flight:
                 del self._flights[flight.digest]
 
+    def writing(self, digest: str) -> tuple[bool, bytes]:
+        """Whether a download of `digest` is under way, and the blob id it writes now (b"" while
+        it opens its next source)."""
+        flight = self.get(digest)
+        if flight is None or flight.done:
+            return False, b""
+        writer = flight._writer
+        return True, writer.blob_id if writer is not None else b""
+
     def wait(self, digest: str, timeout: float) -> None:
         flight = self.get(digest)
         if flight is None:

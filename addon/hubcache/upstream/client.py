@@ -59,6 +59,8 @@ def ssl_context(tls: TLSSettings) -> ssl.SSLContext:
     ctx = ssl.create_default_context(cafile=None if (tls.ca_file or tls.ca_path) else certifi.where())
     if tls.ca_file or tls.ca_path:
         ctx.load_verify_locations(cafile=tls.ca_file, capath=tls.ca_path)
+    if tls.also_ca:
+        ctx.load_verify_locations(cafile=tls.also_ca)
     if tls.insecure:
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE

@@ -17,6 +17,7 @@ only; no registry's login or token ever goes there.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -60,6 +61,8 @@ class Parent:
         if unknown:
             raise credentials.CredentialsError(f"hubcache_parent: {', '.join(unknown)} is not a registry hubcache "
                                                "serves (add it with hubcache_registries=+NAME)")
+        if settings.parent_ca and not os.access(settings.parent_ca, os.R_OK):
+            raise credentials.CredentialsError(f"hubcache_parent_ca: cannot read {settings.parent_ca}")
         self.plan = ParentPlan(roots, settings.parent_prefix, settings.parent_tags, settings.parent_fallback) if roots else None
         self.health.backoff = settings.backoff
         self.tls = settings.parent_tls
