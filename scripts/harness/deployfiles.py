@@ -4,7 +4,7 @@ compose file and the central systemd unit (tests/unit/test_deploy.py, tests/e2e/
     load_yaml(PARENT_FS)             # the config as distribution parses it (YAML, safe loader)
     for_distribution_28(cfg, ...)    # what Debian's docker-registry 2.8 can run of it
     set_options(args)                # the NAME of every `--set NAME=VALUE` in a command line
-    option_names()                   # every option `hubcache run --set` accepts, and the planned ones
+    option_names()                   # every option `hubcache run --set` accepts
 """
 
 from __future__ import annotations
@@ -27,13 +27,6 @@ DOCKERFILE = DEPLOY / "hubcache.Dockerfile"
 V3_ONLY: tuple[tuple[str, ...], ...] = (
     ("proxy", "ttl"),
 )
-
-# issue 13's parent options (docs/fleet.md), accepted by name before hubcache registers them.
-PLANNED_OPTIONS = frozenset({
-    "hubcache_parent", "hubcache_parent_ca", "hubcache_parent_credentials", "hubcache_parent_prefix",
-    "hubcache_parent_tags", "hubcache_parent_fallback",
-})
-
 
 def load_yaml(path: Path) -> Any:
     from ruamel.yaml import YAML  # mitmproxy's dependency, so in the venv
@@ -84,7 +77,7 @@ def set_options(args: list[str]) -> dict[str, str]:
 
 def option_names() -> set[str]:
     """Every option `hubcache run --set` accepts: mitmproxy's (its default addons, as `hubcache run`
-    loads them) and hubcache's (settings.load, which the addon calls), plus PLANNED_OPTIONS."""
+    loads them) and hubcache's (settings.load, which the addon calls)."""
     import asyncio
 
     from mitmproxy import options
@@ -106,4 +99,4 @@ def option_names() -> set[str]:
 
     ours = Names()
     settings.load(ours)
-    return asyncio.run(mitmproxy_names()) | ours.names | PLANNED_OPTIONS
+    return asyncio.run(mitmproxy_names()) | ours.names
