@@ -154,7 +154,7 @@ class Parent:
             raise ParentError(f"parent {root}'s token realm {client.redact(realm)} is not https: its login is not sent there")
         if root not in self._tokens:
             self._tokens[root] = tokens.UpstreamTokens(self._get, realm, found.service)
-        name = self.plan.url(route).split("/v2/", 1)[1].rsplit("/", 2)[0] if self.plan else route.remote
+        name = self.plan.name(route) if self.plan else route.remote
         return [("Authorization", f"Bearer {await self._tokens[root].token_for(f'repository:{name}:pull', self._login)}")]
 
     async def manifest(self, route: Route, reference: str, accept: list[str], method: str = "GET") -> client.UpstreamResponse:
