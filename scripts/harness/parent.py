@@ -1,4 +1,4 @@
-"""A parent registry for fleet tests (issue 13, docs/fleet.md): Debian's docker-registry (the CNCF
+"""A parent registry for fleet tests (issue 13, docs/design.md, "A parent registry"): Debian's docker-registry (the CNCF
 distribution registry, 2.8) in proxy mode, with the fake Docker Hub as its upstream and an account
 of its own there, so that its counted pulls show in the fake Hub's book.
 

@@ -1,4 +1,4 @@
-"""A fleet of hubcache hosts under one parent registry (issue 13, docs/fleet.md): Debian's
+"""A fleet of hubcache hosts under one parent registry (issue 13, docs/design.md, "A parent registry"): Debian's
 docker-registry 2.8 in proxy mode (harness.parent) over TLS as https://mirror.internal, with a CA
 of its own and an account of its own at the fake Docker Hub, and hubcache instances with stores of
 their own. What reached Docker Hub is read from the fake Hub's request log, what reached the

@@ -1,4 +1,4 @@
-"""A parent registry (issue 13): its options, what is asked of it, and its own login (docs/fleet.md)."""
+"""A parent registry (issue 13): its options, what is asked of it, and its own login (docs/design.md, "A parent registry")."""
 
 import asyncio
 import os

@@ -1,4 +1,4 @@
-"""The parent registry (a shared tier: distribution in proxy mode, docs/fleet.md) as hubcache
+"""The parent registry (a shared tier: distribution in proxy mode, docs/design.md, "A parent registry") as hubcache
 speaks to it: whether it is up, its own login, and hubcache's requests to it.
 
 The parent is asked only for content addressed by digest (and for tags with
