@@ -117,3 +117,14 @@ def test_a_failing_parent_backs_off_under_its_own_key_not_its_registrys():
     parent.failed(route, "blob", "answered 500")
     assert "parent https://m.internal unavailable: answered 500" in (parent.unavailable("docker.io") or "")
     assert parent.health.down(health_key("docker.io"), 0) is not None
+
+
+def test_repositories_the_pool_may_read_privately_are_never_asked_of_the_parent():
+    parent = Parent(Metrics())
+    parent.configure(Settings(parent=(("docker.io", "https://m.internal"),), pool_private=("myorg/*",)))
+    assert not parent.asks(Route(Kind.BLOB, "myorg/app", D), own_login=False)
+    assert not parent.asks(Route(Kind.MANIFEST, "myorg/app", "1"), own_login=False, tag=True)
+    assert parent.asks(Route(Kind.BLOB, "library/postgres", D), own_login=False)
+    assert parent.asks(Route(Kind.MANIFEST, "library/postgres", "12.2"), own_login=False, tag=True)
+    assert not parent.asks(Route(Kind.MANIFEST, "library/postgres", "12.2"), own_login=False)  # tags: by way of a HEAD
+    assert not parent.asks(Route(Kind.BLOB, "library/postgres", D), own_login=True)

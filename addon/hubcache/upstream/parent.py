@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from hubcache import logs
+from hubcache.decide import access
 from hubcache.decide import challenge as challenges
 from hubcache.decide.health import Health
 from hubcache.decide.parent import ParentPlan, health_key
@@ -50,6 +51,7 @@ class Parent:
         self.connect_timeout = 5.0
         self.read_timeout = 60.0
         self._login: credentials.Credential | None = None
+        self.pool_private: tuple[str, ...] = ()
         self._challenges: dict[str, challenges.Challenge | None] = {}  # root -> its /v2/ challenge (None: none)
         self._tokens: dict[str, tokens.UpstreamTokens] = {}  # root -> tokens of its realm
 
@@ -65,6 +67,7 @@ class Parent:
             raise credentials.CredentialsError(f"hubcache_parent_ca: cannot read {settings.parent_ca}")
         self.plan = ParentPlan(roots, settings.parent_prefix, settings.parent_tags, settings.parent_fallback) if roots else None
         self.health.backoff = settings.backoff
+        self.pool_private = settings.pool_private
         self.tls = settings.parent_tls
         self.timeout, self.connect_timeout = settings.upstream_timeout, settings.connect_timeout
         self.read_timeout = settings.tcp_timeout
@@ -81,9 +84,15 @@ class Parent:
 
     # -- what goes to the parent ---------------------------------------------------------------
 
-    def asks(self, route: Route, own_login: bool) -> bool:
-        """Whether a GET of `route` is asked of its registry's parent first."""
-        return self.plan is not None and self.plan.asks_parent(route, "GET", own_login)
+    def asks(self, route: Route, own_login: bool, tag: bool = False) -> bool:
+        """Whether a GET of `route` is asked of its registry's parent first (`tag`: a tag's
+        manifest, by way of the parent). Never with the client's own login, nor for a repository
+        of hubcache_pool_private: private content stays away from the parent."""
+        if self.plan is None or own_login or not self.has(route.registry):
+            return False
+        if access.named_by(route.repository, self.pool_private):
+            return False
+        return tag or self.plan.asks_parent(route, "GET", own_login)
 
     def has(self, registry: str) -> bool:
         return self.plan is not None and registry in self.plan.roots
