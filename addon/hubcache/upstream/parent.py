@@ -182,8 +182,9 @@ class Parent:
         """GET a blob at the parent, its body still to read (on a flight's thread). Raises
         ParentError; its hosts are not the registry's, so the answer carries no hops."""
         try:
-            resp = fetch.get(self.url(route), headers, self.tls, self.read_timeout,
-                             connect_timeout=self.connect_timeout, allow_http=True)
+            url = self.url(route)  # a plain-http parent may redirect to plain-http storage; an https one may not
+            resp = fetch.get(url, headers, self.tls, self.read_timeout, connect_timeout=self.connect_timeout,
+                             allow_http=url.startswith("http://"))
         except client.UpstreamError as e:
             never = "" if self.falls_back() else " (hubcache_parent_fallback=never)"
             raise ParentError(f"parent: {e}{never}") from e
