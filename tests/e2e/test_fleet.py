@@ -265,3 +265,22 @@ def test_another_registry_has_a_parent_of_its_own(upstream, start_hubcache, cert
     mark = upstream.mark()
     pull_ok("docker.io/library/fleetnohubparent:1", tmp_path / "hub-pull", a, certs)
     assert hub_gets(upstream.requests_since(mark))[1]
+
+
+def test_a_parent_on_s3_that_redirects_to_its_bucket_serves_the_second_host(upstream, start_hubcache, certs, tmp_path):
+    """distribution on S3 (moto's server) with redirects on, over plain http in the data centre: a
+    blob the parent has is a 307 to a presigned bucket URL, which hubcache follows itself."""
+    upstream.add_account(*PARENT_ACCOUNT)
+    img = image(upstream, "library/fleets3")
+    ref = "docker.io/library/fleets3:1"
+    direct = pull_ok(ref, tmp_path / "direct", None, certs)
+    with Parent(tmp_path / "s3-parent", upstream, PARENT_ACCOUNT, storage="s3", s3_redirect=True) as parent:
+        a, b = (start_hubcache(f"hubcache_parent={parent.url}", name=n) for n in ("a", "b"))
+        assert dir_files(pull_ok(ref, tmp_path / "pull-a", a, certs)) == dir_files(direct)
+        parent.wait_stored(img.layer_digests)
+        mark, pmark = upstream.mark(), parent.mark()
+        assert dir_files(pull_ok(ref, tmp_path / "pull-b", b, certs)) == dir_files(direct)
+        assert hub_gets(upstream.requests_since(mark)) == ([], [])
+        redirected = [r for r in parent.requests_since(pmark) if "/blobs/" in r.path and r.status == 307]
+        assert len(redirected) >= len(img.layer_digests), parent.requests_since(pmark)  # from the bucket
+        assert f"parent {parent.url} failed" not in b.log()  # the redirect was followed, not a failure
