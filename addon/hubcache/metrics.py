@@ -33,6 +33,12 @@ class Metrics:
                                         "could not give them, by registry and kind", ["registry", "kind"], registry=r)
         self.parent_bytes = Counter("hubcache_parent_bytes", "Verified bytes hubcache took from a parent registry, by "
                                     "registry", ["registry"], registry=r)
+        self.client_requests = Counter("hubcache_client_requests", "Registry requests by client (its proxy login, else "
+                                       "its address; at most hubcache_metrics_clients of them, the rest under "
+                                       "'other') and outcome", ["client", "outcome"], registry=r)
+        self.client_bytes = Counter("hubcache_client_bytes", "Body bytes sent to clients, by client (as in "
+                                    "hubcache_client_requests) and where they came from", ["client", "source"], registry=r)
+        self._client_series: dict[str, set[tuple[Counter, str]]] = {}  # client -> its series: (counter, other label)
         self.store_bytes = Gauge("hubcache_store_bytes", "Bytes of content in the store", registry=r)
         self.store_entries = Gauge("hubcache_store_entries", "Entries in the store, by kind", ["kind"], registry=r)
         self._server: Any = None  # prometheus_client's WSGI server, while it runs
@@ -47,6 +53,21 @@ class Metrics:
         if self._server:
             self._server.shutdown()
             self._server = None
+
+    def count_client(self, client: str, outcome: str, source: str = "", size: int = 0) -> None:
+        """One request of `client` (a label the caller bounded), and the `size` bytes it was sent
+        from `source` (store, upstream; "" for none)."""
+        series = self._client_series.setdefault(client, set())
+        self.client_requests.labels(client, outcome).inc()
+        series.add((self.client_requests, outcome))
+        if source:
+            self.client_bytes.labels(client, source).inc(size)
+            series.add((self.client_bytes, source))
+
+    def forget_client(self, client: str) -> None:
+        """Remove every series of `client` (its place was given to another)."""
+        for counter, label in self._client_series.pop(client, ()):
+            counter.remove(client, label)
 
     def set_budget(self, account: str, left: float | None) -> None:
         """`left`: pulls left; math.inf for an unlimited account; None when not known."""

@@ -242,6 +242,7 @@ class Settings:
     budget_reserve: int = 0
     pool_private: tuple[str, ...] = ()
     metrics_listen: str = ""
+    metrics_clients: int = 100
     upstream_timeout: int = 15
     connect_timeout: int = 5
     backoff: int = 30
@@ -338,6 +339,7 @@ _PARSERS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "hubcache_budget_reserve": ("budget_reserve", _same),
     "hubcache_pool_private": ("pool_private", _repository_patterns),
     "hubcache_metrics_listen": ("metrics_listen", _host_port),
+    "hubcache_metrics_clients": ("metrics_clients", _at_least(0)),
     "hubcache_upstream_timeout": ("upstream_timeout", _at_least(1)),
     "hubcache_connect_timeout": ("connect_timeout", _at_least(1)),
     "hubcache_backoff": ("backoff", _at_least(0)),
@@ -390,6 +392,8 @@ def load(loader: Any) -> None:
         "ghcr.io/myorg/*, registry.corp.example:5000/team/*) whose private content the stored logins may fetch for clients "
         "that did not log in themselves. Default: none, stored logins pull public content only.")
     add("hubcache_metrics_listen", str, "", "host:port for the Prometheus /metrics endpoint (e.g. 127.0.0.1:9090); empty: off.")
+    add("hubcache_metrics_clients", int, 100, "Most clients (proxy logins, else addresses) the per-client metrics name; "
+        "the rest are counted under 'other'. 0: no per-client metrics.")
     add("hubcache_upstream_timeout", int, 15, "Seconds hubcache waits for its own upstream requests (tokens, revalidation).")
     add("hubcache_connect_timeout", int, 5, "Seconds to wait for a TCP connection to an upstream host that has not answered recently.")
     add("hubcache_backoff", int, 30, "Seconds an upstream host that failed is not asked again: tags are served stale, misses fail at once.")

@@ -1,4 +1,4 @@
-"""A parent registry for fleet tests (issue 13, docs/fleet.md): Debian's docker-registry (the CNCF
+"""A parent registry for fleet tests (issue 13, docs/design.md, "A parent registry"): Debian's docker-registry (the CNCF
 distribution registry, 2.8) in proxy mode, with the fake Docker Hub as its upstream and an account
 of its own there, so that its counted pulls show in the fake Hub's book.
 
@@ -77,7 +77,7 @@ def _wait_listening(addr: tuple[str, int], proc: subprocess.Popen, what: str, lo
 class Parent:
     def __init__(self, workdir: Path, upstream, account: tuple[str, str], *, tls: bool = False,
                  port: int | None = None, storage: str = "filesystem", s3_redirect: bool = False,
-                 login: tuple[str, str] | None = None) -> None:
+                 login: tuple[str, str] | None = None, remote: str = "https://registry-1.docker.io") -> None:
         if storage not in ("filesystem", "s3"):
             raise ValueError(f"storage is 'filesystem' or 's3', not {storage!r}")
         self.workdir = Path(workdir)
@@ -88,6 +88,7 @@ class Parent:
         self.port = port if port is not None else (443 if tls else free_port())
         self.storage_kind = storage
         self.s3_redirect = s3_redirect
+        self.remote = remote  # the registry it is the parent of (its proxy.remoteurl)
         self.login = login  # the parent's own login (htpasswd, bcrypt): what hubcache_parent_credentials holds
         self.storage = self.workdir / "storage"  # filesystem storage
         self.log = self.workdir / "parent.log"  # distribution's JSON app log
@@ -172,7 +173,7 @@ class Parent:
             "log": {"level": "info", "formatter": "json"},
             "storage": storage,
             "http": http,
-            "proxy": {"remoteurl": "https://registry-1.docker.io", "username": user, "password": password},
+            "proxy": {"remoteurl": self.remote, "username": user, "password": password},
         }
         if self.login:
             import bcrypt

@@ -1,4 +1,4 @@
-"""A fleet of hubcache hosts under one parent registry (issue 13, docs/fleet.md): Debian's
+"""A fleet of hubcache hosts under one parent registry (issue 13, docs/design.md, "A parent registry"): Debian's
 docker-registry 2.8 in proxy mode (harness.parent) over TLS as https://mirror.internal, with a CA
 of its own and an account of its own at the fake Docker Hub, and hubcache instances with stores of
 their own. What reached Docker Hub is read from the fake Hub's request log, what reached the
@@ -15,7 +15,7 @@ import urllib.request
 import pytest
 
 from harness.clients import dir_files, pull_ok, skopeo_copy, warm_pull_ok
-from harness.hubenv import CDN_HOST, REGISTRY_HOST
+from harness.hubenv import AUTH_HOST, CDN_HOST, GHCR_HOST, REGISTRY_HOST
 from harness.parent import Parent
 from harness.proxy import BIN, free_port
 
@@ -222,3 +222,46 @@ def test_the_parents_own_login_goes_to_the_parent_from_a_0600_file(upstream, sta
         ok = {r.path for r in parent.requests_since(pmark) if r.status == 200}
         assert {f"/v2/library/fleetlogin/blobs/{d}" for d in img.layer_digests} <= ok
         assert "fleet-secret" not in hub.log()
+
+
+def test_with_tags_at_the_parent_hubcache_itself_asks_docker_hub_nothing(upstream, parent, start_hubcache, certs, tmp_path):
+    image(upstream, "library/fleettags")
+    ref = "docker.io/library/fleettags:1"
+    direct = pull_ok(ref, tmp_path / "direct", None, certs)
+    hub = start_hubcache(*with_parent(parent, "hubcache_parent_tags=parent", "hubcache_tag_ttl=0"))
+    mark, pmark = upstream.mark(), parent.mark()
+    assert dir_files(pull_ok(ref, tmp_path / "cold", hub, certs)) == dir_files(direct)
+    assert dir_files(pull_ok(ref, tmp_path / "again", hub, certs)) == dir_files(direct)  # revalidated (TTL 0)
+    tokens = [r for r in upstream.requests_since(mark) if r.host == AUTH_HOST]
+    assert tokens and {r.extra.get("account") for r in tokens} == {"parentbot"}, tokens  # only the parent's
+    at_parent = [(r.method, r.path) for r in parent.requests_since(pmark)]
+    assert ("GET", "/v2/library/fleettags/manifests/1") in at_parent
+    assert ("HEAD", "/v2/library/fleettags/manifests/1") in at_parent  # the revalidation went there too
+
+
+def test_another_registry_has_a_parent_of_its_own(upstream, start_hubcache, certs, tmp_path):
+    """ghcr.io=https://mirror.internal:5000: a parent per registry, the registry's own challenge
+    and token realm for hubcache's HEAD, the parent's own account at that registry."""
+    upstream.add_account("ghcrparent", "ghcr-parent-pw", registry=GHCR_HOST)
+    img = upstream.push_image("team/fleetghcr", "1", [(3 * MiB, next(_seeds)), (100_000, next(_seeds))], registry=GHCR_HOST)
+    ref = f"{GHCR_HOST}/team/fleetghcr:1"
+    direct = pull_ok(ref, tmp_path / "direct", None, certs)
+    with Parent(tmp_path / "ghcr-parent", upstream, ("ghcrparent", "ghcr-parent-pw"), tls=True, port=5000,
+                remote=f"https://{GHCR_HOST}") as parent:
+        sets = [f"hubcache_parent={GHCR_HOST}={parent.url}", f"hubcache_parent_ca={parent.ca_cert}"]
+        a, b = (start_hubcache(*sets, name=n) for n in ("a", "b"))
+        pmark = parent.mark()
+        assert dir_files(pull_ok(ref, tmp_path / "pull-a", a, certs)) == dir_files(direct)
+        assert {f"/v2/team/fleetghcr/blobs/{d}" for d in img.layer_digests} <= {
+            r.path for r in parent.requests_since(pmark) if r.status == 200}
+        parent.wait_stored(img.layer_digests)
+        mark = upstream.mark()
+        assert dir_files(pull_ok(ref, tmp_path / "pull-b", b, certs)) == dir_files(direct)
+        at_ghcr = [r for r in upstream.requests_since(mark) if r.method == "GET" and
+                   ("/blobs/" in r.path or "/manifests/" in r.path)]
+        assert at_ghcr == [], at_ghcr  # host B: a HEAD at ghcr.io for the tag, everything else from the parent
+    # Docker Hub has no parent in that setting: its pulls go to Hub as before
+    image(upstream, "library/fleetnohubparent")
+    mark = upstream.mark()
+    pull_ok("docker.io/library/fleetnohubparent:1", tmp_path / "hub-pull", a, certs)
+    assert hub_gets(upstream.requests_since(mark))[1]

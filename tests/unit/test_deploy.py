@@ -1,6 +1,6 @@
 """deploy/ read as the tools read it, without starting anything: the parent's two distribution
 configs, the compose file, the Dockerfile and the central systemd unit say what deploy/README.md
-and docs/fleet.md promise, and every hubcache option they pass is one `hubcache run` accepts.
+and docs/design.md, "A parent registry" promise, and every hubcache option they pass is one `hubcache run` accepts.
 tests/e2e/test_deploy.py runs them."""
 
 from __future__ import annotations

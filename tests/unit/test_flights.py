@@ -54,7 +54,7 @@ class ScriptedResponse:
 def served(tmp_path):
     store = Store(tmp_path / "s")
     flights = Flights()
-    server = BlobServer(store, flights.wait)
+    server = BlobServer(store, flights.wait, writing=flights.writing)
     yield store, flights, server
     server.stop()
     store.close()
@@ -235,5 +235,65 @@ def test_a_download_that_ends_while_a_request_looks_for_the_blob_is_found_in_one
         assert late.error is None and late.status == 200 and bytes(late.got) == data
         info, found = flights.locate(digest, store.blob_info)
         assert found is None and info is not None and info.size == len(data)
+
+    asyncio.run(go())
+
+
+def fallback_flight(store, flights, digest, first, then, why: list[str]) -> Flight:
+    f = Flight(digest, lambda: first, lambda size: store.begin_blob(digest, size, "P:library/x"), on_end=flights.end,
+               fallback=lambda: then, on_fallback=why.append)
+    return flights.add(f).start()
+
+
+def test_wrong_bytes_from_the_first_source_send_a_follower_that_has_nothing_yet_to_the_next_one(served):
+    store, flights, server = served
+    data, digest = blob(2 * MiB)
+    tampered = data[:-1] + bytes([data[-1] ^ 1])
+
+    async def go():
+        first, then = ScriptedResponse(200, tampered, gated=True), ScriptedResponse(200, data, gated=True)
+        why: list[str] = []
+        flight = fallback_flight(store, flights, digest, first, then, why)
+        head = await flight.head()
+        early = Follower(server.port, server.path(digest, head.blob_id))  # gets the first source's bytes
+        for _ in range(7):
+            first.released.release()
+        wait_for(lambda: len(early.got) >= 1 * MiB)
+        first.released.release()  # the last piece: the digest does not match
+        while not why:
+            await asyncio.sleep(0.01)  # the event loop runs the flight's hand-overs meanwhile
+        await asyncio.sleep(0.05)
+        assert "hashing to" in why[0]
+        # a client redirected to the dropped write before it was dropped, that has nothing yet
+        late = Follower(server.port, server.path(digest, head.blob_id))
+        renewed = await flight.head()  # a request now waits for the next source's write
+        assert renewed.blob_id != head.blob_id
+        for _ in range(8):
+            then.released.release()
+        for f in (early, late):
+            f.join(10)
+        assert isinstance(early.error, http.client.IncompleteRead) and len(early.got) < len(data)  # never whole and wrong
+        assert late.error is None and late.status == 200 and bytes(late.got) == data
+        flight.join(10)
+        assert flight.stored and flight.fell_back and b"".join(store.read_blob(store.blob_info(digest))) == data
+
+    asyncio.run(go())
+
+
+def test_a_first_source_that_refuses_or_breaks_off_is_replaced_by_the_next_and_only_the_last_answer_is_relayed(served):
+    store, flights, _ = served
+    data, digest = blob(1 * MiB)
+
+    async def go():
+        for first in (ScriptedResponse(500, b"parent error"), ScriptedResponse(200, data, fail_at=512 * 1024)):
+            why: list[str] = []
+            flight = fallback_flight(store, flights, digest, first, ScriptedResponse(404, b"BLOB_UNKNOWN"), why)
+            while not flight.done:
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.05)
+            head = await flight.head()  # what a request asking now is told
+            assert head.status == 404 and head.body == b"BLOB_UNKNOWN"  # the registry's answer, not the parent's
+            assert why and ("answered 500" in why[0] or "broke off" in why[0])
+            assert store.blob_info(digest) is None and store.recover() == 0
 
     asyncio.run(go())

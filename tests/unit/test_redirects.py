@@ -115,3 +115,14 @@ def test_the_repository_of_a_redirected_url():
     assert redirected_repository(f"{AR}/v2/a/b/blobs/sha256:00") == "a/b"
     assert redirected_repository(f"{AR}/v2/") == ""
     assert redirected_repository(f"{AR}/v2/a/tags/list") == ""
+
+
+def test_plain_http_redirects_are_followed_only_for_a_plain_http_parent():
+    from hubcache.decide.redirects import Hops
+
+    https = Hops("https://mirror.internal/v2/x/blobs/sha256:a", [])
+    with pytest.raises(ValueError, match="non-HTTPS"):  # an https parent may not send bytes over http
+        https.redirected(307, "http://s3.internal/bucket/a")
+    plain = Hops("http://mirror.internal:5000/v2/x/blobs/sha256:a", [("Authorization", "Basic x")], plain=True)
+    assert plain.redirected(307, "http://s3.internal/bucket/a?sig=1")
+    assert plain.url == "http://s3.internal/bucket/a?sig=1" and plain.headers == []  # no login to the storage host

@@ -34,11 +34,15 @@ class ParentPlan:
             return route.by_digest or self.tags == TAGS_AT_PARENT
         return False
 
+    def name(self, route: Route) -> str:
+        """The repository as the parent names it (its token scopes too): the prefix, then the
+        registry's own name."""
+        return f"{self.prefix.strip('/')}/{route.remote}" if self.prefix else route.remote
+
     def url(self, route: Route, digest: str = "") -> str:
         """The parent's URL for a route's object (`digest`: the tag resolved at the registry)."""
         kind = "blobs" if route.kind is Kind.BLOB else "manifests"
-        name = f"{self.prefix.strip('/')}/{route.remote}" if self.prefix else route.remote
-        return f"{self.roots[route.registry]}/v2/{name}/{kind}/{digest or route.reference}"
+        return f"{self.roots[route.registry]}/v2/{self.name(route)}/{kind}/{digest or route.reference}"
 
     def falls_back(self) -> bool:
         """Whether an object the parent could not give comes from the registry instead."""

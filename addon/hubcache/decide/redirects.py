@@ -22,8 +22,9 @@ def without_auth(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
 class Hops:
     """Where the next hop of one request goes, and with which headers."""
 
-    def __init__(self, url: str, headers: list[tuple[str, str]]) -> None:
+    def __init__(self, url: str, headers: list[tuple[str, str]], plain: bool = False) -> None:
         self.url, self.headers = url, headers
+        self.plain = plain  # http targets too (a plain-http parent registry and its storage)
         self.redirects = 0
         self.moved = False  # a redirect changed the host
         self.retried = False  # this hop was asked again with a token
@@ -37,7 +38,7 @@ class Hops:
         self.redirects += 1
         if self.redirects > MAX_REDIRECTS:
             raise ValueError(f"more than {MAX_REDIRECTS} redirects")
-        if urlsplit(target).scheme != "https":
+        if urlsplit(target).scheme != "https" and not (self.plain and urlsplit(target).scheme == "http"):
             raise ValueError("redirected to a non-HTTPS URL")
         if (urlsplit(target).hostname or "").lower() != (urlsplit(self.url).hostname or "").lower():
             self.headers, self.moved = without_auth(self.headers), True

@@ -74,6 +74,7 @@ class HubCache:
         except (SettingsError, CredentialsError) as e:
             raise exceptions.OptionsError(str(e)) from e
         self._configured = True
+        svc.clients.configure(svc.settings.metrics_clients)
         if {"hubcache_log_format", "hubcache_log_level"} & set(updated):
             logs.configure(svc.settings.log_format, svc.settings.log_level)
         # The store opens when the proxy runs (not while options are still being set, which would
@@ -169,7 +170,7 @@ class HubCache:
             if req.method == "HEAD" and flow.response.raw_content:  # any answer of ours: no body after a HEAD's
                 responses.drop_body(flow.response)
             st.answered_here = True
-            log_request(flow, st, svc.metrics)
+            log_request(flow, st, svc.metrics, svc.clients)
 
     async def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
         """Bound the connect time to upstream hosts that have not answered recently, and never
@@ -231,7 +232,7 @@ class HubCache:
             svc.dockerhub.result(flow.request.host, resp.status_code, body=None if resp.stream else resp.get_content(strict=False))
             svc.metrics.upstream.labels(st.route.kind.value).inc()
             await _after_upstream(svc, flow, st)
-        log_request(flow, st, svc.metrics)
+        log_request(flow, st, svc.metrics, svc.clients)
 
     def error(self, flow: http.HTTPFlow) -> None:
         st = state_of(flow)
@@ -246,7 +247,7 @@ class HubCache:
             st.note = st.flight.failure
         elif st.outcome is not Outcome.REJECTED:
             st.note = msg or "error"
-        log_request(flow, st, self.svc.metrics, warn=upstream_fault)
+        log_request(flow, st, self.svc.metrics, self.svc.clients, warn=upstream_fault)
 
 
 async def _after_upstream(svc: Services, flow: http.HTTPFlow, st: FlowState) -> None:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from mitmproxy import http
 
 from hubcache import logs
+from hubcache.decide.clients import OTHER, ClientLabels
 from hubcache.metrics import Metrics
 from hubcache.model import Manifest, Outcome, Route
 from hubcache.serve.flights import Flight
@@ -58,19 +59,50 @@ def state_of(flow: http.HTTPFlow) -> FlowState | None:
     return st if isinstance(st, FlowState) else None
 
 
+def login_of(flow: http.HTTPFlow) -> str:
+    """The client's proxy login (mitmproxy's proxyauth: the user name, never the password); "" for none."""
+    auth = flow.metadata.get("proxyauth")
+    return str(auth[0]) if isinstance(auth, tuple) and auth and auth[0] else ""
+
+
 def client_of(flow: http.HTTPFlow) -> str:
     """The client as the log names it: its address and port, after its proxy login if it gave
     one (mitmproxy's proxyauth): `runner7@10.0.0.7:51234`. Never the password."""
     peer = flow.client_conn.peername
     address = f"{peer[0]}:{peer[1]}" if peer else "-"
-    auth = flow.metadata.get("proxyauth")
-    login = str(auth[0]) if isinstance(auth, tuple) and auth and auth[0] else ""
+    login = login_of(flow)
     return f"{login}@{address}" if login else address
 
 
-def log_request(flow: http.HTTPFlow, st: FlowState, metrics: Metrics, warn: bool = False) -> None:
-    """The flow's one log line and its metrics, once: `hit GET manifest library/x 1 200 3ms (note)`.
-    A warning when its outcome is one (WARNED) or `warn` (upstream failed the transfer)."""
+class Clients:
+    """The per-client metrics: each flow counted under its client's bounded label (decide/clients.py);
+    the series of a client whose place was given to another are removed."""
+
+    def __init__(self, metrics: Metrics, limit: int = 0) -> None:
+        self.metrics = metrics
+        self.labels = ClientLabels(limit)
+
+    def configure(self, limit: int) -> None:
+        """hubcache_metrics_clients; a new limit starts the set afresh."""
+        if limit != self.labels.limit:
+            for name in self.labels.kept | {OTHER}:
+                self.metrics.forget_client(name)
+            self.labels = ClientLabels(limit)
+
+    def count(self, flow: http.HTTPFlow, outcome: str, source: str, size: int) -> None:
+        peer = flow.client_conn.peername
+        label, dropped = self.labels.label(login_of(flow), str(peer[0]) if peer else "", time.monotonic())
+        if dropped:
+            self.metrics.forget_client(dropped)
+        if label:
+            self.metrics.count_client(label, outcome, source, size)
+
+
+def log_request(flow: http.HTTPFlow, st: FlowState, metrics: Metrics, clients: Clients | None = None,
+                warn: bool = False) -> None:
+    """The flow's one log line and its metrics (per client too, with `clients`), once:
+    `hit GET manifest library/x 1 200 3ms (note)`. A warning when its outcome is one (WARNED) or
+    `warn` (upstream failed the transfer)."""
     if st.logged:
         return
     st.logged = True
@@ -78,10 +110,13 @@ def log_request(flow: http.HTTPFlow, st: FlowState, metrics: Metrics, warn: bool
     metrics.requests.labels(st.route.kind.value, st.outcome.value, st.registry_label or registry).inc()
     length = flow.response.headers.get("content-length", "") if flow.response is not None else ""
     size = st.direct_bytes or (int(length) if length.isdigit() else None)  # what the client is sent
+    source = ""
     if size is not None and not flow.error and flow.request.method == "GET":
         source = "store" if st.outcome in FROM_STORE else "upstream" if st.outcome is Outcome.MISS else ""
         if source:
             metrics.bytes.labels(source).inc(size)
+    if clients is not None:
+        clients.count(flow, st.outcome.value, source, size or 0)
     status = flow.response.status_code if flow.response and not flow.error else "-"
     what = " ".join(x for x in (st.route.kind.value, st.repo, st.ref) if x)
     ms = (time.monotonic() - st.started) * 1000

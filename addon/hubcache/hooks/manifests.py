@@ -334,9 +334,7 @@ def _asks_parent(svc: Services, flow: http.HTTPFlow, st: FlowState, tag: bool = 
     registry or at the parent). Never with the client's own login. Raises Refusal when the parent
     is backing off and hubcache_parent_fallback=never."""
     parent = svc.parent
-    if not parent.has(st.route.registry) or not brings_no_login(flow.request.headers.get("authorization", "")):
-        return False
-    if not tag and not parent.asks(st.route, own_login=False):
+    if not parent.asks(st.route, not brings_no_login(flow.request.headers.get("authorization", "")), tag=tag):
         return False
     if why := parent.unavailable(st.route.registry):
         if not parent.falls_back():

@@ -139,16 +139,16 @@ def get(
     other hosts too, goes through a CONNECT tunnel of its own. `pace(host)` blocks until the hop may go and returns what frees
     its slot (called when the hop's answer is closed). `authorize(www_authenticate, url)`: the
     Authorization for a 401 after a redirect to another host (blocking; None: the 401 stands).
-    `allow_http`: the first URL may be plain http (a parent registry in the data centre); every
-    redirect is still https only.
+    `allow_http`: plain http URLs are asked too, the first and those redirected to (a parent
+    registry in the data centre whose root is http, and its storage).
     """
     hops: list[Hop] = []
-    way = Hops(url, headers)
+    way = Hops(url, headers, plain=allow_http)
     while True:
         url = way.url
         parts = urlsplit(url)
         host = parts.hostname or ""
-        plain = allow_http and not hops and parts.scheme == "http"
+        plain = allow_http and parts.scheme == "http"
         if (parts.scheme != "https" and not plain) or not host:
             raise FetchError(f"refusing a non-HTTPS upstream URL: {redact(url)}", hops)
         if why := allowed(host):

@@ -1,4 +1,4 @@
-"""The parent registry (a shared tier: distribution in proxy mode, docs/fleet.md) as hubcache
+"""The parent registry (a shared tier: distribution in proxy mode, docs/design.md, "A parent registry") as hubcache
 speaks to it: whether it is up, its own login, and hubcache's requests to it.
 
 The parent is asked only for content addressed by digest (and for tags with
@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from hubcache import logs
+from hubcache.decide import access
 from hubcache.decide import challenge as challenges
 from hubcache.decide.health import Health
 from hubcache.decide.parent import ParentPlan, health_key
@@ -50,6 +51,7 @@ class Parent:
         self.connect_timeout = 5.0
         self.read_timeout = 60.0
         self._login: credentials.Credential | None = None
+        self.pool_private: tuple[str, ...] = ()
         self._challenges: dict[str, challenges.Challenge | None] = {}  # root -> its /v2/ challenge (None: none)
         self._tokens: dict[str, tokens.UpstreamTokens] = {}  # root -> tokens of its realm
 
@@ -65,6 +67,7 @@ class Parent:
             raise credentials.CredentialsError(f"hubcache_parent_ca: cannot read {settings.parent_ca}")
         self.plan = ParentPlan(roots, settings.parent_prefix, settings.parent_tags, settings.parent_fallback) if roots else None
         self.health.backoff = settings.backoff
+        self.pool_private = settings.pool_private
         self.tls = settings.parent_tls
         self.timeout, self.connect_timeout = settings.upstream_timeout, settings.connect_timeout
         self.read_timeout = settings.tcp_timeout
@@ -81,9 +84,15 @@ class Parent:
 
     # -- what goes to the parent ---------------------------------------------------------------
 
-    def asks(self, route: Route, own_login: bool) -> bool:
-        """Whether a GET of `route` is asked of its registry's parent first."""
-        return self.plan is not None and self.plan.asks_parent(route, "GET", own_login)
+    def asks(self, route: Route, own_login: bool, tag: bool = False) -> bool:
+        """Whether a GET of `route` is asked of its registry's parent first (`tag`: a tag's
+        manifest, by way of the parent). Never with the client's own login, nor for a repository
+        of hubcache_pool_private: private content stays away from the parent."""
+        if self.plan is None or own_login or not self.has(route.registry):
+            return False
+        if access.named_by(route.repository, self.pool_private):
+            return False
+        return tag or self.plan.asks_parent(route, "GET", own_login)
 
     def has(self, registry: str) -> bool:
         return self.plan is not None and registry in self.plan.roots
@@ -154,7 +163,7 @@ class Parent:
             raise ParentError(f"parent {root}'s token realm {client.redact(realm)} is not https: its login is not sent there")
         if root not in self._tokens:
             self._tokens[root] = tokens.UpstreamTokens(self._get, realm, found.service)
-        name = self.plan.url(route).split("/v2/", 1)[1].rsplit("/", 2)[0] if self.plan else route.remote
+        name = self.plan.name(route) if self.plan else route.remote
         return [("Authorization", f"Bearer {await self._tokens[root].token_for(f'repository:{name}:pull', self._login)}")]
 
     async def manifest(self, route: Route, reference: str, accept: list[str], method: str = "GET") -> client.UpstreamResponse:
@@ -173,8 +182,9 @@ class Parent:
         """GET a blob at the parent, its body still to read (on a flight's thread). Raises
         ParentError; its hosts are not the registry's, so the answer carries no hops."""
         try:
-            resp = fetch.get(self.url(route), headers, self.tls, self.read_timeout,
-                             connect_timeout=self.connect_timeout, allow_http=True)
+            url = self.url(route)  # a plain-http parent may redirect to plain-http storage; an https one may not
+            resp = fetch.get(url, headers, self.tls, self.read_timeout, connect_timeout=self.connect_timeout,
+                             allow_http=url.startswith("http://"))
         except client.UpstreamError as e:
             never = "" if self.falls_back() else " (hubcache_parent_fallback=never)"
             raise ParentError(f"parent: {e}{never}") from e
