@@ -86,6 +86,9 @@ def fleet_section(up, work: Path, certs: Path, start, args) -> dict:
     print(f"bench: fleet: pushing a {args.fleet_layers} x {args.layer_mib} MiB image", file=sys.stderr)
     img = up.push_image(IMAGE, "1", [(args.layer_mib * MiB, 8000 + i) for i in range(args.fleet_layers)])
     _, reference = pull_checked(work / "fleet-direct", None, certs, None)
+    expected = {"manifest.json", *(d.split(":", 1)[1] for d in (img.config_digest, *img.layer_digests))}
+    if set(reference) != expected:  # the reference every pull is held to must be the whole image
+        raise RuntimeError(f"bench: the direct pull of {REF} has files {sorted(reference)}, not {sorted(expected)}")
     results: dict = {v: {s: [] for s in SETUPS} for v in VARIANTS}
     # Its threads live until the end of the section: a proxy is started with PR_SET_PDEATHSIG, which
     # kills it when the *thread* that started it exits.
