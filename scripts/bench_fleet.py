@@ -1,4 +1,4 @@
-"""scripts/bench's `fleet` section (issue 13, docs/fleet.md): N hubcache hosts, each with a store of
+"""scripts/bench's `fleet` section (issue 13, docs/design.md "A parent registry"): N hubcache hosts, each with a store of
 its own and the same CA, make a cold pull of one image with skopeo, without a parent and with one.
 
 The parent is Debian's docker-registry 2.8 in proxy mode over TLS as https://mirror.internal, with a
