@@ -26,7 +26,7 @@ CHUNK = 1 << 20
 USER_AGENT = f"hubcache-warm/{__version__}"
 
 
-class NotIntercepted(ssl.SSLCertVerificationError):
+class NotIntercepted(Exception):
     """The registry's certificate is not signed by hubcache's CA: the proxy does not cache it."""
 
 
@@ -83,9 +83,9 @@ class Client:
             except ssl.SSLCertVerificationError as e:
                 self._drop(host, port, own)
                 if own:
-                    raise NotIntercepted(f"the certificate the proxy shows for {host} is not signed by hubcache's CA "
+                    raise NotIntercepted(f"the certificate the proxy shows for {parts.netloc} is not signed by hubcache's CA "
                                          f"({e.verify_message}): hubcache does not cache this registry "
-                                         f"(add it with --set hubcache_registries=+{host}), or --cacert is not its CA") from e
+                                         f"(add it with --set hubcache_registries=+{parts.netloc}), or --cacert is not its CA") from e
                 raise
             except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError, http.client.CannotSendRequest):
                 self._drop(host, port, own)

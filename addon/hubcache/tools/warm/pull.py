@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from hubcache.model import INDEX_TYPES, MANIFEST_TYPES, sha256_digest
-from hubcache.tools.doctor.hub import PullTarget, answered_by, parse_challenge, pull_target
+from hubcache.tools.doctor.hub import PullTarget, parse_challenge, pull_target
 from hubcache.tools.warm.client import Answer, Client
 from hubcache.tools.warm.platforms import Platform, select
 
@@ -33,8 +33,6 @@ class Pulled:
     platforms: list[str] = field(default_factory=list)
     blobs: int = 0
     bytes: int = 0
-    upstream: int = 0  # manifests and blobs answered by upstream (the rest came from the store)
-    objects: int = 0
 
 
 @dataclass
@@ -95,8 +93,6 @@ class Puller:
         said = answer.headers.get("docker-content-digest", digest)
         if said != digest or (reference.startswith("sha256:") and reference != digest):
             raise PullError(f"manifest {reference}: its bytes hash to {digest}, not {said if said != digest else reference}")
-        pulled.objects += 1
-        pulled.upstream += answered_by(answer.headers) == "upstream"
         try:
             return digest, json.loads(answer.body)
         except ValueError as e:
@@ -124,8 +120,6 @@ class Puller:
         self.done.add((target.registry, target.repository, digest))
         pulled.blobs += 1
         pulled.bytes += got
-        pulled.objects += 1
-        pulled.upstream += answered_by(answer.headers) == "upstream"
 
     def _image(self, target: PullTarget, manifest: dict[str, Any], pulled: Pulled) -> None:
         blobs = [manifest["config"]] if isinstance(manifest.get("config"), dict) else []

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import ssl
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -16,7 +15,7 @@ from hubcache.settings import DEFAULT_HOME
 from hubcache.tools import preflight
 from hubcache.tools.doctor.proxyenv import ProxyURL, parse_proxy
 from hubcache.tools.warm import platforms, sources
-from hubcache.tools.warm.client import Client
+from hubcache.tools.warm.client import Client, NotIntercepted
 from hubcache.tools.warm.gitlabci import Skipped
 from hubcache.tools.warm.pull import Progress, Pulled, Puller, PullError
 
@@ -46,7 +45,7 @@ def _human(n: float) -> str:
 
 
 def _why(e: BaseException, proxy: ProxyURL) -> str:
-    if isinstance(e, PullError | ssl.SSLCertVerificationError):
+    if isinstance(e, PullError | NotIntercepted):
         return str(e)
     if isinstance(e, ConnectionRefusedError):
         return f"cannot reach the proxy at {proxy.show()}: start hubcache, or give --proxy"
@@ -104,11 +103,8 @@ def run(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     _report_skips(skipped, invalid, out)
     for w, why in failed:
         print(f"failed   {sources.canonical(w.image)} ({w.origin}): {why}", file=out)
-    upstream = sum(p.upstream for p in results)
-    objects = sum(p.objects for p in results)
     print(f"warmed {len(results)} of {len(wanted) + len(invalid)} images for {', '.join(map(str, wanted_platforms))}: "
           f"{sum(p.blobs for p in results)} blobs, {_human(sum(p.bytes for p in results))}; "
-          f"{upstream} of {objects} objects fetched from upstream, {objects - upstream} already in the store; "
           f"{len(skipped)} skipped, {len(failed) + len(invalid)} failed", file=out)
     return preflight.EXIT_PROBLEM if failed or invalid else 0
 
@@ -155,7 +151,7 @@ def _pull_all(args: argparse.Namespace, proxy: ProxyURL, wanted_platforms: list[
                 continue
             results.append(p)
             bar.write(f"ok       {p.image} {' '.join(p.platforms) or '(single-platform)'}: {p.blobs} blobs, "
-                      f"{_human(p.bytes)}, {p.upstream} of {p.objects} objects from upstream", file=out)
+                      f"{_human(p.bytes)}", file=out)
     bar.close()
     for c in clients:
         c.close()
