@@ -36,6 +36,8 @@ def _parser() -> argparse.ArgumentParser:
     ver.add_argument("--store", default=os.path.join(DEFAULT_HOME, "store"), help="LMDB store directory")
     from hubcache.tools.doctor import add_arguments as doctor_arguments
     doctor_arguments(sub.add_parser("doctor", help="check, on a runner host, that pulls go through hubcache"))
+    from hubcache.tools.warm import add_arguments as warm_arguments
+    warm_arguments(sub.add_parser("warm", help="pull through the running proxy every image a .gitlab-ci.yml, a list or a name gives"))
     return p
 
 
@@ -139,6 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "doctor":
         from hubcache.tools.doctor import run as doctor
         return doctor(args)
+    if args.command == "warm":
+        from hubcache.tools.warm import run as warm
+        return warm(args)
     return 2
 
 
