@@ -128,3 +128,26 @@ class Refusal(Exception):
         self.outcome = outcome
         self.note = note
         self.headers = headers or {}
+
+
+@dataclass(frozen=True)
+class ImageCounter:
+    """What hubcache served of one image: `reference` as `docker pull` names it
+    (docker.io/library/postgres:12.2), `digest` what the tag pointed to; times in epoch seconds."""
+
+    reference: str
+    digest: str
+    pulls: int
+    bytes: int
+    first: float
+    last: float
+
+
+@dataclass(frozen=True)
+class ClientCounter:
+    """What hubcache served one client (its proxy login, else its address)."""
+
+    client: str
+    pulls: int
+    bytes: int
+    last: float

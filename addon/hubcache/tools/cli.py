@@ -12,7 +12,7 @@ import time
 
 from hubcache import __version__, logs
 from hubcache.settings import DEFAULT_HOME
-from hubcache.tools import preflight
+from hubcache.tools import preflight, storecmds
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -34,6 +34,7 @@ def _parser() -> argparse.ArgumentParser:
     hist.add_argument("--store", default=os.path.join(DEFAULT_HOME, "store"), help="LMDB store directory")
     ver = sub.add_parser("verify", help="re-hash the whole store and drop what does not match (proxy stopped)")
     ver.add_argument("--store", default=os.path.join(DEFAULT_HOME, "store"), help="LMDB store directory")
+    storecmds.add_arguments(sub)  # stats, ls, evict
     from hubcache.tools.doctor import add_arguments as doctor_arguments
     doctor_arguments(sub.add_parser("doctor", help="check, on a runner host, that pulls go through hubcache"))
     from hubcache.tools.warm import add_arguments as warm_arguments
@@ -138,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "verify":
         logging.basicConfig(level=logging.WARNING, format="%(message)s")  # the prefix is logs.install()'s
         return _verify(args)
+    if args.command in storecmds.COMMANDS:
+        return storecmds.run(args)
     if args.command == "doctor":
         from hubcache.tools.doctor import run as doctor
         return doctor(args)
