@@ -294,3 +294,22 @@ class Store:
         self._txns.write(op)
         self._txns.release_pages()
         logs.event(log, logging.INFO, "evicted", f"store: evicted {digest}", digest=digest)
+
+    # -- a writer beside the running hubcache -------------------------------------------------
+
+    @classmethod
+    def beside(cls, path: str | os.PathLike) -> Store:
+        """Open a store that a running hubcache holds, to write to it in turn (`hubcache import`):
+        LMDB lets processes take turns at its one write transaction. The lock stays the
+        proxy's, and nothing is recovered (the pending writes recovery would drop are the proxy's,
+        in progress). Blobs are written in the proxy's batches, so its writes wait for one batch,
+        never a whole import; a map grown here is adopted by the proxy at its next transaction."""
+        self = cls.__new__(cls)
+        self.path, self.max_size, self.readonly, self._clock = Path(path), 0, False, time.time
+        if not (self.path / "data.mdb").exists():
+            raise StoreError(f"no store at {self.path}")
+        self._lock = None
+        env = lmdb.open(str(self.path), map_size=256 << 20, max_dbs=16, max_readers=1024, metasync=False)
+        self._open_tables(env)
+        self.recovered = 0
+        return self

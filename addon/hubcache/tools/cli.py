@@ -34,6 +34,9 @@ def _parser() -> argparse.ArgumentParser:
     hist.add_argument("--store", default=os.path.join(DEFAULT_HOME, "store"), help="LMDB store directory")
     ver = sub.add_parser("verify", help="re-hash the whole store and drop what does not match (proxy stopped)")
     ver.add_argument("--store", default=os.path.join(DEFAULT_HOME, "store"), help="LMDB store directory")
+    from hubcache.tools.archive import add_export, add_import
+    add_export(sub.add_parser("export", help="write images of the store to an OCI image layout archive (tar)"))
+    add_import(sub.add_parser("import", help="read an archive `hubcache export` wrote into the store"))
     from hubcache.tools.doctor import add_arguments as doctor_arguments
     doctor_arguments(sub.add_parser("doctor", help="check, on a runner host, that pulls go through hubcache"))
     return p
@@ -136,6 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "verify":
         logging.basicConfig(level=logging.WARNING, format="%(message)s")  # the prefix is logs.install()'s
         return _verify(args)
+    if args.command in ("export", "import"):
+        from hubcache.tools.archive import run as archive
+        return archive(args)
     if args.command == "doctor":
         from hubcache.tools.doctor import run as doctor
         return doctor(args)
