@@ -236,3 +236,54 @@ def test_a_write_whose_pending_record_was_recovered_meanwhile_publishes_nothing(
         assert s.verify()["orphan_chunks"] == 0  # its chunks went with it
     finally:
         s.close()
+
+
+def test_a_read_only_store_reads_what_another_process_wrote_past_its_map(tmp_path):
+    """`hubcache export` (and `history`) open the store read-only beside a running hubcache, whose
+    writes may grow the map past the size it had when they opened it."""
+    Store(tmp_path / "s", map_size=1 << 20).close()
+    ro = Store(tmp_path / "s", readonly=True)
+    try:
+        before = ro.map_size()
+        code = ("import os, sys\nfrom hubcache.store import Store\nfrom hubcache.model import sha256_digest\n"
+                "s = Store(sys.argv[1], map_size=1 << 20)\ndata = os.urandom(int(sys.argv[2]))\n"
+                "w = s.begin_blob(sha256_digest(data), len(data), 'P:library/x')\nw.write(data)\nw.commit()\n"
+                "print(sha256_digest(data))\ns.close()\n")
+        res = subprocess.run([sys.executable, "-c", code, str(tmp_path / "s"), str(2 * before)],
+                             capture_output=True, text=True, timeout=60)
+        assert res.returncode == 0, res.stderr
+        info = ro.blob_info(res.stdout.strip())
+        assert info is not None and sha256_digest(b"".join(ro.read_blob(info))) == info.digest
+        assert ro.map_size() > before
+    finally:
+        ro.close()
+
+
+def test_export_and_import_show_a_progress_bar_on_a_terminal_and_none_in_a_log(exported, tmp_path):
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    out, _, _ = exported
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))  # a terminal has a size
+    try:
+        res = subprocess.run([str(HUBCACHE), "import", "--store", str(tmp_path / "dst"), str(out)],
+                             stdout=subprocess.PIPE, stderr=slave, timeout=120)
+        assert res.returncode == 0
+        os.close(slave)
+        shown = b""
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: the terminal's other end is closed and read
+                break
+            if not data:
+                break
+            shown += data
+    finally:
+        os.close(master)
+    assert b"check:" in shown and b"import:" in shown and b"B/s]" in shown
+    piped = hubcache("import", "--store", str(tmp_path / "dst2"), str(out))
+    assert piped.returncode == 0 and piped.stderr == ""

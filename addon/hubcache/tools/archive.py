@@ -40,7 +40,7 @@ def progress(total: int, what: str) -> Bar:
     from tqdm import tqdm  # type: ignore[import-untyped]
 
     return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=what, file=sys.stderr,
-                disable=None, leave=False)
+                disable=not sys.stderr.isatty(), leave=False)
 
 
 def run(args: argparse.Namespace) -> int:
