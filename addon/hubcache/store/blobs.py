@@ -135,8 +135,11 @@ class Blobs:
 
     def publish(self, txn: Txn, key: bytes, blob_id: bytes, size: int, first: int, chunks: list[memoryview]) -> bool:
         """Write the last chunks and the blob's record, which ends its pending write. Returns
-        False, and drops the chunks, when another write published the digest meanwhile."""
-        if txn.get(key, db=self._blobs) is not None:  # a concurrent fetch won the race
+        False, and drops the chunks, when another write published the digest meanwhile, or when
+        its pending write is gone (a hubcache that opened the store meanwhile recovered it: an
+        import beside a restarted proxy), so that no record ever lacks its first chunks."""
+        gone = first > 0 and txn.get(blob_id, db=self._pending) is None  # earlier batches wrote pending
+        if gone or txn.get(key, db=self._blobs) is not None:  # or a concurrent fetch won the race
             self.drop_chunks(txn, blob_id)
             return False
         self._put_chunks(txn, blob_id, first, chunks)

@@ -165,6 +165,8 @@ class Transactions:
                     return fn(txn)
             except lmdb.MapFullError:
                 self._grow(size)
+            except lmdb.MapResizedError:  # begin(): another process grew the map
+                self._adopt()
 
     def group[T](self, fn: Callable[[Txn], T], nbytes: int = 0) -> T:
         """Run `fn` in a write transaction, maybe together with other threads' (`nbytes`: what
@@ -172,15 +174,35 @@ class Transactions:
         return self._group.run(fn, nbytes)
 
     def read[T](self, fn: Callable[[Txn], T]) -> T:
-        with self._gate.shared(), self._env.begin() as txn:
-            return fn(txn)
+        while True:
+            try:
+                with self._gate.shared(), self._env.begin() as txn:
+                    return fn(txn)
+            except lmdb.MapResizedError:  # begin(): another process grew the map
+                self._adopt()
 
     @contextlib.contextmanager
     def reading(self) -> Iterator[lmdb.Transaction[memoryview]]:
         """A read transaction whose values are views into the map (`buffers=True`), valid until
         it ends; map_ranges() may be called inside it."""
-        with self._gate.shared(), self._env.begin(buffers=True) as txn:
-            yield txn
+        while True:
+            with self._gate.shared():
+                try:
+                    txn = self._env.begin(buffers=True)
+                except lmdb.MapResizedError:
+                    pass
+                else:
+                    with txn:
+                        yield txn
+                    return
+            self._adopt()
+
+    def _adopt(self) -> None:
+        """Another process (`hubcache import` beside this one) grew the map past this process's:
+        take its size (LMDB's set_mapsize(0)), alone, as a resize of our own is done."""
+        with self._gate.exclusive():
+            self._env.set_mapsize(0)
+            self._mapping = []  # the map moved
 
     def _grow(self, seen: int) -> None:
         with self._gate.exclusive():

@@ -35,6 +35,9 @@ def _parser() -> argparse.ArgumentParser:
     ver = sub.add_parser("verify", help="re-hash the whole store and drop what does not match (proxy stopped)")
     ver.add_argument("--store", default=os.path.join(DEFAULT_HOME, "store"), help="LMDB store directory")
     storecmds.add_arguments(sub)  # stats, ls, evict
+    from hubcache.tools.archive import add_export, add_import
+    add_export(sub.add_parser("export", help="write images of the store to an OCI image layout archive (tar)"))
+    add_import(sub.add_parser("import", help="read an archive `hubcache export` wrote into the store"))
     from hubcache.tools.doctor import add_arguments as doctor_arguments
     doctor_arguments(sub.add_parser("doctor", help="check, on a runner host, that pulls go through hubcache"))
     from hubcache.tools.warm import add_arguments as warm_arguments
@@ -141,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
         return _verify(args)
     if args.command in storecmds.COMMANDS:
         return storecmds.run(args)
+    if args.command in ("export", "import"):
+        from hubcache.tools.archive import run as archive
+        return archive(args)
     if args.command == "doctor":
         from hubcache.tools.doctor import run as doctor
         return doctor(args)
