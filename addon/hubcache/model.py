@@ -128,3 +128,25 @@ class Refusal(Exception):
         self.outcome = outcome
         self.note = note
         self.headers = headers or {}
+
+
+@dataclass(frozen=True)
+class ImageCounter:
+    """What the store served of one image reference (`docker.io/library/postgres:12.2`), kept across restarts."""
+
+    reference: str
+    digest: str
+    pulls: int
+    bytes: int
+    first: float
+    last: float
+
+
+@dataclass(frozen=True)
+class ClientCounter:
+    """What the store served one client (its proxy login, else its address), kept across restarts."""
+
+    client: str
+    pulls: int
+    bytes: int
+    last: float
