@@ -133,7 +133,7 @@ def store(s: Snapshot) -> str:
     share = f" ({percent(s.store_bytes / s.store_cap)} of its cap, {size(s.store_cap)})" if s.store_cap else " (no cap: hubcache_max_size)"
     entries = ", ".join(f"{count(n)} {escape(k)}" for k, n in sorted(s.entries.items()))
     return (f"<h2>Store size against its cap</h2><p>{size(s.store_bytes)} in use{share}"
-            f"{'; ' + entries if entries else ''}</p>" + svg.bar("store size against its cap", s.store_bytes, s.store_cap))
+            f"{'; ' + entries if entries else ''}</p>" + (svg.bar("store size against its cap", s.store_bytes, s.store_cap) if s.store_cap else ""))
 
 
 def recent(s: Snapshot) -> str:

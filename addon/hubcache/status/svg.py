@@ -62,11 +62,9 @@ def line_chart(title: str, series: Sequence[tuple[str, str, Sequence[Point]]], x
 
 
 def bar(title: str, value: float, cap: float, colour: str = "#2b7bb9") -> str:
-    """A horizontal bar: `value` of `cap` (cap 0: no cap, the bar is full in grey)."""
-    share = min(value / cap, 1.0) if cap > 0 else 1.0
-    fill = colour if cap > 0 else "#bbb"
-    if cap > 0 and share >= 0.9:
-        fill = "#c0392b"
+    """A horizontal bar: `value` of `cap` (> 0), red from 90 %."""
+    share = min(value / cap, 1.0)
+    fill = "#c0392b" if share >= 0.9 else colour
     w = W - LEFT - RIGHT
     return (f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {W} 28" width="{W}" height="28" role="img" '
             f'aria-label="{escape(title)}"><title>{escape(title)}</title>'
