@@ -60,6 +60,10 @@ class Metrics:
         self._client_series: dict[str, set[tuple[Counter, str]]] = {}  # client -> its series: (counter, other label)
         self.store_bytes = Gauge("hubcache_store_bytes", "Bytes of content in the store", registry=r)
         self.store_entries = Gauge("hubcache_store_entries", "Entries in the store, by kind", ["kind"], registry=r)
+        self.store_max_bytes = Gauge("hubcache_store_max_bytes", "The store's size cap, hubcache_max_size (0: no cap)", registry=r)
+        self.upstream_backoff = Gauge("hubcache_upstream_backoff", "1 while hubcache is not asking an upstream host (it "
+                                      "failed: back-off), 0 when it answers; by host ('registry': a registry's hosts)",
+                                      ["host"], registry=r)
         self.pulls_saved = Counter("hubcache_pulls_saved", "Manifest GETs answered from the store (hit, revalidated, "
                                    "stale): pulls the registry did not count, by registry", ["registry"], registry=r)
         self.recent: deque[tuple[float, dict[str, Any]]] = deque(maxlen=RECENT)  # (time, log fields) of misses and errors

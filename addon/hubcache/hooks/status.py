@@ -49,7 +49,13 @@ class StatusPage:
         self.started = time.time()
 
     def sample(self) -> None:
-        self.history.add(totals(_values(self.svc), time.time()))
+        """A sample for the charts, and the gauges the alert rules read: the store's cap, each
+        upstream host's back-off."""
+        svc, now = self.svc, time.time()
+        self.history.add(totals(_values(svc), now))
+        svc.metrics.store_max_bytes.set(svc.settings.max_size)
+        for host, why, _, _ in svc.dockerhub.health.states(now):
+            svc.metrics.upstream_backoff.labels(host).set(1 if why else 0)
 
     def html(self) -> bytes:
         """The page; on a failure to gather (the store closing under it), a page that says so."""
