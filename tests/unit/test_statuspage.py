@@ -126,3 +126,32 @@ def test_listener_serves_the_page_at_root_and_metrics_elsewhere():
             assert r.headers["Content-Type"].startswith("text/plain")
     finally:
         m.stop()
+
+
+def test_sample_sets_the_gauges_the_alerts_read_and_the_snapshot_reads_the_store(tmp_path):
+    import dataclasses
+
+    from hubcache.hooks.services import Services
+    from hubcache.hooks.status import StatusPage
+    from hubcache.store import Store
+
+    svc = Services()
+    svc.settings = dataclasses.replace(svc.settings, max_size=5000)
+    svc.dockerhub.health.succeeded("auth.docker.io", NOW)
+    svc.dockerhub.health.failed("registry", "answered 503", 4e9)  # backing off until long after now
+    svc.store = Store(tmp_path / "store")
+    try:
+        status = StatusPage(svc)
+        status.sample()
+        assert svc.metrics.store_max_bytes._value.get() == 5000
+        assert svc.metrics.upstream_backoff.labels("registry")._value.get() == 1
+        assert svc.metrics.upstream_backoff.labels("auth.docker.io")._value.get() == 0
+        svc.metrics.requests.labels("manifest", "hit", "docker.io").inc(3)
+        svc.metrics.requests.labels("blob", "miss", "docker.io").inc(1)
+        svc.metrics.requests.labels("token", "hit", "docker.io").inc(9)  # not content: not in the ratio
+        s = status.snapshot()
+        assert s.hit_ratio == 0.75 and s.store_bytes == 0 and s.store_cap == 5000
+        assert [u.host for u in s.upstream if u.reason] == ["registry"]
+        assert "backing off: answered 503" in status.html().decode()
+    finally:
+        svc.store.close()
