@@ -132,7 +132,8 @@ class Refusal(Exception):
 
 @dataclass(frozen=True)
 class ImageCounter:
-    """What the store served of one image reference (`docker.io/library/postgres:12.2`), kept across restarts."""
+    """What hubcache served of one image: `reference` as `docker pull` names it
+    (docker.io/library/postgres:12.2), `digest` what the tag pointed to; times in epoch seconds."""
 
     reference: str
     digest: str
@@ -144,7 +145,7 @@ class ImageCounter:
 
 @dataclass(frozen=True)
 class ClientCounter:
-    """What the store served one client (its proxy login, else its address), kept across restarts."""
+    """What hubcache served one client (its proxy login, else its address)."""
 
     client: str
     pulls: int
