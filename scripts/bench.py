@@ -18,6 +18,9 @@ Sections (all by default; --only picks one, --skip-extra keeps only the table):
   registries  the table's multi-layer image on a ghcr-like registry (token realm on its own host)
           and an mcr-like one (blobs redirected to a data host), skopeo direct, mitmdump, hubcache
           cold and warm, rounds interleaved; upstream requests of each pull (bench_registries.py)
+  fleet   3 hubcache hosts (own stores) each make a cold pull of one image, one after another and
+          all at once, without a parent and with a docker-registry 2.8 parent: counted pulls by
+          account, manifest GETs and CDN bytes at Docker Hub, wall times (bench_fleet.py)
 
 Every peak RSS is the summed VmRSS of the proxy process and all its descendants, sampled every
 0.1 s; VmHWM of the proxy process itself is reported beside it.
@@ -40,6 +43,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from bench_fleet import fleet_section, print_fleet
 from bench_registries import print_registries, registries_section
 from harness import images
 from harness.clients import make_cert_dir, skopeo_copy, skopeo_push
@@ -49,7 +53,7 @@ from harness.proxy import Proxy
 ROOT = Path(__file__).resolve().parent.parent
 MiB = 1 << 20
 MODES = ("direct", "mitmdump", "hubcache-cold", "hubcache-warm")
-SECTIONS = ("table", "extra", "memory", "load", "push", "registries")
+SECTIONS = ("table", "extra", "memory", "load", "push", "registries", "fleet")
 CLIENT_ENV = {"PATH": "/usr/bin:/bin"}  # no proxy variables: curl gets its proxy with -x
 BIG_REPO = "library/benchbig"
 
@@ -712,7 +716,11 @@ def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--blob-mib", type=int, default=1024, help="size of the single large blob (default 1024)")
     ap.add_argument("--layers", type=int, default=8, help="layers of the multi-layer image (default 8)")
-    ap.add_argument("--layer-mib", type=int, default=32, help="size of each of those layers (default 32)")
+    ap.add_argument("--layer-mib", type=int, default=32, help="size of each of those layers, and of the fleet's (default 32)")
+    ap.add_argument("--fleet-hosts", type=int, default=3, help="fleet: hubcache hosts (default 3)")
+    ap.add_argument("--fleet-layers", type=int, default=3, help="fleet: layers of its image, each --layer-mib (default 3)")
+    ap.add_argument("--fleet-link-mbps", type=float, default=0,
+                    help="fleet: pace every CDN connection at this many MB/s (default 0: loopback, unpaced)")
     ap.add_argument("--rounds", type=int, default=3, help="rounds, each running every mode once (default 3)")
     ap.add_argument("--workdir", type=Path, default=None, help="default: a temporary directory, removed at the end")
     ap.add_argument("--only", choices=SECTIONS, help="run only this section")
@@ -761,8 +769,8 @@ def main() -> int:
         bundle = work / "bundle.pem"
         bundle.write_bytes(up.ca_cert.read_bytes() + (confdir / "mitmproxy-ca-cert.pem").read_bytes())
 
-        def start(kind: str, store: Path | None = None, name: str = "") -> Proxy:
-            p = Proxy(work / "proxies" / name, up.ca_cert, confdir=confdir, kind=kind, store=store).start()
+        def start(kind: str, store: Path | None = None, name: str = "", sets: list[str] = ()) -> Proxy:
+            p = Proxy(work / "proxies" / name, up.ca_cert, confdir=confdir, kind=kind, store=store, sets=sets).start()
             proxies.append(p)
             return p
 
@@ -779,6 +787,8 @@ def main() -> int:
             summary["push"] = push_section(up, work, certs, start, args)
         if "registries" in args.sections:
             summary["registries"] = registries_section(up, work, certs, start, args)
+        if "fleet" in args.sections:
+            summary["fleet"] = fleet_section(up, work, certs, start, args)
     finally:
         for p in proxies:
             p.stop()
@@ -798,6 +808,8 @@ def main() -> int:
         print_push(summary["push"])
     if "registries" in summary:
         print_registries(summary["registries"])
+    if "fleet" in summary:
+        print_fleet(summary["fleet"])
     print(json.dumps(summary))
     return 0
 

@@ -192,8 +192,9 @@ def _repository_patterns(value: Sequence[str]) -> tuple[str, ...]:
     return tuple(patterns)
 
 
-def _parents(value: str) -> tuple[tuple[str, str], ...]:
-    """`https://mirror.internal[:port]` (Docker Hub's parent) or `docker.io=https://a,quay.io=https://b`."""
+def parse_parents(value: str) -> tuple[tuple[str, str], ...]:
+    """hubcache_parent (and `hubcache doctor --parent`): `https://mirror.internal[:port]` (Docker Hub's parent)
+    or `docker.io=https://a,quay.io=https://b`."""
     out: dict[str, str] = {}
     for item in (value or "").split(","):
         if not (item := item.strip()):
@@ -209,7 +210,7 @@ def _parents(value: str) -> tuple[tuple[str, str], ...]:
     return tuple(out.items())
 
 
-def _parent_prefix(value: str) -> str:
+def parse_parent_prefix(value: str) -> str:
     value = value.strip("/")
     if value and not re.fullmatch(r"[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*", value):
         raise ValueError(f"not a repository prefix: {value!r} (e.g. dockerhub-proxy)")
@@ -358,10 +359,10 @@ _PARSERS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "mode": ("egress_proxy", egress_proxy),
     "upstream_auth": ("upstream_auth", upstream_login),
     "hubcache_upstream_auth_file": ("upstream_auth_file", _same),
-    "hubcache_parent": ("parent", _parents),
+    "hubcache_parent": ("parent", parse_parents),
     "hubcache_parent_ca": ("parent_ca", _same),
     "hubcache_parent_credentials": ("parent_credentials", _same),
-    "hubcache_parent_prefix": ("parent_prefix", _parent_prefix),
+    "hubcache_parent_prefix": ("parent_prefix", parse_parent_prefix),
     "hubcache_parent_tags": ("parent_tags", _one_of("hub", "parent")),
     "hubcache_parent_fallback": ("parent_fallback", _one_of("hub", "never")),
 }

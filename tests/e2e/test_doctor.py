@@ -9,6 +9,7 @@ docs/runner-guide.md gives it).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -165,3 +166,169 @@ def test_doctor_says_when_hubcache_does_not_cache_the_images_registry(upstream, 
     assert pull.startswith(f"FAIL test pull: {GHCR_HOST}/team/any:1: the certificate for ghcr.io is issued by "), pull
     assert "not by hubcache's CA (O=mitmproxy,CN=mitmproxy): hubcache tunnels ghcr.io untouched" in pull, pull
     assert pull.endswith("-- fix: add it to hubcache's registries: --set hubcache_registries=+ghcr.io"), pull
+
+
+# ------------------------------------------------------------------ the parent registry (--parent)
+
+PARENT_ACCOUNT = ("doctorparentbot", "doctor-parent-hub-pw")  # the parent's account at the fake Hub
+PARENT_LOGIN = ("doctorparentuser", "s3cret-of-the-parent-7Qx")  # the parent's own login (htpasswd)
+
+
+def _secrets() -> list[str]:
+    import base64
+
+    return [PARENT_LOGIN[1], "wrong-s3cret-9Zk", PARENT_ACCOUNT[1],
+            base64.b64encode(f"{PARENT_LOGIN[0]}:{PARENT_LOGIN[1]}".encode()).decode()]
+
+
+@pytest.fixture
+def parent(upstream, tmp_path):
+    from harness.parent import Parent
+
+    upstream.add_account(*PARENT_ACCOUNT)
+    with Parent(tmp_path / "parent", upstream, PARENT_ACCOUNT, tls=True, login=PARENT_LOGIN) as p:
+        yield p
+
+
+def login_file(path: Path, login: str, mode: int = 0o600) -> Path:
+    path.write_text(login + "\n")
+    path.chmod(mode)
+    return path
+
+
+@contextlib.contextmanager
+def stand_in_dockerd(hub):
+    """A stand-in for dockerd (a process whose environment has HTTPS_PROXY, as the drop-in gives
+    dockerd's), so that every check but the parent's passes and the exit code is the parent
+    checks'. Yields the doctor's arguments without --parent*."""
+    dockerd = subprocess.Popen(["sleep", "300"], env={"PATH": os.environ["PATH"], "HTTPS_PROXY": hub.url})
+    try:
+        yield ["--proxy", hub.url, "--ca", str(hub.ca_cert), "--dockerd-pid", str(dockerd.pid),
+               "--daemon-json", "/nonexistent/daemon.json"]
+    finally:
+        dockerd.kill()
+        dockerd.wait()
+
+
+@pytest.fixture
+def parent_host(start_hubcache, parent, bundle, tmp_path):
+    """hubcache with the parent (its CA, its login in tmp_path/parent-login), and the doctor's arguments."""
+    good = login_file(tmp_path / "parent-login", ":".join(PARENT_LOGIN))
+    hub = start_hubcache(f"hubcache_parent={parent.url}", f"hubcache_parent_ca={parent.ca_cert}",
+                         f"hubcache_parent_credentials={good}")
+    with stand_in_dockerd(hub) as args:
+        yield hub, args
+
+
+def no_secret(lines: list[str]) -> None:
+    text = "\n".join(lines)
+    assert not [s for s in _secrets() if s in text], text
+
+
+def test_doctor_checks_the_parent_its_ca_its_login_and_an_image_through_it(upstream, parent, parent_host, tmp_path):
+    hub, args = parent_host
+    img = upstream.push_image("library/doctorparent", "1", [(4096, next(_seeds))])
+    good = tmp_path / "parent-login"
+    mark = parent.mark()
+    rc, lines = doctor(*args, "--image", "library/doctorparent:1", "--parent", parent.url,
+                       "--parent-ca", str(parent.ca_cert), "--parent-credentials", str(good))
+    assert rc == 0, "\n".join(lines)
+    assert all(x.startswith("OK   ") for x in lines) and len(lines) == 8, "\n".join(lines)
+    where = "https://mirror.internal (docker.io's parent)"
+    assert line(lines, "parent reachable") == (
+        f"OK   parent reachable: {where}: mirror.internal resolves to 127.0.0.20; port 443: TLS, certificate "
+        f"verified by the usual trust and --parent-ca {parent.ca_cert}")
+    assert line(lines, "parent login") == f"OK   parent login: {where}: GET /v2/ 401 (Basic), 200 with the login in {good}"
+    assert line(lines, "parent pull") == (
+        f"OK   parent pull: {where}: HEAD docker.io/library/doctorparent:1 200 {img.manifest_digest} "
+        "(the parent has it, or reaches docker.io for it)")
+    no_secret(lines)
+    asked = [(r.method, r.path, r.status) for r in parent.requests_since(mark)]
+    # the parent's own answers: the challenge, the login taken, the tag's HEAD with it
+    assert ("GET", "/v2/", 401) in asked and ("GET", "/v2/", 200) in asked, asked
+    assert ("HEAD", "/v2/library/doctorparent/manifests/1", 200) in asked, asked
+
+
+def test_doctor_without_the_parents_ca_names_hubcache_parent_ca(upstream, parent, parent_host, tmp_path):
+    _, args = parent_host
+    upstream.push_image("library/doctorparentnoca", "1", [(4096, next(_seeds))])
+    mark = parent.mark()
+    rc, lines = doctor(*args, "--parent", parent.url, "--parent-credentials", str(tmp_path / "parent-login"),
+                       "--image", "library/doctorparentnoca:1")
+    assert rc == 1
+    assert [x for x in lines if not x.startswith("OK   ")] == [
+        line(lines, "parent reachable"), line(lines, "parent login"), line(lines, "parent pull")], "\n".join(lines)
+    reach = line(lines, "parent reachable")
+    assert reach.startswith("FAIL parent reachable: https://mirror.internal (docker.io's parent): TLS with "
+                            "mirror.internal:443: its certificate is not trusted by the usual trust (no --parent-ca "
+                            "given) ("), reach
+    assert reach.endswith("-- fix: give hubcache_parent_ca the parent's CA, the one that signed its certificate "
+                          "(and this check --parent-ca FILE)"), reach
+    assert line(lines, "parent login").startswith("SKIP ") and line(lines, "parent pull").startswith("SKIP ")
+    assert parent.requests_since(mark) == []  # the handshake failed: no request reached it
+    no_secret(lines)
+
+
+def test_doctor_says_the_parent_refused_a_wrong_login_and_never_shows_it(upstream, parent, parent_host, tmp_path):
+    _, args = parent_host
+    upstream.push_image("library/doctorparentwrong", "1", [(4096, next(_seeds))])
+    wrong = login_file(tmp_path / "wrong-login", f"{PARENT_LOGIN[0]}:wrong-s3cret-9Zk")
+    rc, lines = doctor(*args, "--parent", parent.url, "--parent-ca", str(parent.ca_cert),
+                       "--parent-credentials", str(wrong), "--image", "library/doctorparentwrong:1")
+    assert rc == 1
+    assert line(lines, "parent reachable").startswith("OK   ")
+    assert line(lines, "parent login") == (
+        f"FAIL parent login: https://mirror.internal (docker.io's parent): GET /v2/ 401 (Basic); the parent refused "
+        f"the login in {wrong} (401 with it) -- fix: put the parent's own login (its htpasswd user or token account, "
+        f"never a registry's) in {wrong}, one line user:password")
+    assert line(lines, "parent pull").startswith("SKIP ")
+    no_secret(lines)
+    # A login file others can read is refused, as hubcache refuses it at start, its content unread
+    login_file(wrong, ":".join(PARENT_LOGIN), 0o644)
+    rc, lines = doctor(*args, "--parent", parent.url, "--parent-ca", str(parent.ca_cert), "--parent-credentials", str(wrong))
+    assert rc == 1
+    login = line(lines, "parent login")
+    assert login.startswith(f"FAIL parent login: https://mirror.internal (docker.io's parent): parent login file {wrong} "
+                            "has mode 0644: others can read it"), login
+    assert login.endswith(f"-- fix: chmod 600 {wrong}"), login
+    no_secret(lines)
+
+
+def test_doctor_with_the_parent_stopped_says_start_it(upstream, parent, parent_host, tmp_path):
+    _, args = parent_host
+    upstream.push_image("library/doctorparentstopped", "1", [(4096, next(_seeds))])
+    parent.stop()
+    rc, lines = doctor(*args, "--parent", parent.url, "--parent-ca", str(parent.ca_cert),
+                       "--parent-credentials", str(tmp_path / "parent-login"), "--image", "library/doctorparentstopped:1")
+    assert rc == 1
+    assert line(lines, "parent reachable") == (
+        "FAIL parent reachable: https://mirror.internal (docker.io's parent): mirror.internal resolves to 127.0.0.20; "
+        "port 443: Connection refused -- fix: start the parent registry, or let this host reach mirror.internal:443 "
+        "(hubcache connects to its parent directly, never through an egress proxy)")
+    assert line(lines, "parent login").startswith("SKIP ") and line(lines, "parent pull").startswith("SKIP ")
+    assert [x for x in lines if x.startswith("FAIL")] == [line(lines, "parent reachable")], "\n".join(lines)
+    no_secret(lines)
+
+
+def test_doctor_says_when_the_parent_cannot_reach_its_upstream(upstream, parent, start_hubcache, bundle, certs,
+                                                              tmp_path):
+    from harness.clients import pull_ok
+
+    upstream.push_image("library/doctorparentcut", "1", [(4096, next(_seeds))])
+    hub = start_hubcache()  # a host that pulled the image itself, before it had a parent
+    pull_ok("docker.io/library/doctorparentcut:1", tmp_path / "pulled", hub, certs)
+    login = login_file(tmp_path / "parent-login", ":".join(PARENT_LOGIN))
+    with upstream.down("docker.io"), stand_in_dockerd(hub) as args:  # the parent's upstream is gone
+        rc, lines = doctor(*args, "--parent", parent.url, "--parent-ca", str(parent.ca_cert),
+                           "--parent-credentials", str(login), "--image", "library/doctorparentcut:1")
+    assert rc == 1
+    assert "answered by hubcache from its store" in line(lines, "test pull")
+    assert [x for x in lines if not x.startswith("OK   ")] == [line(lines, "parent pull")], "\n".join(lines)
+    # distribution 2.8 answers a tag it cannot get from its upstream with 404; the test pull
+    # through hubcache found it: so the parent's way to its upstream is the fault
+    assert line(lines, "parent pull") == (
+        "FAIL parent pull: https://mirror.internal (docker.io's parent): HEAD docker.io/library/doctorparentcut:1 404, "
+        "though the test pull above found it on docker.io -- fix: the parent cannot reach its upstream: check its own "
+        "log (its proxy.remoteurl, its login there, its route out); and hubcache_parent_prefix (--parent-prefix) if it "
+        "names its repositories so")
+    no_secret(lines)

@@ -20,10 +20,14 @@ from harness.deployfiles import (
     PARENT_S3,
     ROOT,
     V3_ONLY,
+    S3Bucket,
     drop,
+    for_distribution_28,
     load_yaml,
     option_names,
     set_options,
+    substitute,
+    unit_exec_start,
 )
 
 README = DEPLOY / "README.md"
@@ -183,3 +187,34 @@ def test_every_file_deploy_says_to_make_is_kept_out_of_git():
     ignored = (DEPLOY / ".gitignore").read_text().split()
     for made in ("parent/tls/", "parent/htpasswd", "hubcache/", ".env"):  # keys and passwords
         assert made in ignored, made
+
+
+# ---------------------------------------------------------------- the helpers tests/e2e/test_deploy.py runs the files with
+
+
+def test_unit_exec_start_expands_the_units_environment_as_systemd_does():
+    unit = ("[Service]\nEnvironment=HOST=0.0.0.0 URL=https://p:5000 ARGS=\n"
+            "ExecStart=/bin/x run --host ${HOST} \\\n    --set parent=${URL} $ARGS\n")
+    assert unit_exec_start(unit) == ["/bin/x", "run", "--host", "0.0.0.0", "--set", "parent=https://p:5000"]
+    assert unit_exec_start(unit.replace("ARGS=", "ARGS='--set a=1  --set b=2'"))[-4:] == ["--set", "a=1", "--set", "b=2"]
+    with pytest.raises(KeyError):
+        unit_exec_start(unit.replace("HOST=0.0.0.0 ", ""))
+
+
+def test_substitute_replaces_whole_values_only_and_refuses_a_stale_mapping():
+    args = ["hubcache", "run", "--listen-port", "3128", "--set", "proxyauth=@/etc/h", "--set", "x=/etc/h/more"]
+    assert substitute(args, {"hubcache": "/v/hubcache", "3128": "4000", "@/etc/h": "@/tmp/h"}) == [
+        "/v/hubcache", "run", "--listen-port", "4000", "--set", "proxyauth=@/tmp/h", "--set", "x=/etc/h/more"]
+    with pytest.raises(ValueError, match="9090"):
+        substitute(args, {"127.0.0.1:9090": "127.0.0.1:1"})
+
+
+def test_the_s3_config_for_2_8_changes_only_the_bucket_its_endpoint_and_the_hosts_values(tmp_path):
+    shipped = load_yaml(PARENT_S3)
+    ran = for_distribution_28(shipped, addr=":1", debug_addr="127.0.0.1:2", cert=tmp_path / "c", key=tmp_path / "k",
+                              htpasswd=tmp_path / "h", storage=S3Bucket("b", "https://127.0.0.1:3"), drain=tmp_path / "d")
+    s3 = ran["storage"]["s3"]
+    assert (s3.pop("bucket"), s3.pop("regionendpoint")) == ("b", "https://127.0.0.1:3")
+    assert s3 == {k: v for k, v in shipped["storage"]["s3"].items() if k != "bucket"}  # secure, rootdirectory, ...
+    assert ran["storage"]["redirect"] == shipped["storage"]["redirect"] == {"disable": True}
+    assert "ttl" not in ran["proxy"]

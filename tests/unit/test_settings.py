@@ -148,7 +148,8 @@ def test_the_parent_is_checked_against_its_own_ca_when_one_is_given():
 
 
 def test_a_parent_is_docker_hubs_or_one_per_registry():
-    from hubcache.settings import _parent_prefix, _parents
+    from hubcache.settings import parse_parent_prefix as _parent_prefix
+    from hubcache.settings import parse_parents as _parents
 
     assert _parents("https://mirror.internal:5000/") == (("docker.io", "https://mirror.internal:5000"),)
     assert _parents("docker.io=https://a.internal, quay.io=http://b.internal:5000") == (

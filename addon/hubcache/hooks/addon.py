@@ -94,6 +94,7 @@ class HubCache:
         except (StoreError, OSError) as e:
             raise exceptions.OptionsError(f"hubcache_store: {e}") from e
         svc.blobserver = BlobServer(svc.store, svc.flights.wait, _direct_tls(), svc.flights.writing)
+        svc.counting.store = svc.store
         _keep_challenges(svc)
         size = svc.store.size()
         logs.event(log, logging.INFO, "store_opened", f"store {svc.settings.store} ({size >> 20} MiB in use)",
@@ -129,6 +130,7 @@ class HubCache:
         if svc.blobserver:
             svc.blobserver.stop()
             svc.blobserver = None
+        svc.counting.store = None
         if svc.store:
             svc.store.close()
             svc.store = None
@@ -175,7 +177,7 @@ class HubCache:
             if req.method == "HEAD" and flow.response.raw_content:  # any answer of ours: no body after a HEAD's
                 responses.drop_body(flow.response)
             st.answered_here = True
-            log_request(flow, st, svc.metrics, svc.clients)
+            log_request(flow, st, svc.metrics, svc.clients, counting=svc.counting)
 
     async def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
         """Bound the connect time to upstream hosts that have not answered recently, and never
@@ -237,7 +239,7 @@ class HubCache:
             svc.dockerhub.result(flow.request.host, resp.status_code, body=None if resp.stream else resp.get_content(strict=False))
             svc.metrics.upstream.labels(st.route.kind.value).inc()
             await _after_upstream(svc, flow, st)
-        log_request(flow, st, svc.metrics, svc.clients)
+        log_request(flow, st, svc.metrics, svc.clients, counting=svc.counting)
 
     def error(self, flow: http.HTTPFlow) -> None:
         st = state_of(flow)
@@ -252,7 +254,7 @@ class HubCache:
             st.note = st.flight.failure
         elif st.outcome is not Outcome.REJECTED:
             st.note = msg or "error"
-        log_request(flow, st, self.svc.metrics, self.svc.clients, warn=upstream_fault)
+        log_request(flow, st, self.svc.metrics, self.svc.clients, warn=upstream_fault, counting=self.svc.counting)
 
 
 async def _after_upstream(svc: Services, flow: http.HTTPFlow, st: FlowState) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from mitmproxy import http
 
@@ -98,9 +99,14 @@ class Clients:
             self.metrics.count_client(label, outcome, source, size)
 
 
+class Counter(Protocol):
+    def count(self, flow: http.HTTPFlow, st: FlowState, size: int | None) -> None: ...
+
+
 def log_request(flow: http.HTTPFlow, st: FlowState, metrics: Metrics, clients: Clients | None = None,
-                warn: bool = False) -> None:
-    """The flow's one log line and its metrics (per client too, with `clients`), once:
+                warn: bool = False, counting: Counter | None = None) -> None:
+    """The flow's one log line and its metrics (per client too, with `clients`; the store's
+    counters with `counting`, hooks/counting.py), once:
     `hit GET manifest library/x 1 200 3ms (note)`. A warning when its outcome is one (WARNED) or
     `warn` (upstream failed the transfer)."""
     if st.logged:
@@ -117,6 +123,8 @@ def log_request(flow: http.HTTPFlow, st: FlowState, metrics: Metrics, clients: C
             metrics.bytes.labels(source).inc(size)
     if clients is not None:
         clients.count(flow, st.outcome.value, source, size or 0)
+    if counting is not None:
+        counting.count(flow, st, size)
     status = flow.response.status_code if flow.response and not flow.error else "-"
     what = " ".join(x for x in (st.route.kind.value, st.repo, st.ref) if x)
     ms = (time.monotonic() - st.started) * 1000

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 from mitmproxy import http
 
 from hubcache.expiring import ExpiringCache
+from hubcache.hooks.counting import Counting
 from hubcache.hooks.flowstate import Clients, FlowState
 from hubcache.metrics import Metrics
 from hubcache.serve.blobserver import BlobServer
@@ -41,6 +42,7 @@ class Services:
         self.manifest_fetches: Shared[Any] = Shared()  # manifest GETs under way
         self.metrics = Metrics()
         self.clients = Clients(self.metrics, self.settings.metrics_clients)  # the per-client metrics' labels
+        self.counting = Counting()  # the store's counters of what was served (hubcache stats)
         self.dockerhub = DockerHub(self.metrics)
         self.parent = Parent(self.metrics)  # the shared tier asked first for content by digest (hubcache_parent)
         self.no_room: ExpiringCache[str, bool] = ExpiringCache(MAX_ENTRIES, NO_ROOM_SECONDS)

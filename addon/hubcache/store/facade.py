@@ -16,10 +16,13 @@ from typing import IO
 import lmdb
 
 from hubcache import logs
-from hubcache.model import BlobInfo, Manifest, TagRecord, sha256_digest
+from hubcache.model import BlobInfo, ClientCounter, ImageCounter, Manifest, TagRecord, sha256_digest
+from hubcache.store import format as storeformat
 from hubcache.store.blobs import Blobs, matches
 from hubcache.store.catalog import Catalog
+from hubcache.store.counters import Counters
 from hubcache.store.errors import DigestMismatch, StoreError, StoreInUse
+from hubcache.store.inventory import Inventory
 from hubcache.store.lru import Lru
 from hubcache.store.sink import StoreSink
 from hubcache.store.txn import Transactions, Txn
@@ -28,9 +31,10 @@ from hubcache.store.writer import BATCH_BYTES, BlobWriter
 log = logging.getLogger(__name__)
 
 
-def _take_lock(path: Path) -> IO[str]:
-    """Take the store's lock, or raise StoreInUse naming who has it. One hubcache per store:
-    opening drops interrupted writes, which would be another process's writes in progress."""
+def _take_lock(path: Path, wait: bool = True) -> IO[str] | None:
+    """Take the store's lock, or raise StoreInUse naming who has it (`wait` False: return None).
+    One hubcache per store: opening drops interrupted writes, which would be another process's
+    writes in progress."""
     lock = open(path / "hubcache.lock", "a+")
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -38,6 +42,8 @@ def _take_lock(path: Path) -> IO[str]:
         lock.seek(0)
         holder = lock.read().strip() or "another process"
         lock.close()
+        if not wait:
+            return None
         raise StoreInUse(f"store {path} is in use by {holder}") from None
     lock.truncate(0)
     lock.write(f"pid {os.getpid()}\n")
@@ -53,7 +59,9 @@ def probe(path: str | os.PathLike) -> None:
         raise StoreError(f"store {p} is a file, not a directory")
     try:
         p.mkdir(parents=True, exist_ok=True)
-        _take_lock(p).close()
+        lock = _take_lock(p)
+        if lock:
+            lock.close()
     except StoreError:
         raise
     except OSError as e:
@@ -65,22 +73,46 @@ class Store:
     `clock` dates access times and manifests (tests pass their own, to order accesses)."""
 
     def __init__(self, path: str | os.PathLike, *, max_size: int = 0, map_size: int = 256 << 20, readonly: bool = False,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, beside: bool = False) -> None:
+        """`beside`: for writing next to a running hubcache (evict): when another process holds
+        the lock, open without it, and leave its writes in progress and migrations to it."""
         self.path = Path(path)
         self.max_size = max_size
         self.readonly = readonly
         self._clock = clock
+        self.recovered = 0
         if readonly:
             self._open_readonly()
             return
         self.path.mkdir(parents=True, exist_ok=True)
-        self._lock: IO[str] | None = _take_lock(self.path)
+        self._lock: IO[str] | None = _take_lock(self.path, wait=not beside)
         env = lmdb.open(str(self.path), map_size=map_size, max_dbs=16, max_readers=1024, metasync=False)
+        seen = storeformat.found(env)
+        try:
+            storeformat.check(self.path, seen)
+        except StoreError:
+            self._abandon(env)
+            raise
         self._open_tables(env)
-        self.recovered = self.recover()  # interrupted writes dropped at open
+        if self._lock is not None:
+            self._migrate(seen)
+
+    def _migrate(self, seen: tuple[int, str] | None) -> None:
+        """Drop interrupted writes; bring an older store to this format."""
+        self.recovered = self.recover()
         if linked := self._catalog.link_all_references():
             logs.event(log, logging.INFO, "store_migrated",
                        f"linked the references of {linked} stored manifests to their repositories", manifests=linked)
+        if seen is None or seen[0] < storeformat.FORMAT:
+            storeformat.record(self._env)
+        if seen is not None and seen[0] < storeformat.FORMAT:
+            logs.event(log, logging.INFO, "store_migrated", f"store {self.path} migrated from format {seen[0]} "
+                       f"to {storeformat.FORMAT}", format=storeformat.FORMAT)
+
+    def _abandon(self, env: lmdb.Environment) -> None:
+        env.close()
+        if self._lock:
+            self._lock.close()
 
     def _open_readonly(self) -> None:
         """For looking at a store while a proxy runs on it (history): no lock, no recovery."""
@@ -89,9 +121,14 @@ class Store:
         self._lock = None
         env = lmdb.open(str(self.path), readonly=True, max_dbs=16, max_readers=1024)
         try:
+            storeformat.check(self.path, storeformat.found(env))
             self._open_tables(env)
         except lmdb.NotFoundError as e:
+            env.close()
             raise StoreError(f"{self.path} is not a hubcache store: {e}") from e
+        except StoreError:
+            env.close()
+            raise
 
     def _open_tables(self, env: lmdb.Environment) -> None:
         self._env = env
@@ -100,6 +137,8 @@ class Store:
         self._lru = Lru(self._txns, self._clock)
         self._blobs = Blobs(self._txns, self.path)
         self._sink = StoreSink(self._txns, self._blobs, self._catalog, self._lru)
+        self.counters = Counters(self._txns)  # what was served (stats): every record with records()
+        self.inventory = Inventory(self._txns)  # the store by image (ls, evict)
 
     def close(self) -> None:
         self._txns.close()
@@ -232,6 +271,21 @@ class Store:
         write failed or was dropped (or another write published the digest)."""
         return self._blobs.progress(digest, blob_id)
 
+    # -- counters and images (hubcache stats, ls, evict) ----------------------------------------
+
+    def count(self, reference: str, digest: str, client: str, *, pull: bool, hit: bool, nbytes: int,
+              store_bytes: int) -> None:
+        """Count a request served (buffered; written with the access times)."""
+        self.counters.add(reference, digest, client, pull=pull, hit=hit, nbytes=nbytes, store_bytes=store_bytes,
+                           when=self._clock())
+
+    def image_counters(self, limit: int | None = None) -> list[ImageCounter]:
+        """What was served per image reference and digest, most pulled first."""
+        return self.counters.images(limit)
+
+    def client_counters(self) -> list[ClientCounter]:
+        return self.counters.clients()
+
     # -- recovery, size, eviction -------------------------------------------------------------
 
     def recover(self) -> int:
@@ -253,7 +307,9 @@ class Store:
         self._lru.touch(digest)
 
     def flush_access(self) -> None:
+        """Write the buffered access times and counters."""
         self._lru.flush()
+        self.counters.flush()
 
     def evict_if_needed(self) -> None:
         """Over max_size, delete the least recently used content (never what is being read)."""

@@ -12,7 +12,7 @@ import time
 
 from hubcache import __version__, logs
 from hubcache.settings import DEFAULT_HOME
-from hubcache.tools import preflight
+from hubcache.tools import preflight, storecmds
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -34,8 +34,11 @@ def _parser() -> argparse.ArgumentParser:
     hist.add_argument("--store", default=os.path.join(DEFAULT_HOME, "store"), help="LMDB store directory")
     ver = sub.add_parser("verify", help="re-hash the whole store and drop what does not match (proxy stopped)")
     ver.add_argument("--store", default=os.path.join(DEFAULT_HOME, "store"), help="LMDB store directory")
+    storecmds.add_arguments(sub)  # stats, ls, evict
     from hubcache.tools.doctor import add_arguments as doctor_arguments
     doctor_arguments(sub.add_parser("doctor", help="check, on a runner host, that pulls go through hubcache"))
+    from hubcache.tools.warm import add_arguments as warm_arguments
+    warm_arguments(sub.add_parser("warm", help="pull through the running proxy every image a .gitlab-ci.yml, a list or a name gives"))
     return p
 
 
@@ -136,9 +139,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "verify":
         logging.basicConfig(level=logging.WARNING, format="%(message)s")  # the prefix is logs.install()'s
         return _verify(args)
+    if args.command in storecmds.COMMANDS:
+        return storecmds.run(args)
     if args.command == "doctor":
         from hubcache.tools.doctor import run as doctor
         return doctor(args)
+    if args.command == "warm":
+        from hubcache.tools.warm import run as warm
+        return warm(args)
     return 2
 
 

@@ -65,14 +65,15 @@ def check_confdir(path: str) -> None:
                       "(it keeps its CA there)", EXIT_USAGE) from e
 
 
-def open_existing(path: str, readonly: bool = False) -> Store:
+def open_existing(path: str, readonly: bool = False, beside: bool = False) -> Store:
     """For commands that read a store (verify, history): it must be there already, nothing is
-    created; `readonly` opens it beside a running hubcache, else it must not be in use."""
+    created; `readonly` or `beside` (writing, evict) open it beside a running hubcache, else it
+    must not be in use."""
     p = Path(path)
     if not (p / "data.mdb").is_file():
         raise Problem(f"no hubcache store at {p}: check --store (nothing was created)", EXIT_STORE_UNUSABLE)
     try:
-        return Store(p, readonly=readonly)
+        return Store(p, readonly=readonly, beside=beside)
     except StoreInUse as e:
         raise Problem(f"{e}: stop it first (this command needs the store to itself)", EXIT_STORE_IN_USE) from e
     except StoreError as e:

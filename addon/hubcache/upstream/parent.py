@@ -38,7 +38,12 @@ PARENT_LOGIN = "hubcache_parent_credentials"
 
 
 class ParentError(client.UpstreamError):
-    """The parent could not give an object (down, refused, wrong bytes)."""
+    """The parent could not give an object (down, refused, wrong bytes); `status`: its answer's
+    status when it answered with an error (5xx), else 0."""
+
+    def __init__(self, message: str, status: int = 0) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class Parent:
@@ -150,7 +155,7 @@ class Parent:
             return []
         root = self._root(route.registry)
         if root not in self._challenges:
-            resp = await self._request("GET", f"{root}/v2/", [])
+            resp = await self.base(route.registry)
             found = challenges.parse(resp.header("www-authenticate")) if resp.status == 401 else None
             self._challenges[root] = found
         found = self._challenges[root]
@@ -175,7 +180,7 @@ class Parent:
         headers = [("Accept", v) for v in accept] + await self.headers(route)
         resp = await self._request(method, self.url(route, reference), headers)
         if resp.status >= 500:
-            raise ParentError(f"answered {resp.status}")
+            raise ParentError(f"answered {resp.status}", resp.status)
         return resp
 
     def blob(self, route: Route, headers: list[tuple[str, str]]) -> fetch.Response:
@@ -190,6 +195,11 @@ class Parent:
             raise ParentError(f"parent: {e}{never}") from e
         resp.hops = []
         return resp
+
+    async def base(self, registry: str, headers: list[tuple[str, str]] | None = None) -> client.UpstreamResponse:
+        """GET /v2/ at the registry's parent (its challenge; with `headers`, whether they are a
+        login it takes). Raises ParentError when it does not answer."""
+        return await self._request("GET", f"{self._root(registry)}/v2/", headers or [])
 
     async def _get(self, url: str, headers: list[tuple[str, str]]) -> client.UpstreamResponse:
         return await self._request("GET", url, headers)

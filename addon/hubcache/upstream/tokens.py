@@ -20,6 +20,14 @@ EXPIRY_MARGIN = 30  # seconds before expiry at which an upstream token is fetche
 MAX_TOKENS = 4096  # (account, repository) pairs whose token is kept
 
 
+class TokenRefused(UpstreamError):
+    """A token endpoint answered, but not with a token (`status`: 401 or 403 for a refused login)."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 def issue_local_token() -> dict:
     """The body of a token response for a client that asked anonymously."""
     token = LOCAL_PREFIX + secrets.token_urlsafe(24)
@@ -103,7 +111,7 @@ class UpstreamTokens:
         resp = await self._fetch(url, headers)
         who = f" as {credential.account}" if credential else ""
         if resp.status != 200:
-            raise UpstreamError(f"token endpoint answered {resp.status} for {scope}{who}")
+            raise TokenRefused(f"token endpoint answered {resp.status} for {scope}{who}", resp.status)
         try:
             data = json.loads(resp.body)
             token = data.get("token") or data["access_token"]
