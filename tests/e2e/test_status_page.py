@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 import urllib.request
 from pathlib import Path
 
@@ -46,18 +47,18 @@ def pulled(upstream, start_hubcache, certs, tmp_path):
     return port, hub
 
 
-def load(port: int, tmp_path: Path) -> browser.Loaded:
+def load(port: int, tmp_path: Path, shot: str) -> browser.Loaded:
     with browser.Browser(tmp_path / "chromium") as b:
         seen = b.load(f"http://127.0.0.1:{port}/")
     artifacts = Path(os.environ.get("HUBCACHE_ARTIFACTS") or tmp_path)
     artifacts.mkdir(parents=True, exist_ok=True)
-    (artifacts / "status-page.png").write_bytes(seen.screenshot)
+    (artifacts / shot).write_bytes(seen.screenshot)
     return seen
 
 
 def test_status_page_in_a_browser_shows_the_pulled_image_hit_ratio_and_pulls_saved(pulled, tmp_path):
     port, hub = pulled
-    seen = load(port, tmp_path)
+    seen = load(port, tmp_path, "status-page.png")
     metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
     text = " ".join(seen.text.split())
 
@@ -92,7 +93,11 @@ def test_status_page_in_a_browser_shows_the_pulled_image_hit_ratio_and_pulls_sav
 @pytest.mark.skipif(not hasattr(Store, "image_counters"), reason="needs the store's per-image counters (issue 14 item 2)")
 def test_status_page_top_images_come_from_the_stores_counters(pulled, tmp_path):
     port, hub = pulled
-    text = " ".join(load(port, tmp_path).text.split())
+    deadline = time.monotonic() + 20  # the store writes its counters with the access times, every 5 s
+    while IMAGE not in urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10).read().decode():
+        assert time.monotonic() < deadline, "the pulled image never reached the page's top images"
+        time.sleep(1)
+    text = " ".join(load(port, tmp_path, "status-page-top-images.png").text.split())
     by_pulls = text.split("Top images by pulls", 1)[1].split("Top images by size", 1)[0]
     assert re.search(rf"{re.escape(IMAGE)} sha256:\w+ 2 ", by_pulls), by_pulls  # two pulls, cold and warm
     assert IMAGE in text.split("Top images by size", 1)[1]
