@@ -2,12 +2,31 @@
 
 from __future__ import annotations
 
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+from prometheus_client.exposition import ThreadingWSGIServer
 
 # seconds an upstream request of hubcache's own waited for its turn (upstream/pacing.py)
 WAIT_BUCKETS = (0.005, 0.05, 0.25, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+FROM_STORE = frozenset({"hit", "revalidated", "stale"})  # outcomes answered from the store
+NOTED = frozenset({"miss", "error", "rejected", "refused"})  # outcomes the status page lists as recent
+RECENT = 50  # of them kept
+# The status page's answer: nothing may be fetched from elsewhere, or run (runner networks are often closed)
+PAGE_HEADERS = [("Content-Type", "text/html; charset=utf-8"), ("Cache-Control", "no-store"),
+                ("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; img-src data:"),
+                ("X-Content-Type-Options", "nosniff")]
+
+
+class _Quiet(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """Requests to the metrics listener are not logged (Prometheus scrapes it every few seconds)."""
 
 
 class Metrics:
@@ -41,18 +60,50 @@ class Metrics:
         self._client_series: dict[str, set[tuple[Counter, str]]] = {}  # client -> its series: (counter, other label)
         self.store_bytes = Gauge("hubcache_store_bytes", "Bytes of content in the store", registry=r)
         self.store_entries = Gauge("hubcache_store_entries", "Entries in the store, by kind", ["kind"], registry=r)
-        self._server: Any = None  # prometheus_client's WSGI server, while it runs
+        self.store_max_bytes = Gauge("hubcache_store_max_bytes", "The store's size cap, hubcache_max_size (0: no cap)", registry=r)
+        self.upstream_backoff = Gauge("hubcache_upstream_backoff", "1 while hubcache is not asking an upstream host (it "
+                                      "failed: back-off), 0 when it answers; by host ('registry': a registry's hosts)",
+                                      ["host"], registry=r)
+        self.pulls_saved = Counter("hubcache_pulls_saved", "Manifest GETs answered from the store (hit, revalidated, "
+                                   "stale): pulls the registry did not count, by registry", ["registry"], registry=r)
+        self.recent: deque[tuple[float, dict[str, Any]]] = deque(maxlen=RECENT)  # (time, log fields) of misses and errors
+        self._server: Any = None  # the WSGI server, while it runs
 
-    def serve(self, listen: str) -> tuple[str, int]:
-        """Start the /metrics HTTP server on 'host:port'."""
+    def serve(self, listen: str, page: Callable[[], bytes] | None = None) -> tuple[str, int]:
+        """Start the HTTP server on 'host:port': the metrics at /metrics (and any other path, as
+        prometheus-client serves them), and `page()`, the status page, at /."""
         host, _, port = listen.rpartition(":")
-        self._server, _ = start_http_server(int(port), addr=host or "127.0.0.1", registry=self.registry)
+        metrics = make_wsgi_app(self.registry)
+
+        def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+            if page is not None and environ.get("PATH_INFO") in ("", "/") and environ.get("REQUEST_METHOD") in ("GET", "HEAD"):
+                body = page()
+                start_response("200 OK", PAGE_HEADERS + [("Content-Length", str(len(body)))])
+                return [b"" if environ["REQUEST_METHOD"] == "HEAD" else body]
+            return metrics(environ, start_response)
+
+        addr = host.strip("[]") or "127.0.0.1"
+
+        class Server(ThreadingWSGIServer):
+            address_family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+
+        self._server = make_server(addr, int(port), app, Server, handler_class=_Quiet)
+        threading.Thread(target=self._server.serve_forever, name="hubcache-metrics", daemon=True).start()
         return self._server.server_address[:2]
 
     def stop(self) -> None:
         if self._server:
             self._server.shutdown()
+            self._server.server_close()
             self._server = None
+
+    def observed(self, kind: str, method: str, outcome: str, registry: str, fields: dict[str, Any]) -> None:
+        """One registry request ended (its log line's `fields`): a manifest GET from the store is a
+        pull saved; a miss or an error is kept for the status page."""
+        if kind == "manifest" and method == "GET" and outcome in FROM_STORE:
+            self.pulls_saved.labels(registry).inc()
+        if outcome in NOTED:
+            self.recent.append((time.time(), fields))
 
     def count_client(self, client: str, outcome: str, source: str = "", size: int = 0) -> None:
         """One request of `client` (a label the caller bounded), and the `size` bytes it was sent

@@ -18,13 +18,15 @@ MAY_IMPORT = {
     "logs": set(),
     "metrics": set(),
     "decide": {"model", "registries", "settings"},
+    "status": {"model"},
     "store": {"model", "settings", "logs"},
     "upstream": {"model", "registries", "settings", "expiring", "logs", "metrics", "decide"},
     "serve": {"model", "settings", "logs", "store", "upstream", "decide"},
-    "hooks": {"model", "registries", "settings", "expiring", "logs", "metrics", "decide", "store", "upstream", "serve"},
+    "hooks": {"model", "registries", "settings", "expiring", "logs", "metrics", "decide", "store", "upstream", "serve",
+              "status"},
     "tools": {"model", "registries", "settings", "logs", "decide", "store", "serve", "hooks"},
 }
-PURE = {"model", "registries", "settings", "expiring", "decide"}  # testable without a proxy, a store or a network
+PURE = {"model", "registries", "settings", "expiring", "decide", "status"}  # testable without a proxy, a store or a network
 
 
 def modules():

@@ -43,3 +43,14 @@ class Health:
 
     def recently_ok(self, host: str, now: float, within: float) -> bool:
         return now - self._last_ok.get(host, float("-inf")) < within
+
+    def states(self, now: float) -> list[tuple[str, str, float, float | None]]:
+        """Every host on record, by name: (host, why it is backing off or "" when it is not,
+        seconds of back-off left, when it last answered well or None)."""
+        failures, last_ok = dict(self._failures), dict(self._last_ok)  # copies: read from another thread
+        out = []
+        for host in sorted(failures.keys() | last_ok.keys()):
+            f = failures.get(host)
+            backing_off = f is not None and now < f.until
+            out.append((host, f.reason if f and backing_off else "", f.until - now if f and backing_off else 0.0, last_ok.get(host)))
+        return out

@@ -19,6 +19,7 @@ from hubcache.decide.redirects import REDIRECTS
 from hubcache.hooks import auth, blobs, manifests, pushes, responses, tags
 from hubcache.hooks.flowstate import META, FlowState, log_request, state_of
 from hubcache.hooks.services import Services
+from hubcache.hooks.status import StatusPage
 from hubcache.model import Kind, Outcome, Refusal
 from hubcache.registries import DOCKER_HUB
 from hubcache.serve.blobserver import BlobServer, tls_context
@@ -48,6 +49,7 @@ HANDLERS: dict[Kind, Handler] = {
 class HubCache:
     def __init__(self) -> None:
         self.svc = Services()
+        self.status = StatusPage(self.svc)  # the page at / on hubcache_metrics_listen
         self._running = False
         self._configured = False
         self._flusher: asyncio.Task[None] | None = None
@@ -104,9 +106,10 @@ class HubCache:
         if wanted := settings.mitmproxy_defaults(ctx.options, self.svc.settings):
             ctx.options.update(**wanted)
         if self.svc.settings.metrics_listen:
-            host, port = self.svc.metrics.serve(self.svc.settings.metrics_listen)
-            logs.event(log, logging.INFO, "metrics_listening", f"metrics on http://{host}:{port}/metrics",
-                       url=f"http://{host}:{port}/metrics")
+            host, port = self.svc.metrics.serve(self.svc.settings.metrics_listen, self.status.html)
+            self.status.sample()
+            logs.event(log, logging.INFO, "metrics_listening", f"metrics on http://{host}:{port}/metrics, status page on "
+                       f"http://{host}:{port}/", url=f"http://{host}:{port}/metrics", page=f"http://{host}:{port}/")
         try:
             self._flusher = asyncio.get_running_loop().create_task(self._flush_access_forever())
         except RuntimeError:  # no event loop: driven by tests
@@ -141,6 +144,8 @@ class HubCache:
                 svc.metrics.store_bytes.set(svc.store.size())
                 for kind, n in svc.store.counts().items():
                     svc.metrics.store_entries.labels(kind).set(n)
+            if svc.settings.metrics_listen:
+                self.status.sample()
 
     # -- hooks --------------------------------------------------------------------------------
 

@@ -139,5 +139,6 @@ def log_request(flow: http.HTTPFlow, st: FlowState, metrics: Metrics, clients: C
         "bytes": size,
         "duration_ms": round(ms, 1), "client": client, "account": st.account or None, "note": st.note or None,
     }
+    metrics.observed(st.route.kind.value, flow.request.method, st.outcome.value, st.registry_label or registry, fields)
     level = logging.WARNING if warn or st.outcome in WARNED else logging.INFO
     logs.event(log, level, "request", line, **fields)
