@@ -57,6 +57,12 @@ class Metrics:
                                        "'other') and outcome", ["client", "outcome"], registry=r)
         self.client_bytes = Counter("hubcache_client_bytes", "Body bytes sent to clients, by client (as in "
                                     "hubcache_client_requests) and where they came from", ["client", "source"], registry=r)
+        self.client_connections = Gauge("hubcache_client_connections", "Client connections open (taken under "
+                                        "hubcache_client_max and hubcache_client_max_per_address)", registry=r)
+        self.client_refused = Counter("hubcache_client_refused", "Client connections closed at once, by the cap that "
+                                      "refused them (hubcache_client_max, hubcache_client_max_per_address)", ["cap"], registry=r)
+        self.client_idle_closed = Counter("hubcache_client_idle_closed", "Client connections closed because they sent no "
+                                          "request within hubcache_client_idle seconds", registry=r)
         self._client_series: dict[str, set[tuple[Counter, str]]] = {}  # client -> its series: (counter, other label)
         self.store_bytes = Gauge("hubcache_store_bytes", "Bytes of content in the store", registry=r)
         self.store_entries = Gauge("hubcache_store_entries", "Entries in the store, by kind", ["kind"], registry=r)

@@ -244,6 +244,9 @@ class Settings:
     pool_private: tuple[str, ...] = ()
     metrics_listen: str = ""
     metrics_clients: int = 100
+    client_max: int = 8192
+    client_max_per_address: int = 1024
+    client_idle: int = 30
     upstream_timeout: int = 15
     connect_timeout: int = 5
     backoff: int = 30
@@ -341,6 +344,9 @@ _PARSERS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "hubcache_pool_private": ("pool_private", _repository_patterns),
     "hubcache_metrics_listen": ("metrics_listen", _host_port),
     "hubcache_metrics_clients": ("metrics_clients", _at_least(0)),
+    "hubcache_client_max": ("client_max", _at_least(0)),
+    "hubcache_client_max_per_address": ("client_max_per_address", _at_least(0)),
+    "hubcache_client_idle": ("client_idle", _at_least(0)),
     "hubcache_upstream_timeout": ("upstream_timeout", _at_least(1)),
     "hubcache_connect_timeout": ("connect_timeout", _at_least(1)),
     "hubcache_backoff": ("backoff", _at_least(0)),
@@ -395,6 +401,12 @@ def load(loader: Any) -> None:
     add("hubcache_metrics_listen", str, "", "host:port for the Prometheus /metrics endpoint (e.g. 127.0.0.1:9090); empty: off.")
     add("hubcache_metrics_clients", int, 100, "Most clients (proxy logins, else addresses) the per-client metrics name; "
         "the rest are counted under 'other'. 0: no per-client metrics.")
+    add("hubcache_client_max", int, 8192, "Most client connections open at once; more are closed at once "
+        "(each takes up to 3 file descriptors: hubcache raises its soft limit at start). 0: no cap.")
+    add("hubcache_client_max_per_address", int, 1024, "Most client connections open at once from one address "
+        "(a NAT gateway in front of a fleet is one address). 0: no cap.")
+    add("hubcache_client_idle", int, 30, "Seconds a client connection may stay open without sending a whole first "
+        "request (CONNECT); then it is closed. After that, tcp_timeout closes a connection with no traffic. 0: off.")
     add("hubcache_upstream_timeout", int, 15, "Seconds hubcache waits for its own upstream requests (tokens, revalidation).")
     add("hubcache_connect_timeout", int, 5, "Seconds to wait for a TCP connection to an upstream host that has not answered recently.")
     add("hubcache_backoff", int, 30, "Seconds an upstream host that failed is not asked again: tags are served stale, misses fail at once.")

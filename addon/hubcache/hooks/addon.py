@@ -10,7 +10,7 @@ import ssl
 from collections.abc import Awaitable, Callable, Collection
 from typing import Any
 
-from mitmproxy import connection, ctx, exceptions, http
+from mitmproxy import connection, ctx, exceptions, http, tls
 from mitmproxy.proxy import mode_specs, server_hooks
 
 from hubcache import logs, settings
@@ -18,6 +18,7 @@ from hubcache.decide import challenge, routes
 from hubcache.decide.redirects import REDIRECTS
 from hubcache.hooks import auth, blobs, manifests, pushes, responses, tags
 from hubcache.hooks.flowstate import META, FlowState, log_request, state_of
+from hubcache.hooks.limits import ConnectionLimits
 from hubcache.hooks.services import Services
 from hubcache.hooks.status import StatusPage
 from hubcache.model import Kind, Outcome, Refusal
@@ -50,6 +51,7 @@ class HubCache:
     def __init__(self) -> None:
         self.svc = Services()
         self.status = StatusPage(self.svc)  # the page at / on hubcache_metrics_listen
+        self.limits = ConnectionLimits(self.svc.metrics)  # client connections: caps, first-request deadline
         self._running = False
         self._configured = False
         self._flusher: asyncio.Task[None] | None = None
@@ -77,6 +79,7 @@ class HubCache:
             raise exceptions.OptionsError(str(e)) from e
         self._configured = True
         svc.clients.configure(svc.settings.metrics_clients)
+        self.limits.configure(svc.settings)
         if {"hubcache_log_format", "hubcache_log_level"} & set(updated):
             logs.configure(svc.settings.log_format, svc.settings.log_level)
         # The store opens when the proxy runs (not while options are still being set, which would
@@ -201,12 +204,20 @@ class HubCache:
         if self.svc.dockerhub.watched(host) and (why := await self.svc.dockerhub.probe(host, port)):
             data.server.error = why
 
+    def client_connected(self, client: connection.Client) -> None:
+        self.limits.connected(client)
+
+    def tls_clienthello(self, data: tls.ClientHelloData) -> None:
+        self.limits.spoke(data.context.client)  # a TLS-first mode's first request
+
     def http_connect(self, flow: http.HTTPFlow) -> None:
+        self.limits.spoke(flow.client_conn)
         if isinstance(flow.client_conn.proxy_mode, mode_specs.UpstreamMode):
             self._tunnels[flow.client_conn.id] = (flow.request.host, flow.request.port)
 
     def client_disconnected(self, client: connection.Client) -> None:
         self._tunnels.pop(client.id, None)
+        self.limits.disconnected(client)
 
     def http_connect_upstream(self, flow: http.HTTPFlow) -> None:
         """mitmproxy's CONNECT to the egress proxy: the login of hubcache_upstream_auth_file (mitmproxy
@@ -218,6 +229,7 @@ class HubCache:
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         """A plain-HTTP request in upstream mode goes to the egress proxy as it is: with its login."""
+        self.limits.spoke(flow.client_conn)
         if flow.request.scheme == "http" and isinstance(flow.client_conn.proxy_mode, mode_specs.UpstreamMode) \
                 and (egress := self.svc.dockerhub.egress) and (auth := egress.authorization()):
             flow.request.headers["Proxy-Authorization"] = auth

@@ -12,7 +12,7 @@ import time
 
 from hubcache import __version__, logs
 from hubcache.settings import DEFAULT_HOME
-from hubcache.tools import preflight, storecmds
+from hubcache.tools import fdlimit, preflight, storecmds
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -114,6 +114,9 @@ async def _run(args: argparse.Namespace) -> int:
     except preflight.Problem as e:
         print(f"hubcache: {e}", file=sys.stderr)
         return e.code
+    fds, needed = fdlimit.raise_soft_limit(opts.hubcache_client_max)
+    if why := fdlimit.advice(fds, needed):
+        logs.event(logging.getLogger(__name__), logging.WARNING, "fd_limit_low", why, limit=fds, needed=needed)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, master.shutdown)
