@@ -115,3 +115,27 @@ def test_the_soft_limit_is_raised_to_the_hard_one(monkeypatch):
     monkeypatch.setattr(resource, "setrlimit", lambda what, limits: calls.append(limits))
     assert fdlimit.raise_soft_limit(8192) == (65536, 8192 * 3 + 1024)
     assert calls == [(65536, 65536)]
+
+
+def test_an_over_cap_connection_gets_a_503_naming_the_cap_for_its_first_request():
+    import asyncio
+
+    async def run():
+        limits = ConnectionLimits(Metrics())
+        limits.configure(Settings(client_max=0, client_max_per_address=1, client_idle=30))
+        taken, over = tflow.tclient_conn(), tflow.tclient_conn()
+        taken.peername = over.peername = ("10.0.0.7", 40000)
+        limits.connected(taken)
+        limits.connected(over)
+        assert over.error is None  # kept for its request, to be answered
+        assert limits.admission.open == 1 and len(limits._timers) == 2
+        refused, served = tflow.tflow(client_conn=over), tflow.tflow(client_conn=taken)
+        assert limits.request(refused) and not limits.request(served)
+        assert served.response is None and not limits._timers  # no deadline left for either
+        assert refused.response.status_code == 503
+        assert refused.response.headers["connection"] == "close"
+        assert "10.0.0.7" in refused.response.reason and "hubcache_client_max_per_address" in refused.response.reason
+        limits.disconnected(over)
+        assert limits.admission.open == 1
+
+    asyncio.run(run())

@@ -211,7 +211,8 @@ class HubCache:
         self.limits.spoke(data.context.client)  # a TLS-first mode's first request
 
     def http_connect(self, flow: http.HTTPFlow) -> None:
-        self.limits.spoke(flow.client_conn)
+        if self.limits.request(flow):  # over a cap: answered 503
+            return
         if isinstance(flow.client_conn.proxy_mode, mode_specs.UpstreamMode):
             self._tunnels[flow.client_conn.id] = (flow.request.host, flow.request.port)
 
@@ -229,7 +230,8 @@ class HubCache:
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         """A plain-HTTP request in upstream mode goes to the egress proxy as it is: with its login."""
-        self.limits.spoke(flow.client_conn)
+        if self.limits.request(flow):  # over a cap: answered 503
+            return
         if flow.request.scheme == "http" and isinstance(flow.client_conn.proxy_mode, mode_specs.UpstreamMode) \
                 and (egress := self.svc.dockerhub.egress) and (auth := egress.authorization()):
             flow.request.headers["Proxy-Authorization"] = auth

@@ -1,7 +1,11 @@
 """Client connections hubcache takes and keeps (hubcache_client_max, hubcache_client_max_per_address,
-hubcache_client_idle): a connection over a cap is closed before anything is read from it; one that
-has not sent a whole first request after `client_idle` seconds is closed then. The policy is
-decide/admission.py; this module holds the connections' timers and closes them through mitmproxy.
+hubcache_client_idle). A connection over a cap is not counted: its first request is answered 503
+with the reason (Go clients show it: `Get "https://...": hubcache: 50 connections are open from
+10.0.0.7, ...`) and the connection closed; it gets REFUSING_SECONDS to send it, and when more than
+REFUSING_MOST such connections wait at once, any more are closed before anything is read. A taken
+connection that has not sent a whole first request after `client_idle` seconds is closed then. The
+policy is decide/admission.py; this module holds the connections' timers and closes them through
+mitmproxy.
 
 After the first request, mitmproxy's own tcp_timeout (60 s under hubcache) closes a connection on
 which nothing moves."""
@@ -12,7 +16,7 @@ import asyncio
 import logging
 import time
 
-from mitmproxy import connection, ctx
+from mitmproxy import connection, ctx, http
 
 from hubcache import logs
 from hubcache.decide.admission import Admission, RefusalLog
@@ -21,6 +25,9 @@ from hubcache.metrics import Metrics
 from hubcache.settings import Settings
 
 log = logging.getLogger(__name__)
+
+REFUSING_SECONDS = 5  # an over-cap connection's time to send the request its 503 answers
+REFUSING_MOST = 256  # over-cap connections waiting for that at once; more are closed at once
 
 
 class ConnectionLimits:
@@ -32,6 +39,7 @@ class ConnectionLimits:
         self.idlers = RefusalLog()  # idle connections closed: likewise
         self._taken: dict[str, str] = {}  # client id -> its address, for the connections taken
         self._timers: dict[str, asyncio.TimerHandle] = {}  # client id -> its first request's deadline
+        self._refusing: dict[str, str] = {}  # client id -> why, for the over-cap connections to answer 503
 
     def configure(self, s: Settings) -> None:
         """New caps apply to connections from now on; open ones stay."""
@@ -42,7 +50,11 @@ class ConnectionLimits:
         address = client.peername[0] if client.peername else ""
         refused = self.admission.admit(address)
         if refused is not None:
-            client.error = f"hubcache: {refused.why} ({refused.cap})"  # mitmproxy closes it, reading nothing
+            why = f"hubcache: {refused.why} ({refused.cap})"
+            if len(self._refusing) >= REFUSING_MOST or not self._deadline(client.id, REFUSING_SECONDS):
+                client.error = why  # mitmproxy closes it, reading nothing
+            else:
+                self._refusing[client.id] = why
             self.metrics.client_refused.labels(refused.cap).inc()
             if n := self.refusals.note(address, time.monotonic()):
                 name = address_name(address)
@@ -54,18 +66,37 @@ class ConnectionLimits:
         self._taken[client.id] = address
         self.metrics.client_connections.set(self.admission.open)
         if self.idle:
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:  # driven by tests without a loop
-                return
-            self._timers[client.id] = loop.call_later(self.idle, self._expire, client.id)
+            self._deadline(client.id, self.idle)
+
+    def _deadline(self, client_id: str, seconds: float) -> bool:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # driven by tests without a loop
+            return False
+        self._timers[client_id] = loop.call_later(seconds, self._expire, client_id)
+        return True
 
     def spoke(self, client: connection.Client) -> None:
-        """The client sent a whole request: no first-request deadline any more."""
+        """The client sent a whole request: no first-request deadline any more; an over-cap
+        connection is closed (a TLS-first mode's: no HTTP request to answer)."""
         if timer := self._timers.pop(client.id, None):
             timer.cancel()
+        if self._refusing.pop(client.id, None):
+            _close(client.id, "over a cap")
+
+    def request(self, flow: http.HTTPFlow) -> bool:
+        """A client's request (CONNECT, or plain HTTP): True when it was answered 503 here, its
+        connection being over a cap."""
+        why = self._refusing.pop(flow.client_conn.id, None)
+        self.spoke(flow.client_conn)
+        if why is None:
+            return False
+        flow.response = http.Response.make(503, why.encode() + b"\n", {"Content-Type": "text/plain", "Connection": "close"})
+        flow.response.reason = why  # what Go clients show of a refused CONNECT
+        return True
 
     def disconnected(self, client: connection.Client) -> None:
+        self._refusing.pop(client.id, None)
         self.spoke(client)
         address = self._taken.pop(client.id, None)
         if address is not None:
@@ -74,6 +105,9 @@ class ConnectionLimits:
 
     def _expire(self, client_id: str) -> None:
         self._timers.pop(client_id, None)
+        if self._refusing.pop(client_id, None):
+            _close(client_id, "over a cap")
+            return
         address = self._taken.get(client_id)
         if address is None or not _close(client_id, "idle"):
             return
