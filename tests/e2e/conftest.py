@@ -60,3 +60,19 @@ def start_hubcache(upstream, confdir, tmp_path):
 def certs(upstream, confdir, tmp_path) -> Path:
     """A skopeo cert dir trusting both the upstream CA (direct pulls) and hubcache's CA."""
     return make_cert_dir(tmp_path / "certs", upstream.ca_cert, confdir / "mitmproxy-ca-cert.pem")
+
+
+@pytest.fixture
+def idle_clients():
+    """Factory of idle client connections to a proxy port (harness.idleconns); all closed at the end."""
+    from harness.idleconns import IdleClients
+
+    made: list[IdleClients] = []
+
+    def make(port: int) -> IdleClients:
+        made.append(IdleClients(port))
+        return made[-1]
+
+    yield make
+    for m in made:
+        m.close()
