@@ -51,6 +51,16 @@ def fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
+def read_to_end(sock, request: str) -> bytes:
+    """Send one request head and read until the proxy closes the connection."""
+    sock.sendall(request.encode() + b"\r\n\r\n")
+    sock.settimeout(10)
+    data = b""
+    while chunk := sock.recv(4096):
+        data += chunk
+    return data
+
+
 def timed_pull(ref: str, dest, hub, certs) -> float:
     start = time.monotonic()
     pull_ok(ref, dest, hub, certs)
@@ -102,6 +112,10 @@ def test_over_the_per_address_cap_that_client_is_refused_and_the_others_pull(ups
     idle.open(50, "127.0.0.30")
     over = idle.open(5, "127.0.0.30")
     assert all(idle.closed_by_peer(over, within=10)), "connections over the per-address cap were kept"
+    for request in (f"CONNECT {REG}:443 HTTP/1.1\r\nHost: {REG}:443", "GET http://example.test/ HTTP/1.1\r\nHost: example.test"):
+        answer = read_to_end(idle.open(1, "127.0.0.30")[0], request)  # a 503 naming the cap, then the end
+        assert answer.startswith(b"HTTP/1.1 503 hubcache: 50 connections are open from 127.0.0.30"), answer
+        assert b"(hubcache_client_max_per_address)" in answer.split(b"\r\n")[0], answer
     pull_ok("docker.io/library/capped:1", tmp_path / "other", hub, certs)  # another address: served
 
     mine = idle.open(50, "127.0.0.1")  # now skopeo's own address is full
