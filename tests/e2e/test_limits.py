@@ -41,8 +41,11 @@ def metric(port: int, name: str, **labels: str) -> float:
 def wait_for(predicate, within: float = 10.0) -> bool:
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
-        if predicate():
-            return True
+        try:
+            if predicate():
+                return True
+        except OSError:  # the metrics listener is not up yet
+            pass
         time.sleep(0.1)
     return predicate()
 
@@ -59,6 +62,13 @@ def read_to_end(sock, request: str) -> bytes:
     while chunk := sock.recv(4096):
         data += chunk
     return data
+
+
+def settle(idle, port: int) -> None:
+    """Wait until no client connection is open: the harness's readiness probe of the proxy port is
+    released (one round trip through the proxy first, so that the probe was seen)."""
+    idle.close(idle.open(1, "127.0.0.2", connect_to=f"{REG}:443"))
+    assert wait_for(lambda: metric(port, "hubcache_client_connections") == 0)
 
 
 def timed_pull(ref: str, dest, hub, certs) -> float:
@@ -107,9 +117,12 @@ def test_over_the_per_address_cap_that_client_is_refused_and_the_others_pull(ups
                                                                              certs, tmp_path):
     push(upstream, "library/capped")
     port = free_port()
-    hub = start_hubcache(f"hubcache_metrics_listen=127.0.0.1:{port}", "hubcache_client_max_per_address=50")
+    hub = start_hubcache(f"hubcache_metrics_listen=127.0.0.1:{port}", "hubcache_client_max_per_address=50",
+                         "hubcache_client_idle=3")
     idle = idle_clients(hub.port)
-    idle.open(50, "127.0.0.30")
+    settle(idle, port)
+    idle.open(50, "127.0.0.30", connect_to=f"{REG}:443")  # a request each: held past hubcache_client_idle
+    assert wait_for(lambda: metric(port, "hubcache_client_connections") == 50)  # taken before any more come
     over = idle.open(5, "127.0.0.30")
     assert all(idle.closed_by_peer(over, within=10)), "connections over the per-address cap were kept"
     for request in (f"CONNECT {REG}:443 HTTP/1.1\r\nHost: {REG}:443", "GET http://example.test/ HTTP/1.1\r\nHost: example.test"):
@@ -118,7 +131,8 @@ def test_over_the_per_address_cap_that_client_is_refused_and_the_others_pull(ups
         assert b"(hubcache_client_max_per_address)" in answer.split(b"\r\n")[0], answer
     pull_ok("docker.io/library/capped:1", tmp_path / "other", hub, certs)  # another address: served
 
-    mine = idle.open(50, "127.0.0.1")  # now skopeo's own address is full
+    mine = idle.open(50, "127.0.0.1", connect_to=f"{REG}:443")  # now skopeo's own address is full
+    assert wait_for(lambda: metric(port, "hubcache_client_connections") == 100)
     refused = skopeo_copy("docker.io/library/capped:1", tmp_path / "refused", proxy=hub.url, cert_dir=certs, timeout=120)
     print("refused pull:", refused.stderr.strip()[-400:])
     assert refused.returncode != 0 and "127.0.0.1, the most from one address (hubcache_client_max_per_address)" in refused.stderr
@@ -134,9 +148,12 @@ def test_over_the_per_address_cap_that_client_is_refused_and_the_others_pull(ups
 
 def test_over_the_total_cap_every_new_client_waits_until_one_closes(upstream, start_hubcache, idle_clients, certs, tmp_path):
     push(upstream, "library/totalcap")
-    hub = start_hubcache("hubcache_client_max=100")
+    port = free_port()
+    hub = start_hubcache(f"hubcache_metrics_listen=127.0.0.1:{port}", "hubcache_client_max=100", "hubcache_client_idle=3")
     idle = idle_clients(hub.port)
-    first = [idle.open(25, f"127.0.0.{40 + i}") for i in range(4)]
+    settle(idle, port)
+    first = [idle.open(25, f"127.0.0.{40 + i}", connect_to=f"{REG}:443") for i in range(4)]
+    assert wait_for(lambda: metric(port, "hubcache_client_connections") == 100)  # taken before any more come
     over = idle.open(3, "127.0.0.50")
     assert all(idle.closed_by_peer(over, within=10))
     refused = skopeo_copy("docker.io/library/totalcap:1", tmp_path / "refused", proxy=hub.url, cert_dir=certs, timeout=120)
