@@ -178,3 +178,10 @@ def test_a_connection_that_sends_no_request_is_closed_after_hubcache_client_idle
     assert wait_for(lambda: metric(port, "hubcache_client_connections") == 20)
     lines = [line for line in hub.log().splitlines() if "sent no request" in line]
     assert len(lines) == 1 and "127.0.0.60" in lines[0] and "hubcache_client_idle" in lines[0], lines
+
+
+def test_a_hard_open_file_limit_below_what_the_caps_need_is_a_warning_with_the_fix(start_hubcache):
+    hub = start_hubcache(wrap=["prlimit", "--nofile=4096:4096", "--"])  # hubcache_client_max 8192 needs 25600
+    line = next((line for line in hub.log().splitlines() if "open-file limit 4096" in line), None)
+    assert line and "LimitNOFILE=25600" in line and "hubcache_client_max to 1024" in line, hub.log()[-2000:]
+    assert hub.proc is not None and hub.proc.poll() is None  # a warning: it runs

@@ -84,6 +84,16 @@ def test_a_refused_connection_is_closed_counted_and_never_released():
     assert late.error is None and limits.admission.open == 2
 
 
+def test_a_connection_mitmproxy_refused_already_is_not_counted():
+    limits = ConnectionLimits(Metrics())
+    blocked = tflow.tclient_conn()
+    blocked.peername = ("203.0.113.9", 40000)
+    blocked.error = "Connection killed by block_global."
+    limits.connected(blocked)
+    limits.disconnected(blocked)
+    assert limits.admission.open == 0 and blocked.error == "Connection killed by block_global."
+
+
 def test_refusals_are_one_warning_naming_the_cap_not_one_per_connection(caplog):
     caplog.set_level(logging.INFO, logger="hubcache")
     limits = ConnectionLimits(Metrics())

@@ -47,6 +47,8 @@ class ConnectionLimits:
         self.idle = s.client_idle
 
     def connected(self, client: connection.Client) -> None:
+        if client.error:  # refused already (mitmproxy's block_global, block_private): not counted
+            return
         address = client.peername[0] if client.peername else ""
         refused = self.admission.admit(address)
         if refused is not None:
