@@ -107,6 +107,10 @@ async def _run(args: argparse.Namespace) -> int:
     except exceptions.OptionsError as e:
         print(f"hubcache: {e}", file=sys.stderr)
         return preflight.EXIT_USAGE
+    from hubcache.hooks.access import refusal
+    if why := refusal(opts):  # an open proxy, or a login `ps` would show
+        print(f"hubcache: {why}", file=sys.stderr)
+        return preflight.EXIT_USAGE
     try:
         preflight.check_store(opts.hubcache_store)
         preflight.check_port(opts.listen_host, opts.listen_port)
