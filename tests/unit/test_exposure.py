@@ -49,6 +49,14 @@ def test_a_login_on_the_command_line_is_refused_without_repeating_it():
     assert exposure.inline_login_refusal(None) is None and exposure.inline_login_refusal("any") is None
 
 
+def test_an_htpasswd_file_others_can_read_is_refused_as_every_secrets_file():
+    assert exposure.htpasswd_refusal("/etc/hubcache/htpasswd", 0o100600) is None
+    assert exposure.htpasswd_refusal("/etc/hubcache/htpasswd", 0o100400) is None
+    why = exposure.htpasswd_refusal("/etc/hubcache/htpasswd", 0o100644)
+    assert why and "0644" in why and "chmod 600 /etc/hubcache/htpasswd" in why
+    assert "cannot read" in (exposure.htpasswd_refusal("/nope", None) or "")
+
+
 def test_an_open_proxy_beyond_loopback_is_refused_with_the_commands_that_fix_it():
     why = exposure.open_proxy_refusal([("0.0.0.0", 3128)], None, "refuse")
     assert why and "open proxy" in why and "0.0.0.0" in why and "port 3128" in why
@@ -87,14 +95,20 @@ def options(**overrides):
     return SimpleNamespace(**values)
 
 
-def test_every_listener_of_mitmproxys_modes_is_checked():
+def test_every_listener_of_mitmproxys_modes_is_checked(tmp_path):
+    htpasswd = tmp_path / "htpasswd"
+    htpasswd.write_text("runner:$2b$04$abcdefghijklmnopqrstuuJ3oVy0e4ssvlCnmpz4dM6H7TiG6Qd1W\n")
+    htpasswd.chmod(0o600)
     opts = options(mode=["regular", "socks5@0.0.0.0:1080", "upstream:http://proxy.corp:3128@127.0.0.1:3129", "local"])
     assert access.listeners(opts) == [("127.0.0.1", 3128), ("0.0.0.0", 1080), ("127.0.0.1", 3129)]
     assert "0.0.0.0" in (access.refusal(opts) or "")
     assert access.refusal(options()) is None
     assert access.refusal(options(listen_host="localhost")) is None
     assert "open proxy" in (access.refusal(options(listen_host="")) or "")
-    assert access.refusal(options(listen_host="0.0.0.0", proxyauth="@/etc/hubcache/htpasswd")) is None
+    assert "cannot read" in (access.refusal(options(listen_host="0.0.0.0", proxyauth="@/nonexistent/htpasswd")) or "")
+    assert access.refusal(options(listen_host="0.0.0.0", proxyauth=f"@{htpasswd}")) is None
+    htpasswd.chmod(0o644)
+    assert "chmod 600" in (access.refusal(options(listen_host="0.0.0.0", proxyauth=f"@{htpasswd}")) or "")
     assert access.refusal(options(listen_host="0.0.0.0", hubcache_open_proxy="allow")) is None
     assert "ps" in (access.refusal(options(proxyauth="runner:pw")) or "")  # on loopback too: ps shows it
 

@@ -50,6 +50,17 @@ def inline_login_refusal(proxyauth: str | None) -> str | None:
             f"(htpasswd -cB -C 5 {HTPASSWD} runner && chmod 600 {HTPASSWD}) and give --set proxyauth=@{HTPASSWD}")
 
 
+def htpasswd_refusal(path: str, mode: int | None) -> str | None:
+    """Why the htpasswd file of `proxyauth=@FILE` is refused (`mode`: its st_mode, None when it
+    cannot be read), as hubcache's other secrets files are: bcrypt hashes others can read can be
+    cracked offline."""
+    if mode is None:
+        return f"proxyauth: cannot read the htpasswd file {path}: check the path, and that hubcache's user may read it"
+    if mode & 0o077:
+        return f"proxyauth: the htpasswd file {path} has mode {mode & 0o7777:04o}: others can read it; run: chmod 600 {path}"
+    return None
+
+
 def open_proxy_refusal(exposed: Sequence[tuple[str, int]], proxyauth: str | None, open_proxy: str) -> str | None:
     """Why hubcache must not start: it listens beyond loopback (`exposed`: the listeners that do,
     host and port) with no login and without hubcache_open_proxy=allow. None: it may start."""

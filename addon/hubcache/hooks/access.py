@@ -5,6 +5,7 @@ mitmproxy's proxyauth refused, naming the client: its login, or its address."""
 from __future__ import annotations
 
 import logging
+import os
 import socket
 from typing import Any
 
@@ -45,6 +46,14 @@ def refusal(options: Any) -> str | None:
     proxyauth = getattr(options, "proxyauth", None)  # mitmproxy's proxyauth addon's option (absent without it)
     if why := exposure.inline_login_refusal(proxyauth):
         return why
+    if exposure.login_kind(proxyauth) == "file":
+        path = os.path.expanduser(str(proxyauth).strip()[1:])
+        try:
+            mode: int | None = os.stat(path).st_mode
+        except OSError:
+            mode = None
+        if why := exposure.htpasswd_refusal(path, mode):
+            return why
     exposed = [(h, p) for h, p in listeners(options) if not exposure.is_loopback(h, _addresses(h))]
     return exposure.open_proxy_refusal(exposed, proxyauth, options.hubcache_open_proxy)
 
