@@ -46,7 +46,7 @@ def test_listening_beyond_loopback_needs_a_login_from_a_file(upstream, start_hub
     assert res.returncode == 2, res.stderr
     (line,) = res.stderr.strip().splitlines()  # one line, no traceback
     assert line.startswith("hubcache: listening on 0.0.0.0 (not loopback) without a proxy login") and "open proxy" in line
-    assert "htpasswd -cB" in line and "--set proxyauth=@/etc/hubcache/htpasswd" in line
+    assert "hubcache htpasswd /etc/hubcache/htpasswd runner" in line and "--set proxyauth=@/etc/hubcache/htpasswd" in line
     assert "--set hubcache_open_proxy=allow" in line
     assert nothing_listens(port) and not (tmp_path / "store").exists()  # refused before anything was made
 

@@ -46,8 +46,8 @@ def inline_login_refusal(proxyauth: str | None) -> str | None:
     if login_kind(proxyauth) != "inline":
         return None
     return ("proxyauth: a login given on the command line (USER:PASSWORD, or an LDAP bind password) is shown by "
-            "`ps` to every user of this host: put the logins in an htpasswd file of bcrypt entries "
-            f"(htpasswd -cB -C 5 {HTPASSWD} runner && chmod 600 {HTPASSWD}) and give --set proxyauth=@{HTPASSWD}")
+            f"`ps` to every user of this host: put the logins in an htpasswd file (hubcache htpasswd {HTPASSWD} runner) "
+            f"and give --set proxyauth=@{HTPASSWD}")
 
 
 def htpasswd_refusal(path: str, mode: int | None) -> str | None:
@@ -70,8 +70,8 @@ def open_proxy_refusal(exposed: Sequence[tuple[str, int]], proxyauth: str | None
     shown = host or "every address"
     given = "proxyauth=any accepts any login, so" if login_kind(proxyauth) == "any" else "without a proxy login"
     return (f"listening on {shown} (not loopback) {given} makes hubcache an open proxy: whoever reaches port {port} "
-            f"can tunnel anywhere through it. Give the runners a login: htpasswd -cB -C 5 {HTPASSWD} runner && "
-            f"chmod 600 {HTPASSWD}, then add --set proxyauth=@{HTPASSWD} (runners use "
+            f"can tunnel anywhere through it. Give the runners a login: hubcache htpasswd {HTPASSWD} runner, "
+            f"then add --set proxyauth=@{HTPASSWD} (runners use "
             f"HTTPS_PROXY=http://runner:PASSWORD@THIS-HOST:{port}); or listen on 127.0.0.1; or, on a network you "
             "trust, add --set hubcache_open_proxy=allow")
 
