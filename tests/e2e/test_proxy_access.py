@@ -97,12 +97,15 @@ def other_host():
     thread.join()
 
 
-def curl_tunnel(proxy_port: int, target: tuple[str, int], login: tuple[str, str] | None) -> subprocess.CompletedProcess:
-    """curl GETs the target through a CONNECT tunnel (-p) of the proxy, as an engine's HTTPS would go."""
-    cmd = ["curl", "-sS", "-p", "-x", f"http://127.0.0.1:{proxy_port}", "--max-time", "20",
-           f"http://{target[0]}:{target[1]}/page"]
+def curl_tunnel(proxy_port: int, target: tuple[str, int], login: tuple[str, str] | None,
+                tunnel: bool = True) -> subprocess.CompletedProcess:
+    """curl GETs the target through a CONNECT tunnel (-p) of the proxy, as an engine's HTTPS would
+    go; or (tunnel=False) as a plain-HTTP proxy request."""
+    cmd = ["curl", "-sS", "-x", f"http://127.0.0.1:{proxy_port}", "--max-time", "20", f"http://{target[0]}:{target[1]}/page"]
+    if tunnel:
+        cmd.insert(1, "-p")
     if login:
-        cmd[5:5] = ["--proxy-user", ":".join(login)]  # curl -U: the password is curl's own argument here, a test's
+        cmd[1:1] = ["--proxy-user", ":".join(login)]  # curl -U: the password is curl's own argument here, a test's
     env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
     return subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env)
 
@@ -122,6 +125,15 @@ def test_tunnels_to_other_hosts_need_the_login_and_each_names_its_client(start_h
     assert len(refused) == 2 and all("HTTPS_PROXY=http://USER:PASSWORD@" in line for line in refused), lines
     tunnels = [line for line in lines if f"tunnel {target} for " in line]
     assert len(tunnels) == 1 and f"tunnel {target} for runner@127.0.0.1:" in tunnels[0], lines
+    # a plain-HTTP proxy request (no tunnel) needs the login as well, and its line names the client
+    res = curl_tunnel(hub.port, other_host, None, tunnel=False)
+    assert "407 Proxy Authentication Required" in res.stdout, res.stdout + res.stderr  # the answer's page
+    assert Counting.seen == ["/page"]
+    res = curl_tunnel(hub.port, other_host, RUNNER, tunnel=False)
+    assert res.returncode == 0 and res.stdout == "not a registry\n" and Counting.seen == ["/page", "/page"], res.stderr
+    lines = hub.log().splitlines()
+    assert len([line for line in lines if f"refused GET http://{target} from 127.0.0.1:" in line]) == 1, lines
+    assert len([line for line in lines if f"relayed plain HTTP GET http://{target} for runner@127.0.0.1:" in line]) == 1
     assert RUNNER[1] not in hub.log() and "wrong-password" not in hub.log()
 
     # without a login (loopback): the tunnel is relayed and its line names the address

@@ -147,3 +147,19 @@ def test_a_refused_login_is_a_warning_naming_the_address_with_the_fix(caplog):
     assert line.levelno == logging.WARNING and line.fields["client"] == "10.0.0.7:51234"
     assert "HTTPS_PROXY=http://USER:PASSWORD@" in line.getMessage()
     assert events(caplog, "tunnel") == []
+
+
+def test_a_plain_http_request_relayed_is_one_line_naming_the_client_and_host_not_path(caplog):
+    caplog.set_level(logging.INFO, logger="hubcache")
+    f = tflow.tflow(req=tutils.treq(scheme=b"http", host="deb.example.org", port=80, path=b"/pool/x?token=abc"))
+    f.client_conn.peername = ("10.0.0.7", 51234)
+    f.metadata["proxyauth"] = ("runner7", "the-password")
+    access.http_seen(f)
+    refused = tflow.tflow(req=tutils.treq(scheme=b"http", host="deb.example.org", port=80))
+    refused.response = http.Response.make(407, b"")
+    access.http_seen(refused)
+    access.http_seen(tflow.tflow(req=tutils.treq(scheme=b"https")))  # intercepted TLS: its own lines
+    (line,) = events(caplog, "relayed_http")
+    assert line.fields["client"] == "runner7@10.0.0.7:51234" and line.fields["host"] == "deb.example.org"
+    assert "token=abc" not in caplog.text and "the-password" not in caplog.text
+    assert len(events(caplog, "proxy_login_refused")) == 1

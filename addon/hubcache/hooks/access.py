@@ -58,18 +58,40 @@ def refusal(options: Any) -> str | None:
     return exposure.open_proxy_refusal(exposed, proxyauth, options.hubcache_open_proxy)
 
 
+def _address(flow: http.HTTPFlow) -> str:
+    peer = flow.client_conn.peername
+    return f"{peer[0]}:{peer[1]}" if peer else "-"
+
+
+def _refused(flow: http.HTTPFlow, what: str) -> None:
+    address = _address(flow)
+    logs.event(log, logging.WARNING, "proxy_login_refused",
+               f"refused {what} from {address}: no proxy login, or a wrong one (proxyauth): give that client's "
+               "engine HTTPS_PROXY=http://USER:PASSWORD@HOST:PORT with a login of the htpasswd file",
+               client=address, host=flow.request.host, port=flow.request.port)
+
+
+def http_seen(flow: http.HTTPFlow) -> None:
+    """A plain-HTTP proxy request (absolute URL, no tunnel), after proxyauth judged it: relayed
+    as it is (hubcache caches nothing over plain HTTP), one line naming the client; or refused."""
+    req = flow.request
+    if req.scheme != "http" or req.method == "CONNECT":
+        return
+    if flow.response is not None and flow.response.status_code == 407:
+        _refused(flow, f"{req.method} http://{req.host}:{req.port}")
+    elif flow.response is None:
+        client = client_of(flow)  # the host only: a query string may carry anything
+        logs.event(log, logging.INFO, "relayed_http", f"relayed plain HTTP {req.method} http://{req.host}:{req.port} "
+                   f"for {client} (not cached)", client=client, host=req.host, port=req.port, method=req.method)
+
+
 def connect_seen(flow: http.HTTPFlow, options: Any) -> None:
     """After mitmproxy's proxyauth judged a CONNECT: a refused login is a warning naming the
     address; a tunnel to a host hubcache does not intercept is an info line naming the client.
     (Intercepted hosts' requests have lines of their own; so do the blob listener's.)"""
     host, port = flow.request.host, flow.request.port
     if flow.response is not None and flow.response.status_code == 407:
-        peer = flow.client_conn.peername
-        address = f"{peer[0]}:{peer[1]}" if peer else "-"
-        logs.event(log, logging.WARNING, "proxy_login_refused",
-                   f"refused CONNECT {host}:{port} from {address}: no proxy login, or a wrong one (proxyauth): give that "
-                   "client's engine HTTPS_PROXY=http://USER:PASSWORD@HOST:PORT with a login of the htpasswd file",
-                   client=address, host=host, port=port)
+        _refused(flow, f"CONNECT {host}:{port}")
         return
     if flow.response is not None or host.lower() == DIRECT_HOST:
         return

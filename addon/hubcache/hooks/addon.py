@@ -223,6 +223,7 @@ class HubCache:
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         """A plain-HTTP request in upstream mode goes to the egress proxy as it is: with its login."""
+        access.http_seen(flow)
         if flow.request.scheme == "http" and isinstance(flow.client_conn.proxy_mode, mode_specs.UpstreamMode) \
                 and (egress := self.svc.dockerhub.egress) and (auth := egress.authorization()):
             flow.request.headers["Proxy-Authorization"] = auth
