@@ -69,6 +69,17 @@ def test_listening_beyond_loopback_needs_a_login_from_a_file(upstream, start_hub
     assert opened.proc and opened.proc.poll() is None
 
 
+def test_the_addon_in_mitmdump_shuts_an_open_proxy_down(upstream, confdir, tmp_path):
+    """mitmdump listens on every address by default: the addon's running hook says so and stops it."""
+    port = free_port()
+    addon = Path(__file__).resolve().parents[2] / "addon" / "hubcache_addon.py"
+    res = subprocess.run([str(BIN / "mitmdump"), "-s", str(addon), "--listen-port", str(port), "--set", f"confdir={confdir}",
+                          "--set", f"hubcache_store={tmp_path / 'store'}"], capture_output=True, text=True, timeout=60)
+    out = res.stdout + res.stderr
+    assert "listening on every address (not loopback) without a proxy login" in out, out
+    assert "Traceback" not in out and nothing_listens(port)
+
+
 class Counting(http.server.BaseHTTPRequestHandler):
     """A host hubcache does not intercept: answers every GET, counts them."""
     seen: list[str] = []
