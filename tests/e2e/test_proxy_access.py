@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import http.server
+import json
 import os
 import socket
 import subprocess
@@ -181,21 +182,27 @@ def test_no_secret_in_the_command_line_or_environment_that_ps_shows(upstream, st
     creds.write_text('[[accounts]]\nusername = "pusher"\ntoken = "pushpass"\n')
     parent_login = tmp_path / "parent-login"
     parent_login.write_text("fleet:parent-Secret-93\n")
-    for f in (creds, parent_login):
+    config = tmp_path / "config.json"  # a Docker Hub login and the corp registry's, as `docker login` writes them
+    config.write_text(json.dumps({"auths": {
+        "https://index.docker.io/v1/": {"auth": base64.b64encode(b"alice:alice-pw").decode()},
+        CORP_REGISTRY: {"auth": base64.b64encode(f"{CORP_USER}:{CORP_PASSWORD}".encode()).decode()}}}))
+    for f in (creds, parent_login, config):
         f.chmod(0o600)
     hub = start_hubcache(proxy_login(dict([RUNNER])), f"hubcache_credentials={creds}",
-                         f"hubcache_docker_config={upstream.docker_config}", f"hubcache_registries=+{CORP_REGISTRY}",
+                         f"hubcache_docker_config={config}", f"hubcache_registries=+{CORP_REGISTRY}",
                          f"hubcache_pool_private={CORP_REGISTRY}/team/*",
                          "hubcache_parent=https://mirror.hubcache-test.invalid:5000", f"hubcache_parent_credentials={parent_login}")
     proxy = f"http://{RUNNER[0]}:{RUNNER[1]}@127.0.0.1:{hub.port}"
     for ref in ("docker.io/library/nops:1", f"{CORP_REGISTRY}/team/nops:1"):  # every login in use
         res = skopeo_copy(ref, tmp_path / ref.replace("/", "_"), proxy=proxy, cert_dir=certs)
         assert res.returncode == 0, res.stderr
-    assert "pusher (from" in hub.log() and f"{CORP_USER}@{CORP_REGISTRY} (from" in hub.log()  # the files were read
-    secrets = {"proxy login": RUNNER[1], "Docker Hub token": "pushpass", "docker config login": CORP_PASSWORD,
-               "parent login": "parent-Secret-93"}
+    log = hub.log()
+    assert "pusher (from" in log and "alice (from" in log and f"{CORP_USER}@{CORP_REGISTRY} (from" in log, log  # all read
+    secrets = {"proxy login": RUNNER[1], "Docker Hub token": "pushpass", "docker config's Hub login": "alice-pw",
+               "docker config's corp login": CORP_PASSWORD, "parent login": "parent-Secret-93"}
     secrets |= {f"{k} (base64)": base64.b64encode(f"{u}:{v}".encode()).decode() for k, u, v in (
-        ("proxy login", *RUNNER), ("docker config login", CORP_USER, CORP_PASSWORD))}
+        ("proxy login", *RUNNER), ("docker config's Hub login", "alice", "alice-pw"),
+        ("docker config's corp login", CORP_USER, CORP_PASSWORD))}
     assert hub.proc
     pids = [hub.proc.pid, *_descendants(hub.proc.pid)]
     shown = "\n".join(_shown(pid) for pid in pids)
