@@ -163,3 +163,21 @@ def test_a_plain_http_request_relayed_is_one_line_naming_the_client_and_host_not
     assert line.fields["client"] == "runner7@10.0.0.7:51234" and line.fields["host"] == "deb.example.org"
     assert "token=abc" not in caplog.text and "the-password" not in caplog.text
     assert len(events(caplog, "proxy_login_refused")) == 1
+
+
+def test_costly_bcrypt_entries_are_named_for_the_warning():
+    text = ("# logins\nfast:$2b$05$abcdefghijklmnopqrstuu\nslow:$2y$12$abcdefghijklmnopqrstuu\n"
+            "edge:$2a$08$abcdefghijklmnopqrstuu\nsha:{SHA}qUqP5cyxm6YcTAhz05Hph5gvu9M=\n")
+    assert exposure.slow_logins(text) == [("slow", 12)]
+
+
+def test_the_slow_login_warning_names_users_and_the_fix_never_a_hash(caplog, tmp_path):
+    caplog.set_level(logging.INFO, logger="hubcache")
+    path = tmp_path / "htpasswd"
+    path.write_text("runner:$2b$12$abcdefghijklmnopqrstuuJ3oVy0e4ssvlCnmpz4dM6H7TiG6Qd1W\n")
+    access.warn_slow_logins(options(proxyauth=f"@{path}"))
+    (line,) = events(caplog, "slow_proxy_logins")
+    assert line.fields["logins"] == ["runner"] and f"hubcache htpasswd {path} USER" in line.getMessage()
+    assert "$2b$" not in caplog.text
+    access.warn_slow_logins(options(proxyauth=None))
+    assert len(events(caplog, "slow_proxy_logins")) == 1

@@ -61,6 +61,21 @@ def htpasswd_refusal(path: str, mode: int | None) -> str | None:
     return None
 
 
+SLOW_COST = 8  # bcrypt cost 5: ~2 ms a check; 10: ~50 ms; 12 (Python's default): ~200 ms, each on the event loop
+
+
+def slow_logins(htpasswd: str) -> list[tuple[str, int]]:
+    """(user, cost) of the file's bcrypt entries costlier than SLOW_COST: mitmproxy checks one for
+    every new client connection on its event loop, which serves nothing else meanwhile."""
+    out = []
+    for line in htpasswd.splitlines():
+        user, _, hashed = line.strip().partition(":")
+        m = re.fullmatch(r"\$2[aby]\$(\d\d)\$.*", hashed)
+        if m and int(m[1]) > SLOW_COST:
+            out.append((user, int(m[1])))
+    return out
+
+
 def open_proxy_refusal(exposed: Sequence[tuple[str, int]], proxyauth: str | None, open_proxy: str) -> str | None:
     """Why hubcache must not start: it listens beyond loopback (`exposed`: the listeners that do,
     host and port) with no login and without hubcache_open_proxy=allow. None: it may start."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from pathlib import Path
 from typing import Any
 
 from mitmproxy import http
@@ -56,6 +57,24 @@ def refusal(options: Any) -> str | None:
             return why
     exposed = [(h, p) for h, p in listeners(options) if not exposure.is_loopback(h, _addresses(h))]
     return exposure.open_proxy_refusal(exposed, proxyauth, options.hubcache_open_proxy)
+
+
+def warn_slow_logins(options: Any) -> None:
+    """One warning at start for htpasswd entries whose bcrypt cost stalls every new connection."""
+    proxyauth = str(getattr(options, "proxyauth", None) or "").strip()
+    if exposure.login_kind(proxyauth) != "file":
+        return
+    path = os.path.expanduser(proxyauth[1:])
+    try:
+        slow = exposure.slow_logins(Path(path).read_text())
+    except OSError:
+        return  # mitmproxy's proxyauth says it could not read the file
+    if slow:
+        users = ", ".join(f"{user} (cost {cost})" for user, cost in slow)
+        logs.event(log, logging.WARNING, "slow_proxy_logins",
+                   f"htpasswd {path}: {users}: each new client connection waits for a bcrypt check of that cost on "
+                   f"the proxy's only event loop (cost 10: ~50 ms, 12: ~200 ms); make them again with cost 5: "
+                   f"hubcache htpasswd {path} USER", file=path, logins=[u for u, _ in slow])
 
 
 def _address(flow: http.HTTPFlow) -> str:

@@ -105,6 +105,7 @@ class HubCache:
             logs.event(log, logging.ERROR, "start_refused", why, reason=why)
             ctx.master.shutdown()
             return
+        access.warn_slow_logins(ctx.options)
         self._running = True
         self.configure({"hubcache_store"})
         if wanted := settings.mitmproxy_defaults(ctx.options, self.svc.settings):
