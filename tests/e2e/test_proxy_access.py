@@ -208,8 +208,8 @@ def test_no_secret_in_the_command_line_or_environment_that_ps_shows(upstream, st
     shown = "\n".join(_shown(pid) for pid in pids)
     assert f"proxyauth=@{tmp_path}/htpasswd" in shown and str(parent_login) in shown  # what is read is what ps shows
     assert [name for name, secret in secrets.items() if secret in shown] == []
-    listing = subprocess.run(["ps", "-eww", "-o", "args="], capture_output=True, text=True).stdout
-    assert [name for name, secret in secrets.items() if secret in listing] == []
+    # (hubcache's processes only: clients of other tests on this host may carry these accounts' passwords
+    # in their own command lines, e.g. skopeo --dest-creds)
     assert [name for name, secret in secrets.items() if secret in hub.log()] == []
 
     # the check finds a secret where one is: a process given it on its command line and in its environment
