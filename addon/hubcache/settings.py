@@ -252,6 +252,7 @@ class Settings:
     upstream_burst: int = 40
     pin_time: float | None = None
     offline_private: str = "refuse"
+    open_proxy: str = "refuse"
     offline: bool = False
     log_format: str = "text"
     log_level: str = "info"
@@ -350,6 +351,7 @@ _PARSERS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "hubcache_pin_time": ("pin_time", parse_time),
     "hubcache_offline_private": ("offline_private", _one_of("refuse", "allow")),
     "hubcache_offline": ("offline", _same),
+    "hubcache_open_proxy": ("open_proxy", _one_of("refuse", "allow")),
     "hubcache_log_format": ("log_format", _one_of("text", "json")),
     "hubcache_log_level": ("log_level", _one_of("debug", "info", "warning", "error")),
     "ssl_insecure": ("ssl_insecure", _same),
@@ -406,6 +408,8 @@ def load(loader: Any) -> None:
     add("hubcache_pin_time", str, "", "Serve every tag as it was at this time (e.g. 2026-11-27T10:00:00Z), from the tag history, "
         "without asking upstream: replays a past pipeline.")
     add("hubcache_offline_private", str, "refuse", "When upstream cannot confirm a client may pull a private repository: refuse (default) or allow.")
+    add("hubcache_open_proxy", str, "refuse", "Listening on an address other than loopback without a proxyauth login "
+        "is refused at start (an open relay); allow: run so on a network you trust.")
     add("hubcache_offline", bool, False, "Never contact upstream: serve what the store has, answer misses with an error.")
     add("hubcache_log_format", str, "text", "text: one line per event, columns as documented; json: every line one JSON object.")
     add("hubcache_upstream_auth_file", str, "", "File (mode 0600) holding the egress proxy's login as user:password, "

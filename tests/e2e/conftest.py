@@ -57,6 +57,21 @@ def start_hubcache(upstream, confdir, tmp_path):
 
 
 @pytest.fixture
+def proxy_login(tmp_path):
+    """`proxyauth=@FILE` for hubcache: an htpasswd file (bcrypt, mode 0600) of `logins` (user -> password)."""
+    import bcrypt
+
+    def make(logins: dict[str, str]) -> str:
+        path = tmp_path / "htpasswd"
+        path.write_text("".join(f"{user}:{bcrypt.hashpw(pw.encode(), bcrypt.gensalt(4)).decode()}\n"
+                                for user, pw in logins.items()))
+        path.chmod(0o600)
+        return f"proxyauth=@{path}"
+
+    return make
+
+
+@pytest.fixture
 def certs(upstream, confdir, tmp_path) -> Path:
     """A skopeo cert dir trusting both the upstream CA (direct pulls) and hubcache's CA."""
     return make_cert_dir(tmp_path / "certs", upstream.ca_cert, confdir / "mitmproxy-ca-cert.pem")

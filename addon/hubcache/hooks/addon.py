@@ -16,7 +16,7 @@ from mitmproxy.proxy import mode_specs, server_hooks
 from hubcache import logs, settings
 from hubcache.decide import challenge, routes
 from hubcache.decide.redirects import REDIRECTS
-from hubcache.hooks import auth, blobs, manifests, pushes, responses, tags
+from hubcache.hooks import access, auth, blobs, manifests, pushes, responses, tags
 from hubcache.hooks.flowstate import META, FlowState, log_request, state_of
 from hubcache.hooks.services import Services
 from hubcache.hooks.status import StatusPage
@@ -101,6 +101,11 @@ class HubCache:
                    store=svc.settings.store, bytes=size, max_size=svc.settings.max_size)
 
     def running(self) -> None:
+        if why := access.refusal(ctx.options):  # `hubcache run` checked it already; mitmdump -s did not
+            logs.event(log, logging.ERROR, "start_refused", why, reason=why)
+            ctx.master.shutdown()
+            return
+        access.warn_slow_logins(ctx.options)
         self._running = True
         self.configure({"hubcache_store"})
         if wanted := settings.mitmproxy_defaults(ctx.options, self.svc.settings):
@@ -202,6 +207,7 @@ class HubCache:
             data.server.error = why
 
     def http_connect(self, flow: http.HTTPFlow) -> None:
+        access.connect_seen(flow, ctx.options)
         if isinstance(flow.client_conn.proxy_mode, mode_specs.UpstreamMode):
             self._tunnels[flow.client_conn.id] = (flow.request.host, flow.request.port)
 
@@ -218,6 +224,7 @@ class HubCache:
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         """A plain-HTTP request in upstream mode goes to the egress proxy as it is: with its login."""
+        access.http_seen(flow)
         if flow.request.scheme == "http" and isinstance(flow.client_conn.proxy_mode, mode_specs.UpstreamMode) \
                 and (egress := self.svc.dockerhub.egress) and (auth := egress.authorization()):
             flow.request.headers["Proxy-Authorization"] = auth

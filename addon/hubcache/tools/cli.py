@@ -40,6 +40,8 @@ def _parser() -> argparse.ArgumentParser:
     add_import(sub.add_parser("import", help="read an archive `hubcache export` wrote into the store"))
     from hubcache.tools.doctor import add_arguments as doctor_arguments
     doctor_arguments(sub.add_parser("doctor", help="check, on a runner host, that pulls go through hubcache"))
+    from hubcache.tools.htpasswd import add_arguments as htpasswd_arguments
+    htpasswd_arguments(sub.add_parser("htpasswd", help="add or replace a proxy login in the htpasswd file of proxyauth=@FILE"))
     from hubcache.tools.warm import add_arguments as warm_arguments
     warm_arguments(sub.add_parser("warm", help="pull through the running proxy every image a .gitlab-ci.yml, a list or a name gives"))
     return p
@@ -107,6 +109,10 @@ async def _run(args: argparse.Namespace) -> int:
     except exceptions.OptionsError as e:
         print(f"hubcache: {e}", file=sys.stderr)
         return preflight.EXIT_USAGE
+    from hubcache.hooks.access import refusal
+    if why := refusal(opts):  # an open proxy, or a login `ps` would show
+        print(f"hubcache: {why}", file=sys.stderr)
+        return preflight.EXIT_USAGE
     try:
         preflight.check_store(opts.hubcache_store)
         preflight.check_port(opts.listen_host, opts.listen_port)
@@ -150,6 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "doctor":
         from hubcache.tools.doctor import run as doctor
         return doctor(args)
+    if args.command == "htpasswd":
+        from hubcache.tools.htpasswd import run as htpasswd
+        return htpasswd(args)
     if args.command == "warm":
         from hubcache.tools.warm import run as warm
         return warm(args)
