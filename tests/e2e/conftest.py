@@ -32,11 +32,13 @@ def upstream(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def confdir(tmp_path_factory) -> Path:
-    """hubcache's confdir with its CA made up front, so clients can trust it before a proxy runs."""
-    from mitmproxy.certs import CertStore
+    """hubcache's confdir with its name-constrained CA made up front, so clients can trust it before a
+    proxy runs: as `hubcache run` makes it for the registry table the tests use (the corp registry added)."""
+    from harness.hubenv import CORP_REGISTRY
+    from hubcache.tools import ca
 
     d = tmp_path_factory.mktemp("confdir")
-    CertStore.from_store(d, "mitmproxy", 2048)
+    ca.ensure(d, ca.intercepted(ca.settings_from([f"hubcache_registries=+{CORP_REGISTRY}"])))
     return d
 
 
