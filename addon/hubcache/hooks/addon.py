@@ -228,8 +228,8 @@ class HubCache:
             return
         if st.local_stream or st.route.kind is not Kind.MANIFEST:
             flow.response.stream = True
-        if flow.response.status_code == 401 and st.route.registry != DOCKER_HUB and not st.local_stream:
-            auth.relocate_challenge(self.svc, flow, st)  # before the client sees it
+        if flow.response.status_code == 401 and st.route.registry != DOCKER_HUB and not (st.local_stream or st.answered_here):
+            auth.relocate_challenge(self.svc, flow, st)  # upstream's, before the client sees it
 
     async def response(self, flow: http.HTTPFlow) -> None:
         st = state_of(flow)
