@@ -121,3 +121,21 @@ def test_an_existing_ca_is_kept_with_its_key_tightened_and_an_unconstrained_one_
     assert stat.S_IMODE(d.stat().st_mode) == 0o750
     (problem,) = ca.problems(info, ["docker.io"])
     assert "no Name Constraints" in problem and "hubcache ca renew" in problem
+
+
+def test_doctor_flags_an_unconstrained_ca_and_registries_the_ca_does_not_cover_each_with_the_fix(tmp_path):
+    from hubcache.tools.doctor.cachecks import check_ca
+
+    d = tmp_path / "conf"  # as hubcache run makes it with the corp registry added
+    ca.ensure(d, ca.intercepted(ca.settings_from(["hubcache_registries=+registry.corp.example:5000"])))
+    old = tmp_path / "old"
+    certs.CertStore.from_store(old, "mitmproxy", 2048)
+    (bad,) = check_ca(str(old / "mitmproxy-ca-cert.pem"), [])
+    assert bad.ok is False and "vouch for any site" in bad.detail and "hubcache ca renew" in bad.fix
+    named, covered = check_ca(str(d / "mitmproxy-ca-cert.pem"), ["hubcache_registries=+registry.corp.example:5000"])
+    assert named.ok and covered.ok, (named, covered)
+    named, covered = check_ca(str(d / "mitmproxy-ca-cert.pem"), ["hubcache_registries=+registry.other.example",
+                                                                 "hubcache_auth_hosts=auth.docker.io", "hubcache_auth_hosts=gitlab.com"])
+    assert named.ok and covered.ok is False and "hubcache ca renew" in covered.fix
+    assert "registry.other.example, gitlab.com" in covered.detail and "ghcr.io" not in covered.detail
+    assert check_ca(str(tmp_path / "none.pem"), [])[0].ok is None
