@@ -62,3 +62,15 @@ def start_hubcache(upstream, confdir, tmp_path):
 def certs(upstream, confdir, tmp_path) -> Path:
     """A skopeo cert dir trusting both the upstream CA (direct pulls) and hubcache's CA."""
     return make_cert_dir(tmp_path / "certs", upstream.ca_cert, confdir / "mitmproxy-ca-cert.pem")
+
+
+@pytest.fixture
+def key_holder(upstream, confdir, tmp_path):
+    """A plain mitmdump with hubcache's CA key (the shared confdir), intercepting every host: what
+    whoever obtained the key could run. It signs a certificate for any name a client asks for; the
+    CA's Name Constraints decide which of them clients accept."""
+    # lazy, as hubcache runs: the certificate names what the client asked for, not upstream's names too
+    p = Proxy(tmp_path / "key-holder", upstream.ca_cert, confdir=confdir, kind="mitmdump",
+              sets=["connection_strategy=lazy"]).start()
+    yield p
+    p.stop()
