@@ -139,3 +139,24 @@ def test_doctor_flags_an_unconstrained_ca_and_registries_the_ca_does_not_cover_e
     assert named.ok and covered.ok is False and "hubcache ca renew" in covered.fix
     assert "registry.other.example, gitlab.com" in covered.detail and "ghcr.io" not in covered.detail
     assert check_ca(str(tmp_path / "none.pem"), [])[0].ok is None
+
+
+def test_ca_renew_replaces_an_unconstrained_ca_and_says_what_to_redistribute_and_show_names_a_problem(tmp_path, capsys):
+    from hubcache.tools.cli import main
+
+    d = tmp_path / "conf"
+    certs.CertStore.from_store(d, "mitmproxy", 2048)
+    before = ca.load(d)
+    assert main(["ca", "show", "--confdir", str(d)]) == 1  # no Name Constraints: a problem
+    assert "permitted:   any name" in capsys.readouterr().out
+    assert main(["ca", "renew", "--confdir", str(d), "--set", "hubcache_registries=+registry.corp.example:5000"]) == 0
+    out = capsys.readouterr().out
+    after = ca.load(d)
+    assert after.fingerprint != before.fingerprint and after.names and "registry.corp.example" in after.names.dns
+    assert after.fingerprint in out and "restart hubcache" in out and str(d / "mitmproxy-ca-cert.pem") in out
+    key = certs.CertStore.from_store(d, "mitmproxy", 2048).default_privatekey  # the key matches the new certificate
+    assert key.public_key().public_numbers() == after.cert.public_key().public_numbers()
+    assert main(["ca", "show", "--confdir", str(d), "--set", "hubcache_registries=+registry.corp.example:5000"]) == 0
+    capsys.readouterr()
+    assert main(["ca", "show", "--confdir", str(d), "--set", "hubcache_registries=+other.example"]) == 1
+    assert "problem:     the CA may not vouch for other.example" in capsys.readouterr().out
