@@ -70,11 +70,16 @@ def test_a_fresh_confdir_gets_a_constrained_ca_with_a_private_key_and_pulls_thro
 
         cert_dir = make_cert_dir(tmp_path / "certs", upstream.ca_cert, ca_pem)
         for registry in ("docker.io", GITLAB_HOST):  # gitlab's realm is on gitlab.com: moved onto its host
-            img = upstream.push_image("team/constrained", "1", [(300_000, next(_seeds))], registry=registry)
+            img = upstream.push_image("team/constrained", "1", [(3 << 20, next(_seeds)), (300_000, next(_seeds))],
+                                      registry=registry)
             ref = f"{registry}/team/constrained:1"
             direct = pull_ok(ref, tmp_path / f"direct-{registry}", None, cert_dir)
-            through = pull_ok(ref, tmp_path / f"through-{registry}", hub, cert_dir)
-            assert dir_files(through) == dir_files(direct) and img.manifest_digest
+            cold = pull_ok(ref, tmp_path / f"cold-{registry}", hub, cert_dir)
+            warm = pull_ok(ref, tmp_path / f"warm-{registry}", hub, cert_dir)
+            assert dir_files(cold) == dir_files(direct) == dir_files(warm)
+            name = "team/constrained" if registry == "docker.io" else f"{registry}/team/constrained"
+            # the 3 MiB layer of the warm pull came from blobs.hubcache.invalid, over TLS with this CA
+            assert f"hit         GET  blob {name} {img.layer_digests[0]} 307" in hub.log(), hub.log()[-3000:]
     finally:
         hub.stop()
 

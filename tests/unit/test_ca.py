@@ -160,3 +160,12 @@ def test_ca_renew_replaces_an_unconstrained_ca_and_says_what_to_redistribute_and
     capsys.readouterr()
     assert main(["ca", "show", "--confdir", str(d), "--set", "hubcache_registries=+other.example"]) == 1
     assert "problem:     the CA may not vouch for other.example" in capsys.readouterr().out
+
+
+def test_doctor_finds_hubcaches_ca_in_a_bundle_by_its_name_when_the_proxy_named_no_issuer(made):
+    from hubcache.tools import doctor
+
+    _, info = made
+    der = info.cert.public_bytes(certs.serialization.Encoding.DER)
+    assert doctor.judge_ca("/b.crt", [der], None, "", "", "FIX").ok is True
+    assert doctor.judge_ca("/b.crt", [], None, "", "", "FIX").ok is False
