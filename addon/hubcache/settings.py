@@ -23,7 +23,7 @@ from hubcache import registries
 from hubcache.registries import RegistryTable
 
 REGISTRY_HOSTS = ("registry-1.docker.io", "index.docker.io", "docker.io")
-AUTH_HOSTS = ("auth.docker.io", "gitlab.com")  # token realms on hosts of their own (Docker Hub's, registry.gitlab.com's)
+AUTH_HOSTS = ("auth.docker.io",)  # Docker Hub's token realm (other registries' realms on another host are relocated: decide/challenge.py)
 CDN_HOSTS = ("production.cloudflare.docker.com", "production.cloudfront.docker.com")
 CDN_SUFFIXES = (".r2.cloudflarestorage.com",)
 DEFAULT_HOME = os.path.join(os.path.expanduser("~"), ".hubcache")
@@ -381,8 +381,8 @@ def load(loader: Any) -> None:
     add("hubcache_registries", Sequence[str], [], "Registries hubcache caches, besides the default ones (Docker Hub, ghcr.io, quay.io, "
         "gcr.io, *-docker.pkg.dev, registry.k8s.io, mcr.microsoft.com, public.ecr.aws, registry.gitlab.com, nvcr.io): "
         "+host[:port] adds one, -host removes one, a plain list replaces them.")
-    add("hubcache_auth_hosts", Sequence[str], list(AUTH_HOSTS), "Token endpoint hosts of registries whose token realm is on "
-        "another host (auth.docker.io, gitlab.com); realms on a registry's own host need no entry.")
+    add("hubcache_auth_hosts", Sequence[str], list(AUTH_HOSTS), "Hosts of Docker Hub's token realm (auth.docker.io) that hubcache "
+        "intercepts; another registry's realm on another host (gitlab.com) is given to clients on the registry's own host instead.")
     add("hubcache_cdn_hosts", Sequence[str], list(CDN_HOSTS), "Blob CDN hosts that registry redirects point at.")
     add("hubcache_auth_realm", str, "https://auth.docker.io/token", "Token realm hubcache fetches its own upstream tokens from.")
     add("hubcache_auth_service", str, "registry.docker.io", "Token service name of the registry.")

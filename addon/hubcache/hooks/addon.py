@@ -235,6 +235,8 @@ class HubCache:
             return
         if st.local_stream or st.route.kind is not Kind.MANIFEST:
             flow.response.stream = True
+        if flow.response.status_code == 401 and st.route.registry != DOCKER_HUB and not (st.local_stream or st.answered_here):
+            auth.relocate_challenge(self.svc, flow, st)  # upstream's, before the client sees it
 
     async def response(self, flow: http.HTTPFlow) -> None:
         st = state_of(flow)
@@ -274,9 +276,6 @@ async def _after_upstream(svc: Services, flow: http.HTTPFlow, st: FlowState) -> 
         await pushes.after_upstream(svc, flow, st)
     elif kind is Kind.BLOB and status in REDIRECTS:
         blobs.note_redirect(svc, flow, st)
-    if status == 401 and st.route.registry != DOCKER_HUB:  # how that registry wants to be asked
-        if seen := challenge.parse(flow.response.headers.get("www-authenticate", "")):
-            svc.dockerhub.others.remember(st.route.registry, seen)
     if kind in (Kind.MANIFEST, Kind.BLOB) and st.route.by_digest and status == 200:
         await auth.link_if_stored(svc, st, st.route.reference)  # upstream says it is in this repository
 
