@@ -19,6 +19,9 @@ USER hubcache
 EXPOSE 3128
 VOLUME ["/var/lib/hubcache/store", "/var/lib/hubcache/confdir"]
 # On all of the container's addresses: the port mapping decides who reaches it (compose.yml: the
-# host's loopback). Options go after the image (compose.yml's command): --set NAME=VALUE ...
+# host's loopback). Without a proxy login hubcache refuses that unless given
+# --set hubcache_open_proxy=allow (compose.yml does: its port is on the host's loopback only), or
+# --set proxyauth=@FILE with an htpasswd file mounted there (a port other hosts reach).
+# Options go after the image (compose.yml's command): --set NAME=VALUE ...
 ENTRYPOINT ["hubcache", "run", "--listen-host", "0.0.0.0", "--listen-port", "3128", \
             "--store", "/var/lib/hubcache/store", "--confdir", "/var/lib/hubcache/confdir"]

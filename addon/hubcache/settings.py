@@ -23,7 +23,7 @@ from hubcache import registries
 from hubcache.registries import RegistryTable
 
 REGISTRY_HOSTS = ("registry-1.docker.io", "index.docker.io", "docker.io")
-AUTH_HOSTS = ("auth.docker.io", "gitlab.com")  # token realms on hosts of their own (Docker Hub's, registry.gitlab.com's)
+AUTH_HOSTS = ("auth.docker.io",)  # Docker Hub's token realm (other registries' realms on another host are relocated: decide/challenge.py)
 CDN_HOSTS = ("production.cloudflare.docker.com", "production.cloudfront.docker.com")
 CDN_SUFFIXES = (".r2.cloudflarestorage.com",)
 DEFAULT_HOME = os.path.join(os.path.expanduser("~"), ".hubcache")
@@ -255,6 +255,7 @@ class Settings:
     upstream_burst: int = 40
     pin_time: float | None = None
     offline_private: str = "refuse"
+    open_proxy: str = "refuse"
     offline: bool = False
     log_format: str = "text"
     log_level: str = "info"
@@ -356,6 +357,7 @@ _PARSERS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "hubcache_pin_time": ("pin_time", parse_time),
     "hubcache_offline_private": ("offline_private", _one_of("refuse", "allow")),
     "hubcache_offline": ("offline", _same),
+    "hubcache_open_proxy": ("open_proxy", _one_of("refuse", "allow")),
     "hubcache_log_format": ("log_format", _one_of("text", "json")),
     "hubcache_log_level": ("log_level", _one_of("debug", "info", "warning", "error")),
     "ssl_insecure": ("ssl_insecure", _same),
@@ -385,8 +387,8 @@ def load(loader: Any) -> None:
     add("hubcache_registries", Sequence[str], [], "Registries hubcache caches, besides the default ones (Docker Hub, ghcr.io, quay.io, "
         "gcr.io, *-docker.pkg.dev, registry.k8s.io, mcr.microsoft.com, public.ecr.aws, registry.gitlab.com, nvcr.io): "
         "+host[:port] adds one, -host removes one, a plain list replaces them.")
-    add("hubcache_auth_hosts", Sequence[str], list(AUTH_HOSTS), "Token endpoint hosts of registries whose token realm is on "
-        "another host (auth.docker.io, gitlab.com); realms on a registry's own host need no entry.")
+    add("hubcache_auth_hosts", Sequence[str], list(AUTH_HOSTS), "Hosts of Docker Hub's token realm (auth.docker.io) that hubcache "
+        "intercepts; another registry's realm on another host (gitlab.com) is given to clients on the registry's own host instead.")
     add("hubcache_cdn_hosts", Sequence[str], list(CDN_HOSTS), "Blob CDN hosts that registry redirects point at.")
     add("hubcache_auth_realm", str, "https://auth.docker.io/token", "Token realm hubcache fetches its own upstream tokens from.")
     add("hubcache_auth_service", str, "registry.docker.io", "Token service name of the registry.")
@@ -418,6 +420,8 @@ def load(loader: Any) -> None:
     add("hubcache_pin_time", str, "", "Serve every tag as it was at this time (e.g. 2026-11-27T10:00:00Z), from the tag history, "
         "without asking upstream: replays a past pipeline.")
     add("hubcache_offline_private", str, "refuse", "When upstream cannot confirm a client may pull a private repository: refuse (default) or allow.")
+    add("hubcache_open_proxy", str, "refuse", "Listening on an address other than loopback without a proxyauth login "
+        "is refused at start (an open relay); allow: run so on a network you trust.")
     add("hubcache_offline", bool, False, "Never contact upstream: serve what the store has, answer misses with an error.")
     add("hubcache_log_format", str, "text", "text: one line per event, columns as documented; json: every line one JSON object.")
     add("hubcache_upstream_auth_file", str, "", "File (mode 0600) holding the egress proxy's login as user:password, "

@@ -32,11 +32,13 @@ def upstream(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def confdir(tmp_path_factory) -> Path:
-    """hubcache's confdir with its CA made up front, so clients can trust it before a proxy runs."""
-    from mitmproxy.certs import CertStore
+    """hubcache's confdir with its name-constrained CA made up front, so clients can trust it before a
+    proxy runs: as `hubcache run` makes it for the registry table the tests use (the corp registry added)."""
+    from harness.hubenv import CORP_REGISTRY
+    from hubcache.tools import ca
 
     d = tmp_path_factory.mktemp("confdir")
-    CertStore.from_store(d, "mitmproxy", 2048)
+    ca.ensure(d, ca.intercepted(ca.settings_from([f"hubcache_registries=+{CORP_REGISTRY}"])))
     return d
 
 
@@ -57,9 +59,36 @@ def start_hubcache(upstream, confdir, tmp_path):
 
 
 @pytest.fixture
+def proxy_login(tmp_path):
+    """`proxyauth=@FILE` for hubcache: an htpasswd file (bcrypt, mode 0600) of `logins` (user -> password)."""
+    import bcrypt
+
+    def make(logins: dict[str, str]) -> str:
+        path = tmp_path / "htpasswd"
+        path.write_text("".join(f"{user}:{bcrypt.hashpw(pw.encode(), bcrypt.gensalt(4)).decode()}\n"
+                                for user, pw in logins.items()))
+        path.chmod(0o600)
+        return f"proxyauth=@{path}"
+
+    return make
+
+
+@pytest.fixture
 def certs(upstream, confdir, tmp_path) -> Path:
     """A skopeo cert dir trusting both the upstream CA (direct pulls) and hubcache's CA."""
     return make_cert_dir(tmp_path / "certs", upstream.ca_cert, confdir / "mitmproxy-ca-cert.pem")
+
+
+@pytest.fixture
+def key_holder(upstream, confdir, tmp_path):
+    """A plain mitmdump with hubcache's CA key (the shared confdir), intercepting every host: what
+    whoever obtained the key could run. It signs a certificate for any name a client asks for; the
+    CA's Name Constraints decide which of them clients accept."""
+    # lazy, as hubcache runs: the certificate names what the client asked for, not upstream's names too
+    p = Proxy(tmp_path / "key-holder", upstream.ca_cert, confdir=confdir, kind="mitmdump",
+              sets=["connection_strategy=lazy"]).start()
+    yield p
+    p.stop()
 
 
 @pytest.fixture

@@ -25,6 +25,7 @@ SMALL, LARGE = 300_000, 2_600_000  # the large layer goes by hubcache's own TLS 
 def htpasswd(path, logins: dict[str, str]):
     path.write_text("".join(f"{user}:{bcrypt.hashpw(pw.encode(), bcrypt.gensalt(4)).decode()}\n"
                             for user, pw in logins.items()))
+    path.chmod(0o600)  # hubcache refuses an htpasswd file others can read
     return path
 
 

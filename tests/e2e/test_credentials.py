@@ -82,9 +82,9 @@ def test_metrics_page_counts_outcomes_pulls_and_never_shows_the_secret(upstream,
     assert SECRET not in page
 
 
-def test_proxyauth_guards_who_may_use_the_proxy(upstream, start_hubcache, certs, tmp_path):
+def test_proxyauth_guards_who_may_use_the_proxy(upstream, start_hubcache, proxy_login, certs, tmp_path):
     upstream.push_image("library/guarded", "1", [(100_000, 33)])
-    hub = start_hubcache("proxyauth=runner:let-me-in")
+    hub = start_hubcache(proxy_login({"runner": "let-me-in"}))
     port = hub.url.rsplit(":", 1)[1]
     denied = skopeo_copy("docker.io/library/guarded:1", tmp_path / "no", proxy=hub.url, cert_dir=certs)
     assert denied.returncode != 0 and "Proxy Authentication Required" in denied.stderr, denied.stderr

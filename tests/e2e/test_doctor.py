@@ -25,6 +25,7 @@ from harness.proxy import free_port
 pytestmark = pytest.mark.e2e
 HUBCACHE = str(Path(sys.executable).parent / "hubcache")
 _seeds = itertools.count(9100)
+CA_SUBJECT = "O=hubcache,CN=hubcache CA (registries only)"  # the name hubcache gives its CA (tools/ca.py)
 
 
 def doctor(*args: str) -> tuple[int, list[str]]:
@@ -61,9 +62,11 @@ def test_doctor_all_ok_miss_then_hit_after_a_docker_pull(upstream, start_hubcach
                 "--dockerd-pid", str(docker.proc.pid), "--daemon-json", str(docker.config_file)]
         rc, lines = doctor(*args)
         assert rc == 0, "\n".join(lines)
-        assert len(lines) == 5 and all(x.startswith("OK   ") for x in lines), "\n".join(lines)
+        assert len(lines) == 7 and all(x.startswith("OK   ") for x in lines), "\n".join(lines)
+        assert "may vouch only for " in line(lines, "CA name constraints")  # --ca given: the CA itself is checked
+        assert "every host hubcache intercepts" in line(lines, "CA covers the registries")
         assert line(lines, "proxy reachable").endswith(f"CONNECT registry-1.docker.io:443 through {hub.url} (--proxy)")
-        assert "issued by O=mitmproxy,CN=mitmproxy, trusted by the system store" in line(lines, "intercepts Docker Hub")
+        assert f"issued by {CA_SUBJECT}, trusted by the system store" in line(lines, "intercepts Docker Hub")
         assert "is in /etc/ssl/certs/ca-certificates.crt" in line(lines, "CA in system store")
         assert line(lines, "dockerd proxy").endswith(
             f"HTTPS_PROXY in the environment of dockerd (pid {docker.proc.pid}) is {hub.url}")
@@ -103,7 +106,7 @@ def test_doctor_names_the_fix_when_the_ca_is_not_trusted(upstream, start_hubcach
     assert line(lines, "proxy reachable").startswith("OK   ")
     tls = line(lines, "intercepts Docker Hub")
     assert tls.startswith("FAIL intercepts Docker Hub: certificate for registry-1.docker.io issued by "
-                          "O=mitmproxy,CN=mitmproxy is not trusted here"), tls
+                          f"{CA_SUBJECT} is not trusted here"), tls
     assert "update-ca-certificates" in tls
     store = line(lines, "CA in system store")
     assert store.startswith(f"FAIL CA in system store: {hub.ca_cert} (sha256 ") and "is not in" in store
@@ -164,7 +167,7 @@ def test_doctor_says_when_hubcache_does_not_cache_the_images_registry(upstream, 
                       "--dockerd-pid", str(os.getpid()), "--daemon-json", "/nonexistent/daemon.json")
     pull = line(lines, "test pull")
     assert pull.startswith(f"FAIL test pull: {GHCR_HOST}/team/any:1: the certificate for ghcr.io is issued by "), pull
-    assert "not by hubcache's CA (O=mitmproxy,CN=mitmproxy): hubcache tunnels ghcr.io untouched" in pull, pull
+    assert f"not by hubcache's CA ({CA_SUBJECT}): hubcache tunnels ghcr.io untouched" in pull, pull
     assert pull.endswith("-- fix: add it to hubcache's registries: --set hubcache_registries=+ghcr.io"), pull
 
 
@@ -233,7 +236,7 @@ def test_doctor_checks_the_parent_its_ca_its_login_and_an_image_through_it(upstr
     rc, lines = doctor(*args, "--image", "library/doctorparent:1", "--parent", parent.url,
                        "--parent-ca", str(parent.ca_cert), "--parent-credentials", str(good))
     assert rc == 0, "\n".join(lines)
-    assert all(x.startswith("OK   ") for x in lines) and len(lines) == 8, "\n".join(lines)
+    assert all(x.startswith("OK   ") for x in lines) and len(lines) == 10, "\n".join(lines)  # 2: the CA's own
     where = "https://mirror.internal (docker.io's parent)"
     assert line(lines, "parent reachable") == (
         f"OK   parent reachable: {where}: mirror.internal resolves to 127.0.0.20; port 443: TLS, certificate "

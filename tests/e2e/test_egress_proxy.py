@@ -25,6 +25,8 @@ pytestmark = pytest.mark.e2e
 MiB = 1 << 20
 _seeds = itertools.count(7300)
 LOGIN = "runner:corp-Secret-77"
+# hubcache listens on the address of the test's own namespace (not loopback): an open proxy on purpose
+OPEN = "hubcache_open_proxy=allow"
 
 
 def layers(*sizes: int) -> list[tuple[int, int]]:
@@ -69,7 +71,7 @@ def test_cold_pull_goes_through_the_egress_proxy_and_a_warm_pull_does_not(
     direct = pull_ok("docker.io/library/egresspull:1", tmp_path / "direct", None, certs)
     assert "refused" in direct_route_is_closed(egress_net).lower()
     proxy = proxy_factory()
-    hub = start_hubcache(f"mode=upstream:{proxy.url}", wrap=egress_net.enter, host=egress_net.inside_ip)
+    hub = start_hubcache(f"mode=upstream:{proxy.url}", OPEN, wrap=egress_net.enter, host=egress_net.inside_ip)
 
     mark = upstream.mark()
     through = pull_ok("docker.io/library/egresspull:1", tmp_path / "through", hub, certs)
@@ -96,7 +98,7 @@ def test_a_host_that_is_not_the_registry_is_tunnelled_through_the_egress_proxy(
     """A CONNECT to a host hubcache does not intercept reaches it through the corporate proxy,
     end to end: the client sees the host's own certificate, not hubcache's."""
     proxy = proxy_factory()
-    hub = start_hubcache(f"mode=upstream:{proxy.url}", wrap=egress_net.enter, host=egress_net.inside_ip)
+    hub = start_hubcache(f"mode=upstream:{proxy.url}", OPEN, wrap=egress_net.enter, host=egress_net.inside_ip)
     target = "127.0.0.3"  # the CDN server, by address: not one of hubcache's hosts
     tls = ssl.create_default_context(cafile=str(upstream.ca_cert))  # the upstream CA only
     tls.check_hostname = False
@@ -115,7 +117,7 @@ def test_a_proxy_that_wants_a_login_is_one_clear_line_without_it(
         upstream, start_hubcache, certs, tmp_path, egress_net, proxy_factory):
     upstream.push_image("library/egresslogin", "1", layers(300_000))
     proxy = proxy_factory(login=LOGIN)
-    hub = start_hubcache(f"mode=upstream:{proxy.url}", "hubcache_backoff=1", wrap=egress_net.enter,
+    hub = start_hubcache(f"mode=upstream:{proxy.url}", OPEN, "hubcache_backoff=1", wrap=egress_net.enter,
                          host=egress_net.inside_ip)
     res = skopeo_copy("docker.io/library/egresslogin:1", tmp_path / "out", proxy=hub.url, cert_dir=certs)
     assert res.returncode != 0
@@ -140,7 +142,7 @@ def test_a_proxy_login_from_a_file_or_the_option_lets_the_pull_through(
         sets = [f"hubcache_upstream_auth_file={login_file}"]
     else:
         sets = [f"upstream_auth={LOGIN}"]
-    hub = start_hubcache(f"mode=upstream:{proxy.url}", *sets, wrap=egress_net.enter, host=egress_net.inside_ip)
+    hub = start_hubcache(f"mode=upstream:{proxy.url}", OPEN, *sets, wrap=egress_net.enter, host=egress_net.inside_ip)
     through = pull_ok(f"docker.io/library/egresslogin-{how}:1", tmp_path / "through", hub, certs)
     assert dir_files(through) == dir_files(direct)
     assert f"{REGISTRY_HOST}:443" in proxy.connects() and f"{CDN_HOST}:443" in proxy.connects()
@@ -166,7 +168,7 @@ def test_a_readable_login_file_is_refused(upstream, start_hubcache, tmp_path, eg
     login_file.write_text(LOGIN + "\n")
     os.chmod(login_file, 0o644)
     with pytest.raises(RuntimeError) as e:
-        start_hubcache(f"mode=upstream:{proxy.url}", f"hubcache_upstream_auth_file={login_file}",
+        start_hubcache(f"mode=upstream:{proxy.url}", OPEN, f"hubcache_upstream_auth_file={login_file}",
                        wrap=egress_net.enter, host=egress_net.inside_ip)
     assert f"chmod 600 {login_file}" in str(e.value)
     assert LOGIN.split(":", 1)[1] not in str(e.value)

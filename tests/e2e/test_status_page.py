@@ -85,7 +85,7 @@ def test_status_page_in_a_browser_shows_the_pulled_image_hit_ratio_and_pulls_sav
 
     # the pulled image: its misses, as the log names them, and its upstream as answering
     assert "GET manifest library/statuspage 1 200" in text
-    assert re.search(r"registry answers \d+ s ago", text), text
+    assert re.search(r"registry-1.docker.io \(Docker Hub.s registry\) answers \d+ s ago", text), text
     assert "Hit ratio over time" in text and "Bytes served: store against upstream" in text
     assert "Store size against its cap" in text
 

@@ -104,8 +104,8 @@ def test_compose_runs_the_parent_on_the_shipped_config_and_hubcache_built_from_t
     # the files hubcache is told to read are mounted where it is told to look
     hub_mounts = {m.split(":")[1] for m in hub["volumes"]}
     assert {opts["hubcache_parent_ca"], opts["hubcache_parent_credentials"]} <= hub_mounts
-    # no proxyauth: hubcache must be reachable from this host only
-    assert "proxyauth" not in opts
+    # no proxyauth, so open on the container's addresses on purpose: reachable from this host only
+    assert "proxyauth" not in opts and opts["hubcache_open_proxy"] == "allow"
     assert all(p.startswith("127.0.0.1:") for p in hub["ports"])
     # the parent's debug listener (no TLS, no login) is published on loopback only
     assert [p for p in parent["ports"] if p.endswith(":5001")] == ["127.0.0.1:5001:5001"]

@@ -20,7 +20,7 @@ def options(**overrides):
         "hubcache_client_max": 8192, "hubcache_client_max_per_address": 1024, "hubcache_client_idle": 30,
         "hubcache_upstream_timeout": 15, "hubcache_connect_timeout": 5,
         "hubcache_backoff": 30, "hubcache_upstream_concurrency": 16, "hubcache_upstream_rate": 20,
-        "hubcache_upstream_burst": 40, "hubcache_pin_time": "", "hubcache_offline_private": "refuse",
+        "hubcache_upstream_burst": 40, "hubcache_pin_time": "", "hubcache_offline_private": "refuse", "hubcache_open_proxy": "refuse",
         "hubcache_offline": False, "hubcache_log_format": "text", "hubcache_log_level": "info",
         "ssl_insecure": False, "ssl_verify_upstream_trusted_ca": None,
         "ssl_verify_upstream_trusted_confdir": None, "tcp_timeout": 60,

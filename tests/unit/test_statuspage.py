@@ -151,7 +151,7 @@ def test_sample_sets_the_gauges_the_alerts_read_and_the_snapshot_reads_the_store
         svc.metrics.requests.labels("token", "hit", "docker.io").inc(9)  # not content: not in the ratio
         s = status.snapshot()
         assert s.hit_ratio == 0.75 and s.store_bytes == 0 and s.store_cap == 5000
-        assert [u.host for u in s.upstream if u.reason] == ["registry"]
+        assert [u.host for u in s.upstream if u.reason] == ["registry-1.docker.io (Docker Hub's registry)"]
         assert "backing off: answered 503" in status.html().decode()
     finally:
         svc.store.close()

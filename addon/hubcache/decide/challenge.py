@@ -77,3 +77,30 @@ def parse(value: str) -> Challenge | None:
 
 def _escape(v: str) -> str:
     return v.replace("\\", "\\\\").replace('"', '\\"')
+
+
+# A realm on a host of its own (registry.gitlab.com's at gitlab.com) is moved, in what clients are
+# told, onto the registry's own host under this prefix: hubcache's CA may vouch for the registry
+# but not for gitlab.com (GitLab itself), and the token request must still reach hubcache so that
+# anonymous ones are answered here and a pull of what the store has works while GitLab is down.
+RELOCATED = "/hubcache-realm/"
+
+
+def relocated_path(realm: str) -> str:
+    """The path a realm is asked at on its registry's host: /hubcache-realm/gitlab.com/jwt/auth."""
+    parts = urlsplit(realm)
+    return f"{RELOCATED}{parts.netloc.lower()}{parts.path.rstrip('/') or '/'}"
+
+
+def needs_relocation(seen: Challenge, registry: str) -> bool:
+    """A Bearer realm that is not on the registry's own host (`registry`: host[:port])."""
+    host = registry[1:registry.index("]")] if registry.startswith("[") else registry.rpartition(":")[0] or registry
+    return bool(seen.realm_host) and seen.realm_host.lower() != host.lower()
+
+
+def relocated(seen: Challenge, registry: str) -> Challenge:
+    """The challenge as clients are given it: a realm on another host moved onto the registry's
+    own (`registry`: host[:port], as clients reach it); any other challenge unchanged."""
+    if not needs_relocation(seen, registry):
+        return seen
+    return Challenge(seen.scheme, {**seen.params, "realm": f"https://{registry}{relocated_path(seen.realm)}"})

@@ -16,7 +16,7 @@ from mitmproxy.proxy import mode_specs, server_hooks
 from hubcache import logs, settings
 from hubcache.decide import challenge, routes
 from hubcache.decide.redirects import REDIRECTS
-from hubcache.hooks import auth, blobs, manifests, pushes, responses, tags
+from hubcache.hooks import access, auth, blobs, manifests, pushes, responses, tags
 from hubcache.hooks.flowstate import META, FlowState, log_request, state_of
 from hubcache.hooks.limits import ConnectionLimits
 from hubcache.hooks.services import Services
@@ -104,6 +104,11 @@ class HubCache:
                    store=svc.settings.store, bytes=size, max_size=svc.settings.max_size)
 
     def running(self) -> None:
+        if why := access.refusal(ctx.options):  # `hubcache run` checked it already; mitmdump -s did not
+            logs.event(log, logging.ERROR, "start_refused", why, reason=why)
+            ctx.master.shutdown()
+            return
+        access.warn_slow_logins(ctx.options)
         self._running = True
         self.configure({"hubcache_store"})
         if wanted := settings.mitmproxy_defaults(ctx.options, self.svc.settings):
@@ -213,6 +218,7 @@ class HubCache:
     def http_connect(self, flow: http.HTTPFlow) -> None:
         if self.limits.request(flow):  # over a cap: answered 503
             return
+        access.connect_seen(flow, ctx.options)
         if isinstance(flow.client_conn.proxy_mode, mode_specs.UpstreamMode):
             self._tunnels[flow.client_conn.id] = (flow.request.host, flow.request.port)
 
@@ -232,6 +238,7 @@ class HubCache:
         """A plain-HTTP request in upstream mode goes to the egress proxy as it is: with its login."""
         if self.limits.request(flow):  # over a cap: answered 503
             return
+        access.http_seen(flow)
         if flow.request.scheme == "http" and isinstance(flow.client_conn.proxy_mode, mode_specs.UpstreamMode) \
                 and (egress := self.svc.dockerhub.egress) and (auth := egress.authorization()):
             flow.request.headers["Proxy-Authorization"] = auth
@@ -242,6 +249,8 @@ class HubCache:
             return
         if st.local_stream or st.route.kind is not Kind.MANIFEST:
             flow.response.stream = True
+        if flow.response.status_code == 401 and st.route.registry != DOCKER_HUB and not (st.local_stream or st.answered_here):
+            auth.relocate_challenge(self.svc, flow, st)  # upstream's, before the client sees it
 
     async def response(self, flow: http.HTTPFlow) -> None:
         st = state_of(flow)
@@ -281,9 +290,6 @@ async def _after_upstream(svc: Services, flow: http.HTTPFlow, st: FlowState) -> 
         await pushes.after_upstream(svc, flow, st)
     elif kind is Kind.BLOB and status in REDIRECTS:
         blobs.note_redirect(svc, flow, st)
-    if status == 401 and st.route.registry != DOCKER_HUB:  # how that registry wants to be asked
-        if seen := challenge.parse(flow.response.headers.get("www-authenticate", "")):
-            svc.dockerhub.others.remember(st.route.registry, seen)
     if kind in (Kind.MANIFEST, Kind.BLOB) and st.route.by_digest and status == 200:
         await auth.link_if_stored(svc, st, st.route.reference)  # upstream says it is in this repository
 

@@ -10,7 +10,7 @@ import hashlib
 
 from mitmproxy import http
 
-from hubcache.decide import access
+from hubcache.decide import access, challenge
 from hubcache.hooks import responses
 from hubcache.hooks.fallback import send_upstream
 from hubcache.hooks.flowstate import FlowState
@@ -39,7 +39,7 @@ async def root(svc: Services, flow: http.HTTPFlow, st: FlowState) -> None:
             if not tokens.brings_no_login(auth):
                 return
             auth = ""  # an empty login: asked for one, as the registry would
-        wanted = seen.header()
+        wanted = challenge.relocated(seen, st.route.registry).header()
     flow.response = responses.v2_root(bool(auth) or not wanted, wanted)
     st.outcome = Outcome.HIT
 
@@ -50,8 +50,11 @@ async def token(svc: Services, flow: http.HTTPFlow, st: FlowState) -> None:
         # A client's own credentials go to the token server unchanged, with hubcache's bounded
         # timeout; when it cannot be reached the client gets a local token and can still pull
         # what the store has.
+        url = url_of(flow)
+        if realm := svc.dockerhub.others.original_realm(flow.request.host, flow.request.path):  # relocated
+            url = realm + (f"?{flow.request.path.split('?', 1)[1]}" if "?" in flow.request.path else "")
         try:
-            resp = await svc.dockerhub.request("GET", url_of(flow), [("Authorization", auth)])
+            resp = await svc.dockerhub.request("GET", url, [("Authorization", auth)])
         except UpstreamError as e:
             st.note = str(e)
         else:
@@ -155,7 +158,7 @@ async def _challenge(svc: Services, st: FlowState, scope: str) -> str:
     if st.route.registry == DOCKER_HUB:
         return f'Bearer realm="{svc.settings.auth_realm}",service="{svc.settings.auth_service}",scope="{scope}"'
     try:
-        return (await svc.dockerhub.others.challenge(st.route.registry)).header(scope)
+        return challenge.relocated(await svc.dockerhub.others.challenge(st.route.registry), st.route.registry).header(scope)
     except UpstreamError:
         return ""
 
@@ -174,3 +177,14 @@ def _unconfirmed(repo: str, why: str) -> Refusal:
                    Outcome.REFUSED, note="private, upstream unavailable")
 
 
+
+
+def relocate_challenge(svc: Services, flow: http.HTTPFlow, st: FlowState) -> None:
+    """A registry's own 401, relayed: its challenge is remembered as it is, and the client gets it
+    with a realm on another host moved onto the registry's (challenge.relocated)."""
+    assert flow.response is not None
+    if seen := challenge.parse(flow.response.headers.get("www-authenticate", "")):
+        svc.dockerhub.others.remember(st.route.registry, seen)
+        if challenge.needs_relocation(seen, st.route.registry):
+            moved = challenge.relocated(seen, st.route.registry)
+            flow.response.headers["Www-Authenticate"] = moved.header(seen.params.get("scope", ""))

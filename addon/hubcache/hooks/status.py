@@ -15,6 +15,7 @@ from hubcache.metrics import FROM_STORE
 from hubcache.model import ImageCounter
 from hubcache.status import page
 from hubcache.status.snapshot import Account, History, Recent, Sample, Snapshot, Upstream
+from hubcache.upstream.dockerhub import REGISTRY
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ class StatusPage:
         svc, now = self.svc, time.time()
         self.history.add(totals(_values(svc), now))
         svc.metrics.store_max_bytes.set(svc.settings.max_size)
-        for host, why, _, _ in svc.dockerhub.health.states(now):
+        for host, why, _, _ in [*svc.dockerhub.health.states(now), *svc.parent.health.states(now)]:
             svc.metrics.upstream_backoff.labels(host).set(1 if why else 0)
 
     def html(self) -> bytes:
@@ -73,7 +74,8 @@ class StatusPage:
         left = {labels["account"]: v for labels, v in values.get("hubcache_pull_budget_remaining", [])}
         names = sorted(set(svc.dockerhub.account_names()) | spent.keys() | left.keys())
         accounts = tuple(Account(n, spent.get(n, 0.0), None if left.get(n, -1.0) < 0 else left[n]) for n in names)
-        upstream = tuple(Upstream(h, why, secs, ok) for h, why, secs, ok in svc.dockerhub.health.states(now))
+        upstream = tuple(Upstream(_shown(h), why, secs, ok) for h, why, secs, ok in
+                         [*svc.dockerhub.health.states(now), *svc.parent.health.states(now)])
         store_bytes, entries, images = self._store()
         return Snapshot(now=now, started=self.started, samples=self.history.with_now(totals(values, now)),
                         saved=sum(v for _, v in values.get("hubcache_pulls_saved_total", [])), accounts=accounts,
@@ -100,3 +102,13 @@ def _recent(svc: Services) -> list[Recent]:
 
 def _int(v: Any) -> int | None:
     return v if isinstance(v, int) else None
+
+
+def _shown(key: str) -> str:
+    """A health key as the page names it: Docker Hub's registry hosts share one, a parent's is
+    `parent:<registry>`."""
+    if key == REGISTRY:
+        return "registry-1.docker.io (Docker Hub's registry)"
+    if key.startswith("parent:"):
+        return f"parent of {key.removeprefix('parent:')}"
+    return key

@@ -40,8 +40,12 @@ def _parser() -> argparse.ArgumentParser:
     add_import(sub.add_parser("import", help="read an archive `hubcache export` wrote into the store"))
     from hubcache.tools.doctor import add_arguments as doctor_arguments
     doctor_arguments(sub.add_parser("doctor", help="check, on a runner host, that pulls go through hubcache"))
+    from hubcache.tools.htpasswd import add_arguments as htpasswd_arguments
+    htpasswd_arguments(sub.add_parser("htpasswd", help="add or replace a proxy login in the htpasswd file of proxyauth=@FILE"))
     from hubcache.tools.warm import add_arguments as warm_arguments
     warm_arguments(sub.add_parser("warm", help="pull through the running proxy every image a .gitlab-ci.yml, a list or a name gives"))
+    from hubcache.tools.ca import add_arguments as ca_arguments
+    ca_arguments(sub.add_parser("ca", help="show or renew hubcache's CA (it may vouch for registry hosts only)"))
     return p
 
 
@@ -107,10 +111,15 @@ async def _run(args: argparse.Namespace) -> int:
     except exceptions.OptionsError as e:
         print(f"hubcache: {e}", file=sys.stderr)
         return preflight.EXIT_USAGE
+    from hubcache.hooks.access import refusal
+    if why := refusal(opts):  # an open proxy, or a login `ps` would show
+        print(f"hubcache: {why}", file=sys.stderr)
+        return preflight.EXIT_USAGE
     try:
         preflight.check_store(opts.hubcache_store)
         preflight.check_port(opts.listen_host, opts.listen_port)
         preflight.check_confdir(args.confdir)
+        _ensure_ca(args.confdir, opts)  # before mitmproxy, which would make an unconstrained one
     except preflight.Problem as e:
         print(f"hubcache: {e}", file=sys.stderr)
         return e.code
@@ -134,6 +143,26 @@ async def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ensure_ca(confdir: str, opts: object) -> None:
+    from hubcache.settings import Settings, SettingsError
+    from hubcache.tools import ca
+
+    try:
+        patterns = ca.intercepted(Settings.parse(opts, set()))
+        info, made = ca.ensure(confdir, patterns)
+    except SettingsError as e:
+        raise preflight.Problem(str(e), preflight.EXIT_USAGE) from e
+    except (OSError, ValueError) as e:
+        raise preflight.Problem(f"--confdir {confdir}: the CA: {e}", preflight.EXIT_USAGE) from e
+    log = logging.getLogger(__name__)
+    if made:
+        names = " ".join(info.names.dns + info.names.ips) if info.names else ""
+        logs.event(log, logging.INFO, "ca_created", f"made a CA that may vouch only for {names} (sha256 "
+                   f"{info.fingerprint}): give runners {confdir}/{ca.CERT_FILE}", fingerprint=info.fingerprint)
+    for problem in ca.problems(info, patterns):
+        logs.event(log, logging.WARNING, "ca_problem", problem, fingerprint=info.fingerprint)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logs.install()
@@ -153,6 +182,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "doctor":
         from hubcache.tools.doctor import run as doctor
         return doctor(args)
+    if args.command == "htpasswd":
+        from hubcache.tools.htpasswd import run as htpasswd
+        return htpasswd(args)
+    if args.command == "ca":
+        from hubcache.tools.ca import run as ca
+        return ca(args)
     if args.command == "warm":
         from hubcache.tools.warm import run as warm
         return warm(args)

@@ -54,7 +54,7 @@ def check_confdir(path: str) -> None:
     """The CA's directory exists (made here if not) and hubcache can read its CA, or write one."""
     ca = os.path.join(path, "mitmproxy-ca.pem")
     try:
-        os.makedirs(path, exist_ok=True)
+        os.makedirs(path, mode=0o700, exist_ok=True)  # the CA key lives here: no access for others
         if os.path.exists(ca):
             with open(ca, "rb"):
                 pass

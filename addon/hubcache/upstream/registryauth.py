@@ -50,6 +50,7 @@ class RegistryAuth:
         self.learned = learned  # called with a challenge seen for the first time or changed (to store it)
         self._challenges: dict[str, Challenge] = {}
         self._realm_paths: dict[str, set[str]] = {}  # host -> its token realms' paths, from _challenges
+        self._relocated: dict[tuple[str, str], str] = {}  # (registry host, relocated realm path) -> the realm
         self._tokens: dict[tuple[str, str, str], tokens.UpstreamTokens] = {}  # (registry, realm, service)
         self.logins: dict[str, Credential] = {}  # registry -> its stored login (the first one found)
         self.pool_private: tuple[str, ...] = ()  # hubcache_pool_private
@@ -82,9 +83,19 @@ class RegistryAuth:
     def _set(self, registry: str, seen: Challenge) -> None:
         self._challenges[registry] = seen
         self._realm_paths = {}
-        for c in self._challenges.values():
+        self._relocated = {}
+        for name, c in self._challenges.items():
             if c.realm_host:
                 self._realm_paths.setdefault(c.realm_host, set()).add(urlsplit(c.realm).path.rstrip("/") or "/")
+            if challenge.needs_relocation(c, name):  # asked on the registry's host (challenge.relocated)
+                host = urlsplit(f"https://{name}").hostname or name
+                self._realm_paths.setdefault(host, set()).add(challenge.relocated_path(c.realm))
+                self._relocated[(host, challenge.relocated_path(c.realm))] = c.realm
+
+    def original_realm(self, host: str, path: str) -> str | None:
+        """The realm a relocated token request on `host` stands for (https://gitlab.com/jwt/auth),
+        only ever one a registry named: None for any other path."""
+        return self._relocated.get((host.lower(), path.split("?", 1)[0].rstrip("/") or "/"))
 
     def realm_paths(self, host: str) -> set[str]:
         """Paths of the token realms known to be on `host` (e.g. /token on ghcr.io, /jwt/auth on

@@ -51,16 +51,17 @@ def pem_certs(text: str) -> list[bytes]:
 def judge_ca(bundle: str, bundle_ders: list[bytes], ca_der: bytes | None, ca_name: str,
              issuer: str, fix: str) -> Check:
     """Is hubcache's CA in the system bundle? Compared byte for byte with `--ca` when given,
-    else by subject with the issuer the proxy's certificate named (or any CA named mitmproxy)."""
+    else by subject with the issuer the proxy's certificate named (or any CA named hubcache CA, or
+    mitmproxy: one mitmproxy made before)."""
     name = "CA in system store"
     if ca_der is not None:
         fp = fingerprint(ca_der)
         if ca_der in bundle_ders:
             return Check(name, True, f"{ca_name} (sha256 {fp}) is in {bundle}")
         return Check(name, False, f"{ca_name} (sha256 {fp}) is not in {bundle}", fix)
-    wanted = issuer or "with mitmproxy in its name"
+    wanted = issuer or "with hubcache CA or mitmproxy in its name"
     for der in bundle_ders:
         subject = cert_subject(der)
-        if (issuer and subject == issuer) or (not issuer and "mitmproxy" in subject):
+        if (issuer and subject == issuer) or (not issuer and ("hubcache CA" in subject or "mitmproxy" in subject)):
             return Check(name, True, f"{subject} (sha256 {fingerprint(der)}) is in {bundle}")
     return Check(name, False, f"no CA named {wanted} in {bundle}", fix)

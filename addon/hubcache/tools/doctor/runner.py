@@ -56,6 +56,10 @@ def run(args: argparse.Namespace) -> int:
         else:
             emit(Check("intercepts Docker Hub", None, "not checked: the proxy is not reachable"))
     emit(check_ca_store(args.ca or "", issuer))
+    if args.ca or args.confdir:  # the CA itself: Name Constraints, and whether they cover the registry table
+        from hubcache.tools.doctor.cachecks import check_ca
+        for c in check_ca(args.ca or os.path.join(args.confdir, "mitmproxy-ca-cert.pem"), args.sets):
+            emit(c)
     emit(check_docker(url, args.dockerd_pid, args.daemon_json))
     if proxy is not None and checks[0].ok and checks[1].ok:
         emit(check_pull(proxy, args.image or DEFAULT_IMAGE, issuer))
@@ -91,4 +95,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--parent-credentials", default="", help="the parent's login file, mode 0600, one line user:password "
                    "(hubcache_parent_credentials); its content is never shown")
     p.add_argument("--parent-prefix", default="", help="repository prefix at the parent (hubcache_parent_prefix), for --image")
+    p.add_argument("--confdir", default="", help="hubcache's confdir (where it runs): its CA is checked, as with --ca")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="OPTION=VALUE",
+                   help="hubcache run's --set options (hubcache_registries ...): the CA must cover those registries")
     p.add_argument("--daemon-json", default=DAEMON_JSON, help=f"dockerd's configuration file (default {DAEMON_JSON})")
