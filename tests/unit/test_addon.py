@@ -5,21 +5,9 @@ import hashlib
 import json
 
 import pytest
-from mitmproxy.test import taddons, tflow, tutils
+from mitmproxy.test import tflow, tutils
 
-from hubcache.hooks.addon import HubCache
 from hubcache.model import Kind, Outcome
-
-
-@pytest.fixture
-def hub_ctx(tmp_path):
-    addon = HubCache()
-    with taddons.context(addon) as tctx:
-        tctx.configure(addon, hubcache_store=str(tmp_path / "store"))
-        addon._running = True  # as after the running hook, without a proxy server
-        addon.configure({"hubcache_store"})
-        yield addon, tctx
-    addon.done()
 
 
 @pytest.fixture

@@ -8,26 +8,15 @@ from __future__ import annotations
 import asyncio
 import json
 
-import pytest
-from mitmproxy.test import taddons, tflow, tutils
+from mitmproxy.test import tflow, tutils
 
 from hubcache.decide import challenge
-from hubcache.hooks.addon import HubCache
 from hubcache.upstream import client
 
 GITLAB = 'Bearer realm="https://gitlab.com/jwt/auth",service="container_registry"'
 MOVED = "https://registry.gitlab.com/hubcache-realm/gitlab.com/jwt/auth"
 
 
-@pytest.fixture
-def hub_ctx(tmp_path):
-    addon = HubCache()
-    with taddons.context(addon) as tctx:
-        tctx.configure(addon, hubcache_store=str(tmp_path / "store"))
-        addon._running = True  # as after the running hook, without a proxy server
-        addon.configure({"hubcache_store"})
-        yield addon, tctx
-    addon.done()
 
 
 def flow(path: str, host: str, headers=()):
