@@ -14,8 +14,11 @@ BIN = Path(sys.executable).parent
 
 
 def free_port() -> int:
+    """A port free on every address. Chosen by a wildcard bind: one on 127.0.0.1 could hand out a
+    port that a client socket of another loopback address still holds (TIME_WAIT after the idle
+    connections of test_limits), which a later bind on 0.0.0.0 then fails on."""
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind(("0.0.0.0", 0))
         return s.getsockname()[1]
 
 
