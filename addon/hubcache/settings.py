@@ -429,8 +429,7 @@ def load(loader: Any) -> None:
     add("hubcache_log_level", str, "info", "Lowest level of hubcache's log lines: debug, info, warning or error.")
     add("hubcache_parent", str, "", "A parent registry (distribution in proxy mode) asked first for blobs and manifests by "
         "digest: https://mirror.internal[:port] for Docker Hub, or docker.io=https://a,quay.io=https://b. Empty: none.")
-    add("hubcache_parent_ca", str, "", "CA file trusted for the parent's connections only, besides the usual ones "
-        "(the registries' verification is unchanged).")
+    add("hubcache_parent_ca", str, "", "CA file trusted besides the usual ones, for the parent's connections only.")
     add("hubcache_parent_credentials", str, "", "File (mode 0600) holding the parent's own login as user:password "
         "(Basic, or for the parent's token realm); never a registry's login.")
     add("hubcache_parent_prefix", str, "", "Repository prefix at the parent (a Harbor proxy-cache project, e.g. dockerhub-proxy).")
