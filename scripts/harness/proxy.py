@@ -13,13 +13,24 @@ from pathlib import Path
 BIN = Path(sys.executable).parent
 
 
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    """A port free on every address. Chosen by a wildcard bind: one on 127.0.0.1 could hand out a
-    port that a client socket of another loopback address still holds (TIME_WAIT after the idle
-    connections of test_limits), which a later bind on 0.0.0.0 then fails on."""
-    with socket.socket() as s:
-        s.bind(("0.0.0.0", 0))
-        return s.getsockname()[1]
+    """A port free on every address, and not handed out before by this process. Chosen by a
+    wildcard bind: one on 127.0.0.1 could hand out a port that a client socket of another loopback
+    address still holds (TIME_WAIT after the idle connections of test_limits), which a later bind
+    on 0.0.0.0 then fails on. Never the same twice: the port is free again once this returns, and a
+    test that asks for two ports before binding either (a proxy and its metrics listener) could
+    otherwise be given one port for both (seen in CI: the second hubcache died on its metrics port)."""
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind(("0.0.0.0", 0))
+            port = s.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
+    raise RuntimeError("no port that was not handed out before")
 
 
 def terminate(proc: subprocess.Popen, timeout: float = 10) -> int:

@@ -63,6 +63,16 @@ def test_a_busy_port_names_the_option_to_change(tmp_path):
     assert not (tmp_path / "store" / "data.mdb").exists()  # refused before the store was opened
 
 
+def test_a_busy_metrics_port_names_its_option_instead_of_a_traceback(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        res = hubcache(*run_args(tmp_path, str(tmp_path / "store"), free_port()), "--set",
+                       f"hubcache_metrics_listen=127.0.0.1:{taken.getsockname()[1]}", cwd=tmp_path)
+    assert res.returncode == preflight.EXIT_PORT_BUSY == 5
+    assert "choose another with hubcache_metrics_listen" in one_line(res)
+
+
 def test_a_bad_option_value_is_one_line_naming_the_option(tmp_path):
     res = hubcache(*run_args(tmp_path, str(tmp_path / "store"), free_port()), "--set", "hubcache_max_size=lots", cwd=tmp_path)
     assert res.returncode == preflight.EXIT_USAGE == 2

@@ -114,14 +114,24 @@ class HubCache:
         if wanted := settings.mitmproxy_defaults(ctx.options, self.svc.settings):
             ctx.options.update(**wanted)
         if self.svc.settings.metrics_listen:
-            host, port = self.svc.metrics.serve(self.svc.settings.metrics_listen, self.status.html)
-            self.status.sample()
-            logs.event(log, logging.INFO, "metrics_listening", f"metrics on http://{host}:{port}/metrics, status page on "
-                       f"http://{host}:{port}/", url=f"http://{host}:{port}/metrics", page=f"http://{host}:{port}/")
+            self._serve_metrics(self.svc.settings.metrics_listen)
         try:
             self._flusher = asyncio.get_running_loop().create_task(self._flush_access_forever())
         except RuntimeError:  # no event loop: driven by tests
             pass
+
+    def _serve_metrics(self, listen: str) -> None:
+        """The metrics endpoint and status page; a listener that cannot be had is one line, and
+        the proxy serves on without it (`hubcache run` checked the address before starting)."""
+        try:
+            host, port = self.svc.metrics.serve(listen, self.status.html)
+        except OSError as e:
+            logs.event(log, logging.ERROR, "metrics_unavailable", f"no metrics or status page: cannot listen on {listen} "
+                       f"({e.strerror or e}): choose another hubcache_metrics_listen", listen=listen, reason=str(e))
+            return
+        self.status.sample()
+        logs.event(log, logging.INFO, "metrics_listening", f"metrics on http://{host}:{port}/metrics, status page on "
+                   f"http://{host}:{port}/", url=f"http://{host}:{port}/metrics", page=f"http://{host}:{port}/")
 
     def done(self) -> None:
         if self._flusher:

@@ -118,6 +118,9 @@ async def _run(args: argparse.Namespace) -> int:
     try:
         preflight.check_store(opts.hubcache_store)
         preflight.check_port(opts.listen_host, opts.listen_port)
+        if listen := opts.hubcache_metrics_listen:  # host:port, checked by the option already
+            host, _, port = listen.rpartition(":")
+            preflight.check_port(host or "127.0.0.1", int(port), "hubcache_metrics_listen")
         preflight.check_confdir(args.confdir)
         _ensure_ca(args.confdir, opts)  # before mitmproxy, which would make an unconstrained one
     except preflight.Problem as e:

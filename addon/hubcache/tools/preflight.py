@@ -36,8 +36,9 @@ def check_store(path: str) -> None:
         raise Problem(f"{e}: give --store a directory hubcache may create and write", EXIT_STORE_UNUSABLE) from e
 
 
-def check_port(host: str, port: int) -> None:
-    """Nothing listens on host:port yet (mitmproxy would otherwise fail later, with its own advice)."""
+def check_port(host: str, port: int, option: str = "--listen-port") -> None:
+    """Nothing listens on host:port yet (mitmproxy would otherwise fail later, with its own advice).
+    `option`: where the port was given, named in the message."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as asyncio's listeners do
@@ -45,9 +46,10 @@ def check_port(host: str, port: int) -> None:
             s.bind((host, port))
         except OSError as e:
             if e.errno == errno.EADDRINUSE:
-                raise Problem(f"port {port} on {host} is in use by another program: choose another with --listen-port",
+                raise Problem(f"port {port} on {host} is in use by another program: choose another with {option}",
                               EXIT_PORT_BUSY) from e
-            raise Problem(f"cannot listen on {host}:{port}: {e.strerror}: check --listen-host", EXIT_USAGE) from e
+            where = "--listen-host" if option == "--listen-port" else option
+            raise Problem(f"cannot listen on {host}:{port}: {e.strerror}: check {where}", EXIT_USAGE) from e
 
 
 def check_confdir(path: str) -> None:
