@@ -83,6 +83,12 @@ class RegistryTable:
             return HUB
         return Registry(key)
 
+    def named(self, name: str) -> Registry | None:
+        """The registry of a registry's name (`host`, or `host:port` when not 443), or None when
+        hubcache does not serve it."""
+        host, colon, port = name.rpartition(":")
+        return self.lookup(host, int(port)) if colon and port.isdigit() and not host.endswith(":") else self.lookup(name)
+
     def label(self, name: str) -> str:
         """`name` (a registry's, or a realm host's) as a metric label: itself, except a registry
         matched only by a wildcard entry (`us-docker.pkg.dev`), which is counted under that entry

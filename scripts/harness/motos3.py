@@ -1,5 +1,6 @@
 """An S3 service for tests: moto's server (PyPI moto[server], the test extra; storage in memory)
-on 127.0.0.1:PORT over TLS, with a certificate from a CA of its own, and one bucket.
+on 127.0.0.1:PORT over TLS, with a certificate from a CA of its own (or, `tls=False`, plain http:
+a store in the data centre without TLS), and one bucket.
 
     with MotoS3(workdir, "parent-bucket") as s3:
         s3.endpoint       # https://127.0.0.1:PORT (what storage.s3.regionendpoint names)
@@ -31,8 +32,9 @@ BIN = Path(sys.executable).parent
 
 class MotoS3:
     def __init__(self, workdir: Path, bucket: str, region: str = "us-east-1",
-                 keys: tuple[str, str] = ("moto-access", "moto-secret")) -> None:
+                 keys: tuple[str, str] = ("moto-access", "moto-secret"), tls: bool = True) -> None:
         self.workdir = Path(workdir)
+        self.tls = tls
         self.bucket = bucket
         self.region = region
         self.keys = keys
@@ -42,7 +44,7 @@ class MotoS3:
 
     @property
     def endpoint(self) -> str:
-        return f"https://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     @property
     def ca_cert(self) -> Path:
@@ -50,12 +52,14 @@ class MotoS3:
 
     def start(self, timeout: float = 30) -> MotoS3:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        pki = certs.make_pki(self.workdir / "pki", ["s3.test"], ["127.0.0.1"], ca_cn="hubcache test S3 CA")
         self.port = free_port()
+        tls: list[str] = []
+        if self.tls:
+            pki = certs.make_pki(self.workdir / "pki", ["s3.test"], ["127.0.0.1"], ca_cn="hubcache test S3 CA")
+            tls = ["-c", str(pki.server_cert), "-k", str(pki.server_key)]
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(self.port),
-                 "-c", str(pki.server_cert), "-k", str(pki.server_key)],
+                [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(self.port), *tls],
                 stdout=log, stderr=log, stdin=subprocess.DEVNULL,
                 env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")}, preexec_fn=_die_with_parent)
         try:
@@ -90,7 +94,8 @@ class MotoS3:
     def client(self):
         import boto3  # moto[server]'s dependency
 
-        return boto3.client("s3", endpoint_url=self.endpoint, region_name=self.region, verify=str(self.ca_cert),
+        return boto3.client("s3", endpoint_url=self.endpoint, region_name=self.region,
+                            verify=str(self.ca_cert) if self.tls else None,
                             aws_access_key_id=self.keys[0], aws_secret_access_key=self.keys[1])
 
     def objects(self) -> dict[str, int]:

@@ -19,8 +19,8 @@ namespace's hosts file whether or not a Parent runs. tls=False (the default) is 
 (certs.make_pki, "hubcache test parent CA"), made once per workdir: a client that trusts only the
 fake Hub's CA is refused.
 
-Storage: "filesystem" (workdir/storage), or "s3": a moto server (PyPI moto[server], in-memory S3)
-on 127.0.0.1:PORT with bucket S3_BUCKET, used through the 2.8 s3 driver (region, regionendpoint
+Storage: "filesystem" (workdir/storage), or "s3": harness.motos3's server over plain http (PyPI
+moto[server], in-memory S3) with bucket S3_BUCKET, used through the 2.8 s3 driver (region, regionendpoint
 http://127.0.0.1:PORT, secure: false, v4auth: true). Tried with 2.8.2+ds1 and moto 5.2.5: pushes,
 pulls and proxy-mode pull-through work, blobs land in the bucket. With `s3_redirect=False` (the
 default, `storage.redirect.disable: true`) the parent streams blobs itself; with True a blob it
@@ -48,6 +48,7 @@ import time
 from pathlib import Path
 
 from harness import certs, reqlog
+from harness.motos3 import MotoS3
 from harness.proxy import _die_with_parent, free_port, terminate
 from harness.reqlog import Req
 
@@ -58,7 +59,6 @@ S3_BUCKET = "parent"
 S3_REGION = "us-east-1"
 S3_KEYS = ("parent-access", "parent-secret")  # moto's server checks no signature; the driver needs some
 HERE = Path(__file__).resolve().parent
-BIN = Path(sys.executable).parent
 
 
 def _wait_listening(addr: tuple[str, int], proc: subprocess.Popen, what: str, log: Path, timeout: float) -> None:
@@ -94,8 +94,7 @@ class Parent:
         self.log = self.workdir / "parent.log"  # distribution's JSON app log
         self.proc: subprocess.Popen | None = None
         self._stamper: subprocess.Popen | None = None
-        self.moto: subprocess.Popen | None = None
-        self.s3_port = 0
+        self.moto: MotoS3 | None = None  # storage="s3": its bucket, over plain http
 
     # ------------------------------------------------------------------ names
 
@@ -120,10 +119,6 @@ class Parent:
         """A containers cert dir (skopeo --src-cert-dir) trusting the parent's CA and nothing else of the test's."""
         return self.workdir / "certs.d"
 
-    @property
-    def s3_endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.s3_port}"
-
     # ------------------------------------------------------------------ life cycle
 
     def start(self, timeout: float = 20) -> Parent:
@@ -135,7 +130,7 @@ class Parent:
             self.cert_dir.mkdir(exist_ok=True)
             shutil.copyfile(self.ca_cert, self.cert_dir / "ca.crt")
         if self.storage_kind == "s3" and self.moto is None:
-            self._start_moto(timeout)
+            self.moto = MotoS3(self.workdir / "s3", S3_BUCKET, S3_REGION, S3_KEYS, tls=False).start(timeout)
         cfg = self.workdir / "config.yml"
         cfg.write_text(json.dumps(self._config()))  # YAML is a superset of JSON
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "SSL_CERT_FILE": str(self.upstream.ca_cert)}
@@ -162,7 +157,7 @@ class Parent:
                            "key": str(self.workdir / "pki" / "server-key.pem")}
         storage: dict = {"delete": {"enabled": True}, "maintenance": {"uploadpurging": {"enabled": False}}}
         if self.storage_kind == "s3":
-            storage["s3"] = {"region": S3_REGION, "bucket": S3_BUCKET, "regionendpoint": self.s3_endpoint,
+            storage["s3"] = {"region": S3_REGION, "bucket": S3_BUCKET, "regionendpoint": self.moto.endpoint if self.moto else "",
                              "accesskey": S3_KEYS[0], "secretkey": S3_KEYS[1], "secure": False, "v4auth": True}
             storage["redirect"] = {"disable": not self.s3_redirect}
         else:
@@ -184,19 +179,6 @@ class Parent:
             config["auth"] = {"htpasswd": {"realm": "parent", "path": str(htpasswd)}}
         return config
 
-    def _start_moto(self, timeout: float) -> None:
-        self.s3_port = free_port()
-        with open(self.workdir / "moto.log", "ab") as log:
-            self.moto = subprocess.Popen([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(self.s3_port)],
-                                         stdout=log, stderr=log, stdin=subprocess.DEVNULL,
-                                         env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")}, preexec_fn=_die_with_parent)
-        try:
-            _wait_listening(("127.0.0.1", self.s3_port), self.moto, "moto_server", self.workdir / "moto.log", timeout)
-            self._s3().create_bucket(Bucket=S3_BUCKET)
-        except BaseException:
-            self.close()
-            raise
-
     def stop(self) -> None:
         """Stop the registry (by PID); its storage stays (a moto server too), start() serves it again."""
         if self.proc is not None:
@@ -212,7 +194,7 @@ class Parent:
         """stop(), and the moto server of storage="s3" too (its bucket is gone then)."""
         self.stop()
         if self.moto is not None:
-            terminate(self.moto)
+            self.moto.stop()
         self.moto = None
 
     def __enter__(self) -> Parent:
@@ -264,26 +246,15 @@ class Parent:
                 raise TimeoutError(f"the parent had not stored {', '.join(missing)} after {timeout} s")
             time.sleep(0.05)
 
-    def _s3(self):
-        import boto3  # moto[server]'s dependency; only storage="s3" needs it
-
-        return boto3.client("s3", endpoint_url=self.s3_endpoint, region_name=S3_REGION,
-                            aws_access_key_id=S3_KEYS[0], aws_secret_access_key=S3_KEYS[1])
-
     def bucket_keys(self) -> dict[str, int]:
         """storage="s3": every object in the bucket, key -> size."""
-        out: dict[str, int] = {}
-        for page in self._s3().get_paginator("list_objects_v2").paginate(Bucket=S3_BUCKET):
-            out.update({o["Key"]: o["Size"] for o in page.get("Contents", ())})
-        return out
+        assert self.moto is not None
+        return self.moto.objects()
 
     def stored_blob(self, digest: str) -> bytes | None:
         """The bytes the parent stored for a blob (file or S3 object), or None."""
         if self.storage_kind == "filesystem":
             path = self.blob_file(digest)
             return path.read_bytes() if path.is_file() else None
-        s3 = self._s3()
-        try:
-            return s3.get_object(Bucket=S3_BUCKET, Key=self.blob_key(digest))["Body"].read()
-        except s3.exceptions.NoSuchKey:
-            return None
+        assert self.moto is not None
+        return self.moto.get(self.blob_key(digest))

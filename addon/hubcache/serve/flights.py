@@ -105,6 +105,12 @@ class Flight:
         """Upstream's answer; waiting for it does not tie the flight to the waiter."""
         return await asyncio.shield(self._head)
 
+    @property
+    def blob_id(self) -> bytes:
+        """The blob id the download writes now; b"" before it began (or between two sources)."""
+        writer = self._writer
+        return writer.blob_id if writer is not None else b""
+
     def wait(self, timeout: float) -> None:
         """Block until more bytes are written or the flight ends (for the blob server's threads)."""
         with self._cond:
@@ -260,8 +266,7 @@ class Flights:
         flight = self.get(digest)
         if flight is None or flight.done:
             return False, b""
-        writer = flight._writer
-        return True, writer.blob_id if writer is not None else b""
+        return True, flight.blob_id
 
     def wait(self, digest: str, timeout: float) -> None:
         flight = self.get(digest)

@@ -34,12 +34,6 @@ RECENTLY_OK = 60  # seconds after a good upstream answer in which connections ar
 ABUSE_LIMIT = "answered a bare 429 (Docker Hub's abuse limit on requests from this address)"
 
 
-def _host_port(name: str) -> tuple[str, int]:
-    """A registry's name (host, or host:port when not 443) -> (host, port)."""
-    host, colon, port = name.rpartition(":")
-    return (host, int(port)) if colon and port.isdigit() and not host.endswith(":") else (name, 443)
-
-
 class DockerHub:
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
@@ -74,7 +68,7 @@ class DockerHub:
         hubcache serves only."""
         problems: list[str] = []
         found = credentials.load(settings.credentials, os.environ, settings.docker_config,
-                                 lambda name: settings.registries.lookup(*_host_port(name)) is not None, problems)
+                                 lambda name: settings.registries.named(name) is not None, problems)
         self.accounts = [c for c in found if c.registry == DOCKER_HUB]
         others = [c for c in found if c.registry != DOCKER_HUB]
         self.others.configure(others, settings.pool_private)

@@ -64,7 +64,7 @@ class Parent:
         """Take new settings. Raises credentials.CredentialsError when the login file is unusable
         or would go in clear text."""
         roots = dict(settings.parent)
-        unknown = [r for r in roots if r != DOCKER_HUB and settings.registries.lookup(*_host_port(r)) is None]
+        unknown = [r for r in roots if r != DOCKER_HUB and settings.registries.named(r) is None]
         if unknown:
             raise credentials.CredentialsError(f"hubcache_parent: {', '.join(unknown)} is not a registry hubcache "
                                                "serves (add it with hubcache_registries=+NAME)")
@@ -209,11 +209,6 @@ class Parent:
             return await client.request(method, url, headers, self.tls, self.timeout, allow_http=True)
         except client.UpstreamError as e:
             raise ParentError(str(e)) from e
-
-
-def _host_port(name: str) -> tuple[str, int]:
-    host, colon, port = name.rpartition(":")
-    return (host, int(port)) if colon and port.isdigit() else (name, 443)
 
 
 def kind_of(route: Route) -> str:
