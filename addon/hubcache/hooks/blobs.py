@@ -28,7 +28,6 @@ from hubcache.settings import DIRECT_HOST
 from hubcache.upstream import fetch
 from hubcache.upstream.client import UpstreamError
 from hubcache.upstream.parent import ParentError
-from hubcache.upstream.tokens import brings_no_login
 
 log = logging.getLogger(__name__)
 
@@ -119,16 +118,17 @@ async def _parent_first(svc: Services, flow: http.HTTPFlow, st: FlowState) -> li
     None when it goes to the registry alone. Raises Refusal when the parent cannot be asked and
     hubcache_parent_fallback=never."""
     parent = svc.parent
-    if not parent.asks(st.route, own_login=not brings_no_login(flow.request.headers.get("authorization", ""))):
-        return None
     try:
-        if why := parent.unavailable(st.route.registry):
-            raise ParentError(why)
+        if not parent.first(st.route, flow.request.headers.get("authorization", "")):
+            return None
+    except ParentError as e:  # backing off, and nothing else may give it
+        raise not_stored(st, str(e)) from e
+    try:
         headers = await parent.headers(st.route)
     except ParentError as e:
         if not parent.falls_back():
             raise not_stored(st, f"{e} (hubcache_parent_fallback=never)") from e
-        return None  # backing off: its back-off was told once
+        return None
     st.private = False  # the parent's account reads public content only: shared like the pool's
     return headers
 

@@ -30,7 +30,6 @@ from hubcache.upstream import client
 from hubcache.upstream.client import UpstreamError, UpstreamResponse
 from hubcache.upstream.dockerhub import ABUSE_LIMIT
 from hubcache.upstream.parent import ParentError
-from hubcache.upstream.tokens import brings_no_login
 
 log = logging.getLogger(__name__)
 
@@ -333,14 +332,10 @@ def _asks_parent(svc: Services, flow: http.HTTPFlow, st: FlowState, tag: bool = 
     """Whether the registry's parent is asked for this GET (`tag`: about a tag, resolved at the
     registry or at the parent). Never with the client's own login. Raises Refusal when the parent
     is backing off and hubcache_parent_fallback=never."""
-    parent = svc.parent
-    if not parent.asks(st.route, not brings_no_login(flow.request.headers.get("authorization", "")), tag=tag):
-        return False
-    if why := parent.unavailable(st.route.registry):
-        if not parent.falls_back():
-            raise not_stored(st, f"{why} (hubcache_parent_fallback=never)")
-        return False
-    return True
+    try:
+        return svc.parent.first(st.route, flow.request.headers.get("authorization", ""), tag=tag)
+    except ParentError as e:
+        raise not_stored(st, str(e)) from e
 
 
 async def _tag_via_parent(svc: Services, flow: http.HTTPFlow, st: FlowState) -> bool:

@@ -99,6 +99,18 @@ class Parent:
             return False
         return tag or self.plan.asks_parent(route, "GET", own_login)
 
+    def first(self, route: Route, authorization: str, tag: bool = False) -> bool:
+        """Whether a GET of `route`, sent with the client's `authorization`, goes to the parent
+        first: asked of it (`asks`) and it is not backing off. Raises ParentError when it is
+        backing off and hubcache_parent_fallback=never (nothing else may give the object)."""
+        if not self.asks(route, not tokens.brings_no_login(authorization), tag=tag):
+            return False
+        if why := self.unavailable(route.registry):
+            if not self.falls_back():
+                raise ParentError(f"{why} (hubcache_parent_fallback=never)")
+            return False  # its back-off was told once
+        return True
+
     def has(self, registry: str) -> bool:
         return self.plan is not None and registry in self.plan.roots
 
