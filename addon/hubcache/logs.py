@@ -19,18 +19,23 @@ LEVELS = ("debug", "info", "warning", "error")
 _installed = False
 
 
-def install() -> None:
-    """Prefix the messages of hubcache's loggers (idempotent; chains to the current factory)."""
+def install(worker: int = 0) -> None:
+    """Prefix the messages of hubcache's loggers (idempotent; chains to the current factory).
+    `worker`: this process's number among the workers of `hubcache run --workers N` (0: alone),
+    which every line of the process then names: the workers write to one stream."""
     global _installed
     if _installed:
         return
     _installed = True
     make = logging.getLogRecordFactory()
+    tag = f" [worker {worker}]" if worker else ""
 
     def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
         record = make(*args, **kwargs)
         if record.name == "hubcache" or record.name.startswith("hubcache."):
             record.msg = PREFIX + str(record.msg)
+        if worker:
+            record.msg, record.worker = str(record.msg) + tag, worker
         return record
 
     logging.setLogRecordFactory(factory)
@@ -56,6 +61,9 @@ class JsonFormatter(logging.Formatter):
             "message": message.removeprefix(PREFIX),
         }
         out.update(getattr(record, "fields", {}))
+        if worker := getattr(record, "worker", 0):
+            out["worker"] = worker
+            out["message"] = out["message"].removesuffix(f" [worker {worker}]")
         if record.exc_info:
             out["traceback"] = self.formatException(record.exc_info)
         return json.dumps(out, default=str)

@@ -1,7 +1,13 @@
-"""Prometheus metrics (prometheus-client), on hubcache_metrics_listen; account names only, never secrets."""
+"""Prometheus metrics (prometheus-client), on hubcache_metrics_listen; account names only, never secrets.
+
+With worker processes (`hubcache run --workers N`) prometheus-client runs in its multiprocess mode
+(its supervisor sets PROMETHEUS_MULTIPROC_DIR): each worker writes its values to files there, and
+the one worker that serves the listener reads them all, so /metrics and the status page count
+every worker. Gauges say how their workers' values combine (`multiprocess_mode`)."""
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -10,7 +16,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app, multiprocess
 from prometheus_client.exposition import ThreadingWSGIServer
 
 # seconds an upstream request of hubcache's own waited for its turn (upstream/pacing.py)
@@ -39,11 +45,12 @@ class Metrics:
         self.upstream = Counter("hubcache_upstream_requests", "Requests that reached upstream, by kind", ["kind"], registry=r)
         self.pulls = Counter("hubcache_pulls_spent", "Counted pulls (manifest GETs) spent, by account", ["account"], registry=r)
         self.budget = Gauge("hubcache_pull_budget_remaining", "Pulls left in the window, by account (+Inf: unlimited, paid plan; -1: not known)",
-                            ["account"], registry=r)
+                            ["account"], registry=r, multiprocess_mode="livemostrecent")
         self.upstream_queued = Gauge("hubcache_upstream_queued", "hubcache's own upstream requests waiting for their "
-                                     "turn (hubcache_upstream_concurrency, hubcache_upstream_rate), by host", ["host"], registry=r)
+                                     "turn (hubcache_upstream_concurrency, hubcache_upstream_rate), by host", ["host"], registry=r,
+                                     multiprocess_mode="livesum")
         self.upstream_active = Gauge("hubcache_upstream_active", "hubcache's own upstream requests under way (a blob "
-                                     "download for its whole transfer), by host", ["host"], registry=r)
+                                     "download for its whole transfer), by host", ["host"], registry=r, multiprocess_mode="livesum")
         self.upstream_wait = Histogram("hubcache_upstream_wait_seconds", "Seconds hubcache's own upstream requests waited "
                                        "for their turn, by host", ["host"], buckets=WAIT_BUCKETS, registry=r)
         self.parent = Counter("hubcache_parent_requests", "Objects asked of a parent registry (hubcache_parent), by "
@@ -58,28 +65,42 @@ class Metrics:
         self.client_bytes = Counter("hubcache_client_bytes", "Body bytes sent to clients, by client (as in "
                                     "hubcache_client_requests) and where they came from", ["client", "source"], registry=r)
         self.client_connections = Gauge("hubcache_client_connections", "Client connections open (taken under "
-                                        "hubcache_client_max and hubcache_client_max_per_address)", registry=r)
+                                        "hubcache_client_max and hubcache_client_max_per_address)", registry=r, multiprocess_mode="livesum")
         self.client_refused = Counter("hubcache_client_refused", "Client connections closed at once, by the cap that "
                                       "refused them (hubcache_client_max, hubcache_client_max_per_address)", ["cap"], registry=r)
         self.client_idle_closed = Counter("hubcache_client_idle_closed", "Client connections closed because they sent no "
                                           "request within hubcache_client_idle seconds", registry=r)
         self._client_series: dict[str, set[tuple[Counter, str]]] = {}  # client -> its series: (counter, other label)
-        self.store_bytes = Gauge("hubcache_store_bytes", "Bytes of content in the store", registry=r)
-        self.store_entries = Gauge("hubcache_store_entries", "Entries in the store, by kind", ["kind"], registry=r)
-        self.store_max_bytes = Gauge("hubcache_store_max_bytes", "The store's size cap, hubcache_max_size (0: no cap)", registry=r)
+        self.store_bytes = Gauge("hubcache_store_bytes", "Bytes of content in the store", registry=r, multiprocess_mode="livemostrecent")
+        self.store_entries = Gauge("hubcache_store_entries", "Entries in the store, by kind", ["kind"], registry=r,
+                                   multiprocess_mode="livemostrecent")
+        self.store_max_bytes = Gauge("hubcache_store_max_bytes", "The store's size cap, hubcache_max_size (0: no cap)",
+                                     registry=r, multiprocess_mode="livemostrecent")
         self.upstream_backoff = Gauge("hubcache_upstream_backoff", "1 while hubcache is not asking an upstream host (it "
                                       "failed: back-off), 0 when it answers; by host ('registry': a registry's hosts)",
-                                      ["host"], registry=r)
+                                      ["host"], registry=r, multiprocess_mode="livemax")
         self.pulls_saved = Counter("hubcache_pulls_saved", "Manifest GETs answered from the store (hit, revalidated, "
                                    "stale): pulls the registry did not count, by registry", ["registry"], registry=r)
         self.recent: deque[tuple[float, dict[str, Any]]] = deque(maxlen=RECENT)  # (time, log fields) of misses and errors
         self._server: Any = None  # the WSGI server, while it runs
 
+    def served(self) -> CollectorRegistry:
+        """What /metrics shows: this process's registry, or with workers every worker's values."""
+        if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            return self.registry
+        every = CollectorRegistry()
+        multiprocess.MultiProcessCollector(every)
+        return every
+
+    def families(self) -> Iterable[Any]:
+        """The metric families as /metrics shows them (for the status page)."""
+        return self.served().collect()
+
     def serve(self, listen: str, page: Callable[[], bytes] | None = None) -> tuple[str, int]:
         """Start the HTTP server on 'host:port': the metrics at /metrics (and any other path, as
         prometheus-client serves them), and `page()`, the status page, at /."""
         host, _, port = listen.rpartition(":")
-        metrics = make_wsgi_app(self.registry)
+        metrics = make_wsgi_app(self.served())
 
         def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
             if page is not None and environ.get("PATH_INFO") in ("", "/") and environ.get("REQUEST_METHOD") in ("GET", "HEAD"):

@@ -46,6 +46,25 @@ def terminate(proc: subprocess.Popen, timeout: float = 10) -> int:
     return proc.returncode
 
 
+def _listens(pid: int, port: int) -> bool:
+    """Whether process `pid` holds a socket listening on TCP `port` (/proc/net/tcp*, its fds)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            f = line.split()
+            if f[3] == "0A" and int(f[1].rsplit(":", 1)[1], 16) == port:  # LISTEN
+                inodes.add(f[9])
+    try:
+        fds = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+    except OSError:
+        return False
+    return any(fd.startswith("socket:[") and fd[8:-1] in inodes for fd in fds)
+
+
 def _die_with_parent() -> None:
     import ctypes
 
@@ -57,7 +76,7 @@ class Proxy:
 
     def __init__(self, workdir: Path, upstream_ca: Path, *, confdir: Path, sets: list[str] = (), kind: str = "hubcache",
                  store: Path | None = None, args: list[str] = (), wrap: list[str] = (),
-                 host: str = "127.0.0.1") -> None:
+                 host: str = "127.0.0.1", workers: int = 1) -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.upstream_ca = upstream_ca
@@ -67,6 +86,7 @@ class Proxy:
         self.args = list(args)  # extra command-line arguments
         self.wrap = list(wrap)  # a command that execs the proxy's, e.g. systemd-cat (its stdout then goes there)
         self.kind = kind
+        self.workers = workers  # hubcache run --workers N (1: the flag is not given)
         self.host = host  # the address it listens on (another one when it runs in a netns of its own)
         self.port = 0
         self.proc: subprocess.Popen | None = None
@@ -87,7 +107,7 @@ class Proxy:
                    "--store", str(self.store), "--confdir", str(self.confdir)]
             for s in common:
                 cmd += ["--set", s]
-            return cmd + self.args
+            return cmd + (["--workers", str(self.workers)] if self.workers > 1 else []) + self.args
         cmd = [str(BIN / "mitmdump"), "--listen-host", self.host, "--listen-port", str(self.port),
                "--set", f"confdir={self.confdir}", "--set", "http2=false", "--set", "stream_large_bodies=1m",
                "--set", "flow_detail=0"]
@@ -108,13 +128,29 @@ class Proxy:
                 raise RuntimeError(f"{self.kind} exited with {self.proc.returncode}: {self.log()[-2000:]}")
             try:
                 socket.create_connection((self.host, self.port), timeout=0.5).close()
-                if self.ca_cert.exists():
+                if self.ca_cert.exists() and len(self.worker_pids()) == (self.workers if self.workers > 1 else 0):
                     return self
             except OSError:
                 pass
             time.sleep(0.05)
         self.stop()
         raise RuntimeError(f"{self.kind} did not listen within {timeout} s: {self.log()[-2000:]}")
+
+    def worker_pids(self) -> list[int]:
+        """The pids of the workers of `--workers N`, in order of their numbers, once each one
+        listens on the proxy's port; [] before."""
+        if self.workers <= 1 or self.proc is None:
+            return []
+        kids = {}
+        for child in Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split():
+            try:
+                env = Path(f"/proc/{child}/environ").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            index = next((e.split(b"=", 1)[1] for e in env if e.startswith(b"HUBCACHE_WORKER=")), None)
+            if index is not None and _listens(int(child), self.port):
+                kids[int(index)] = int(child)
+        return [kids[i] for i in sorted(kids)] if len(kids) == self.workers else []
 
     def stop(self) -> int | None:
         if self.proc is None:

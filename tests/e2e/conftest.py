@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.blobtests import CurlBlob
 from harness.clients import make_cert_dir
 from harness.hubenv import Upstream, missing_prerequisites
 from harness.proxy import Proxy
@@ -47,9 +48,9 @@ def start_hubcache(upstream, confdir, tmp_path):
     started: list[Proxy] = []
 
     def start(*sets: str, name: str = "hubcache", args: list[str] = (), wrap: list[str] = (),
-              host: str = "127.0.0.1") -> Proxy:
+              host: str = "127.0.0.1", workers: int = 1) -> Proxy:
         p = Proxy(tmp_path / name, upstream.ca_cert, confdir=confdir, sets=list(sets), args=list(args),
-                  wrap=list(wrap), host=host).start()
+                  wrap=list(wrap), host=host, workers=workers).start()
         started.append(p)
         return p
 
@@ -105,3 +106,19 @@ def idle_clients():
     yield make
     for m in made:
         m.close()
+
+
+@pytest.fixture
+def curl(tmp_path):
+    """curl(hub, repo, digest, token, name) starts a CurlBlob; every one still running at the end
+    is killed by its PID."""
+    started: list[CurlBlob] = []
+
+    def start(hub, repo: str, digest: str, token: str, name: str, rate: str = "") -> CurlBlob:
+        c = CurlBlob(hub, repo, digest, token, tmp_path / name, rate)
+        started.append(c)
+        return c
+
+    yield start
+    for c in started:
+        c.kill()

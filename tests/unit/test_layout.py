@@ -17,14 +17,15 @@ MAY_IMPORT = {
     "expiring": set(),
     "logs": set(),
     "metrics": set(),
+    "worker": set(),
     "decide": {"model", "registries", "settings"},
     "status": {"model"},
     "store": {"model", "settings", "logs"},
     "upstream": {"model", "registries", "settings", "expiring", "logs", "metrics", "decide"},
     "serve": {"model", "settings", "logs", "store", "upstream", "decide"},
     "hooks": {"model", "registries", "settings", "expiring", "logs", "metrics", "decide", "store", "upstream", "serve",
-              "status"},
-    "tools": {"model", "registries", "settings", "logs", "decide", "store", "serve", "hooks"},
+              "status", "worker"},
+    "tools": {"model", "registries", "settings", "logs", "decide", "store", "serve", "hooks", "worker"},
 }
 PURE = {"model", "registries", "settings", "expiring", "decide", "status"}  # testable without a proxy, a store or a network
 

@@ -24,6 +24,7 @@ from hubcache.hooks.status import StatusPage
 from hubcache.model import Kind, Outcome, Refusal
 from hubcache.registries import DOCKER_HUB
 from hubcache.serve.blobserver import BlobServer, tls_context
+from hubcache.serve.siblings import Siblings
 from hubcache.settings import DIRECT_HOST, Settings, SettingsError
 from hubcache.store import Store, StoreError, pages
 from hubcache.upstream.credentials import CredentialsError
@@ -79,7 +80,7 @@ class HubCache:
             raise exceptions.OptionsError(str(e)) from e
         self._configured = True
         svc.clients.configure(svc.settings.metrics_clients)
-        self.limits.configure(svc.settings)
+        self.limits.configure(svc.settings, svc.role)
         if {"hubcache_log_format", "hubcache_log_level"} & set(updated):
             logs.configure(svc.settings.log_format, svc.settings.log_level)
         # The store opens when the proxy runs (not while options are still being set, which would
@@ -93,10 +94,12 @@ class HubCache:
         svc = self.svc
         self._close_store()
         try:
-            svc.store = Store(svc.settings.store, max_size=svc.settings.max_size)
+            svc.store = Store(svc.settings.store, max_size=svc.settings.max_size, shared=svc.role.shared)
         except (StoreError, OSError) as e:
             raise exceptions.OptionsError(f"hubcache_store: {e}") from e
-        svc.blobserver = BlobServer(svc.store, svc.flights.wait, _direct_tls(), svc.flights.writing)
+        svc.flights.siblings = Siblings(svc.store) if svc.role.shared else None
+        svc.blobserver = BlobServer(svc.store, svc.flights.wait, _direct_tls(), svc.flights.writing,
+                                    secret=svc.role.secret())
         svc.counting.store = svc.store
         _keep_challenges(svc)
         size = svc.store.size()
@@ -113,7 +116,7 @@ class HubCache:
         self.configure({"hubcache_store"})
         if wanted := settings.mitmproxy_defaults(ctx.options, self.svc.settings):
             ctx.options.update(**wanted)
-        if self.svc.settings.metrics_listen:
+        if self.svc.settings.metrics_listen and self.svc.role.serves_metrics:
             self._serve_metrics(self.svc.settings.metrics_listen)
         try:
             self._flusher = asyncio.get_running_loop().create_task(self._flush_access_forever())

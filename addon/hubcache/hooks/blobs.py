@@ -201,6 +201,9 @@ def _start_flight(svc: Services, flow: http.HTTPFlow, headers: list[tuple[str, s
 
     def ended(f: Flight) -> None:  # on the flight's thread
         svc.flights.end(f)
+        if f.sibling:  # another worker downloaded it, and said so
+            log.debug("blob %s of %s came from worker pid %d's download", f.digest, st.repository, f.sibling)
+            return
         if parent is not None and not f.fell_back:  # the parent gave it, or (never) failed for good
             loop.call_soon_threadsafe(_parent_result, svc, route, f)
         _told_end(svc, st.repository, f)
@@ -214,6 +217,7 @@ def _start_flight(svc: Services, flow: http.HTTPFlow, headers: list[tuple[str, s
         lambda size: store.begin_blob(digest, size, seen), owner=owner, room=store.room_for,
         on_hops=lambda hops: _soon(loop, record, hops), on_end=ended,
         fallback=opener if use_parent and svc.parent.falls_back() else None, on_fallback=fell_back,
+        siblings=svc.flights.siblings,
     )
     return svc.flights.add(flight).start()
 

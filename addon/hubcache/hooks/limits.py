@@ -23,6 +23,7 @@ from hubcache.decide.admission import Admission, RefusalLog
 from hubcache.decide.clients import address_name
 from hubcache.metrics import Metrics
 from hubcache.settings import Settings
+from hubcache.worker import ALONE, Role
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +42,12 @@ class ConnectionLimits:
         self._timers: dict[str, asyncio.TimerHandle] = {}  # client id -> its first request's deadline
         self._refusing: dict[str, str] = {}  # client id -> why, for the over-cap connections to answer 503
 
-    def configure(self, s: Settings) -> None:
-        """New caps apply to connections from now on; open ones stay."""
-        self.admission.total, self.admission.per_address = s.client_max, s.client_max_per_address
+    def configure(self, s: Settings, role: Role = ALONE) -> None:
+        """New caps apply to connections from now on; open ones stay. A worker of several takes
+        its share of hubcache_client_max (the kernel spreads connections evenly over the workers'
+        sockets); the cap per address applies in each worker: a share of it could refuse an
+        address below its cap when the kernel's spread is uneven."""
+        self.admission.total, self.admission.per_address = role.share_of(s.client_max), s.client_max_per_address
         self.idle = s.client_idle
 
     def connected(self, client: connection.Client) -> None:

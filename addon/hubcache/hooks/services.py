@@ -23,6 +23,7 @@ from hubcache.store import Store
 from hubcache.upstream.dockerhub import DockerHub
 from hubcache.upstream.parent import Parent
 from hubcache.upstream.singleflight import Shared
+from hubcache.worker import Role, role
 
 T = TypeVar("T")
 
@@ -35,6 +36,7 @@ MAX_ENTRIES = 10_000  # per table: a busy day's distinct blobs, logins or CDN UR
 class Services:
     def __init__(self) -> None:
         self.settings = Settings()
+        self.role: Role = role()  # one of several workers on one port and store, or alone
         self.store: Store | None = None
         self.blobserver: BlobServer | None = None
         self.writer = ThreadPoolExecutor(1, thread_name_prefix="hubcache-writer")  # manifests, tags, access times

@@ -25,7 +25,7 @@ CONTENT = frozenset({"manifest", "blob", "cdn"})  # the requests the hit ratio i
 def _values(svc: Services) -> dict[str, list[tuple[dict[str, str], float]]]:
     """Every sample of the metrics, by name: name -> [(labels, value)]."""
     out: dict[str, list[tuple[dict[str, str], float]]] = defaultdict(list)
-    for family in svc.metrics.registry.collect():
+    for family in svc.metrics.families():
         for s in family.samples:
             out[s.name].append((s.labels, s.value))
     return out

@@ -315,8 +315,11 @@ class BlobServer:
 
     def __init__(self, store: Store, wait: Callable[[str, float], None] | None = None,
                  tls: ssl.SSLContext | None = None,
-                 writing: Callable[[str], tuple[bool, bytes]] = lambda digest: (False, b"")) -> None:
-        self._secret = os.urandom(32)
+                 writing: Callable[[str], tuple[bool, bytes]] = lambda digest: (False, b""),
+                 secret: bytes | None = None) -> None:
+        """`secret`: the key blob URLs are signed with, when several worker processes must take
+        each other's (a redirected client may reach any of them); else a random one."""
+        self._secret = secret or os.urandom(32)
         self._servers: list[_Server] = [_Server(("127.0.0.1", 0), _Handler)]
         if tls is not None:
             self._servers.append(_TLSServer(("127.0.0.1", 0), _Handler, tls))

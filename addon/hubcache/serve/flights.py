@@ -11,6 +11,10 @@ store published the blob, i.e. after sha256 and size matched.
 The flight does not belong to any client: when they all go away it still finishes and stores the
 blob. When it fails, the pending blob is dropped, every follower's connection is cut short, and
 the flight leaves the table, so the next request starts a fresh one.
+
+With worker processes (`hubcache run --workers N`), a flight first claims its digest in the store;
+when a sibling worker downloads it already, the flight follows that download instead of making
+its own (siblings.py), and takes it over when it ends without the blob.
 """
 
 from __future__ import annotations
@@ -23,7 +27,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
+from hubcache.serve.siblings import Siblings
 from hubcache.store import BlobWriter, DigestMismatch, StoreError
+from hubcache.store.claims import Claim
 from hubcache.upstream.client import UpstreamError, relayable
 
 log = logging.getLogger(__name__)
@@ -75,6 +81,7 @@ class Flight:
         on_end: Callable[[Flight], None] = lambda f: None,
         fallback: Callable[[], Download] | None = None,
         on_fallback: Callable[[str], None] = lambda why: None,
+        siblings: Siblings | None = None,
     ) -> None:
         self.digest = digest
         self.owner = owner  # "" for a pool-account download anyone may join; else whose login it used
@@ -86,6 +93,10 @@ class Flight:
         self._fallback = fallback  # asked when `opener`'s source (a parent registry) fails
         self._on_fallback = on_fallback  # why it failed, before the fallback is asked
         self.fell_back = False
+        self._siblings = siblings  # the other workers' downloads (None: this process is alone)
+        self._claimed = False
+        self.sibling = 0  # the pid of the sibling worker whose download gave the blob (-1: it was stored already; 0: none)
+        self._following = b""  # the blob id of that download's write
         self._loop = asyncio.get_running_loop()
         self._head: asyncio.Future[Head] = self._loop.create_future()
         self._cond = threading.Condition()
@@ -109,7 +120,7 @@ class Flight:
     def blob_id(self) -> bytes:
         """The blob id the download writes now; b"" before it began (or between two sources)."""
         writer = self._writer
-        return writer.blob_id if writer is not None else b""
+        return writer.blob_id if writer is not None else self._following
 
     def wait(self, timeout: float) -> None:
         """Block until more bytes are written or the flight ends (for the blob server's threads)."""
@@ -135,6 +146,8 @@ class Flight:
 
     def _run(self) -> None:
         try:
+            if self._siblings is not None and not self._claim(self._siblings):
+                return
             if self._fallback is None:
                 self._attempt(self._opener, final=True)
             elif (why := self._attempt(self._opener, final=False)) is not None:
@@ -145,10 +158,40 @@ class Flight:
                 self._loop.call_soon_threadsafe(self._renew_head)
                 self._attempt(self._fallback, final=True)
         finally:
+            if self._claimed and self._siblings is not None:  # after publishing: a sibling finds it stored
+                self._siblings.release(self.digest)
             self._set_head(Head(0, error=self.failure or "fetch ended without an answer"))
             self.done = True
             self._notify()
             self._on_end(self)
+
+    def _claim(self, siblings: Siblings) -> bool:
+        """Claim the download among the workers. False when there is nothing to download: the
+        store has the blob, or a sibling's download (followed meanwhile) stored it."""
+        while True:
+            got = siblings.take(self.digest, self.owner)
+            if got is None:
+                self._claimed = True
+                return True
+            if isinstance(got, Claim) and not siblings.shares(got, self.owner):
+                return True  # a download with someone else's login: this one goes apart, as on another host
+            info = siblings.follow(self.digest, got, self._followed, self._notify) if isinstance(got, Claim) \
+                else siblings.blob_info(self.digest)
+            if info is None:  # it ended without the blob (or the blob went at once): ours to download now
+                self._following = b""
+                continue
+            self.stored, self.sibling = True, got.pid if isinstance(got, Claim) else -1
+            self._following = info.blob_id
+            self._set_head(Head(200, info.size, info.blob_id))
+            return False
+
+    def _followed(self, blob_id: bytes, size: int) -> None:
+        """A sibling's download writes under `blob_id` now: this worker's clients follow it."""
+        renew = bool(self._following)  # it went on from its next source: late joiners wait for it
+        self._following = blob_id
+        if renew:
+            self._loop.call_soon_threadsafe(self._renew_head)
+        self._set_head(Head(200, size, blob_id))
 
     def _attempt(self, opener: Callable[[], Download], final: bool) -> str | None:
         """Download from one source. None when the flight is decided (stored, or failed for
@@ -203,6 +246,8 @@ class Flight:
         least every FLUSH_SECONDS; publish it once sha256 and size match."""
         writer = self._writer = self._begin(size)
         writer.register()  # followers can find it before the first byte
+        if self._claimed and self._siblings is not None:  # and the other workers' followers
+            self._siblings.writing(self.digest, writer.blob_id)
         self._set_head(Head(200, -1 if size is None else size, writer.blob_id))
         last_flush = time.monotonic()
 
@@ -235,6 +280,7 @@ class Flights:
     def __init__(self) -> None:
         self._flights: dict[str, Flight] = {}
         self._lock = threading.Lock()
+        self.siblings: Siblings | None = None  # set while this process is one of several workers on its store
 
     def get(self, digest: str) -> Flight | None:
         with self._lock:
@@ -264,6 +310,9 @@ class Flights:
         """Whether a download of `digest` is under way, and the blob id it writes now (b"" while
         it opens its next source)."""
         flight = self.get(digest)
+        if flight is None and self.siblings is not None:  # a sibling worker's download, followed in the store
+            claim = self.siblings.held(digest)
+            return (True, claim.blob_id) if claim is not None else (False, b"")
         if flight is None or flight.done:
             return False, b""
         return True, flight.blob_id

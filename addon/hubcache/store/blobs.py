@@ -36,7 +36,7 @@ def pending_record(digest: str, started: float, expected_size: int | None, flush
     """What readers of an unfinished blob need: its size, and how many bytes are written."""
     return json.dumps({
         "digest": digest, "started": started, "size": expected_size,
-        "flushed": flushed, "chunk_size": CHUNK_SIZE,
+        "flushed": flushed, "chunk_size": CHUNK_SIZE, "pid": os.getpid(),  # whose write (workers share a store)
     }).encode()
 
 
@@ -68,6 +68,9 @@ class Blobs:
     def info(self, digest: str) -> BlobInfo | None:
         raw = self._txns.read(lambda txn: txn.get(digest.encode(), db=self._blobs))
         return None if raw is None else _info(digest, raw)
+
+    def has(self, txn: Txn, key: bytes) -> bool:
+        return txn.get(key, db=self._blobs) is not None
 
     def infos(self) -> list[BlobInfo]:
         rows = self._txns.read(lambda txn: list(txn.cursor(db=self._blobs)))
@@ -192,6 +195,14 @@ class Blobs:
         if ids:
             logs.event(log, logging.INFO, "store_recovered", f"store: removed {len(ids)} interrupted blob writes",
                        blobs=len(ids))
+        return len(ids)
+
+    def drop_writes_of(self, pid: int) -> int:
+        """Delete the interrupted writes of one process (a worker that died; its siblings' writes
+        go on). Returns how many there were."""
+        ids = self._txns.read(lambda txn: [k for k, v in txn.cursor(db=self._pending) if json.loads(v).get("pid") == pid])
+        for blob_id in ids:
+            self.drop(blob_id)
         return len(ids)
 
     def drop_orphans(self) -> int:

@@ -20,6 +20,7 @@ from hubcache.model import BlobInfo, ClientCounter, ImageCounter, Manifest, TagR
 from hubcache.store import format as storeformat
 from hubcache.store.blobs import Blobs, matches
 from hubcache.store.catalog import Catalog
+from hubcache.store.claims import Claims
 from hubcache.store.counters import Counters
 from hubcache.store.errors import DigestMismatch, StoreError, StoreInUse
 from hubcache.store.inventory import Inventory
@@ -73,9 +74,11 @@ class Store:
     `clock` dates access times and manifests (tests pass their own, to order accesses)."""
 
     def __init__(self, path: str | os.PathLike, *, max_size: int = 0, map_size: int = 256 << 20, readonly: bool = False,
-                 clock: Callable[[], float] = time.time, beside: bool = False) -> None:
+                 clock: Callable[[], float] = time.time, beside: bool = False, shared: bool = False) -> None:
         """`beside`: for writing next to a running hubcache (evict): when another process holds
-        the lock, open without it, and leave its writes in progress and migrations to it."""
+        the lock, open without it, and leave its writes in progress and migrations to it.
+        `shared`: a worker of `hubcache run --workers N`: its supervisor holds the lock, and
+        recovered and migrated the store before starting the workers."""
         self.path = Path(path)
         self.max_size = max_size
         self.readonly = readonly
@@ -85,7 +88,7 @@ class Store:
             self._open_readonly()
             return
         self.path.mkdir(parents=True, exist_ok=True)
-        self._lock: IO[str] | None = _take_lock(self.path, wait=not beside)
+        self._lock: IO[str] | None = None if shared else _take_lock(self.path, wait=not beside)
         env = lmdb.open(str(self.path), map_size=map_size, max_dbs=16, max_readers=1024, metasync=False)
         seen = storeformat.found(env)
         try:
@@ -139,6 +142,7 @@ class Store:
         self._sink = StoreSink(self._txns, self._blobs, self._catalog, self._lru)
         self.counters = Counters(self._txns)  # what was served (stats): every record with records()
         self.inventory = Inventory(self._txns)  # the store by image (ls, evict)
+        self.claims = Claims(self._txns, self._blobs.has)  # which worker downloads which blob (hubcache run --workers)
 
     def close(self) -> None:
         self._txns.close()
@@ -289,8 +293,21 @@ class Store:
     # -- recovery, size, eviction -------------------------------------------------------------
 
     def recover(self) -> int:
-        """Delete every interrupted blob write. Returns how many there were."""
+        """Delete every interrupted blob write, and every worker's claim on a download (no worker
+        runs while the store opens). Returns how many writes there were."""
+        self.claims.clear()
         return self._blobs.recover()
+
+    def drop_writes_of(self, pid: int) -> int:
+        """A worker process died: delete its interrupted writes and its claims, so that its
+        siblings take those downloads over. Returns how many writes there were."""
+        self.claims.release_all_of(pid)
+        return self._blobs.drop_writes_of(pid)
+
+    def reader_check(self) -> int:
+        """Free the reader slots of processes that died (a worker killed mid-read), which would
+        otherwise keep LMDB from reusing pages; returns how many."""
+        return self._env.reader_check()
 
     def size(self) -> int:
         """Bytes of committed content (manifest bodies and blobs)."""

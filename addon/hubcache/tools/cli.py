@@ -9,10 +9,18 @@ import os
 import signal
 import sys
 import time
+from typing import Any
 
-from hubcache import __version__, logs
+from hubcache import __version__, logs, worker
 from hubcache.settings import DEFAULT_HOME
 from hubcache.tools import fdlimit, preflight, storecmds
+
+
+def _workers(value: str) -> int:
+    n = int(value) if value.isdigit() else 0
+    if not 1 <= n <= 64:
+        raise argparse.ArgumentTypeError(f"{value!r}: give a number of processes from 1 to 64")
+    return n
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -25,6 +33,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--store", default=os.path.join(DEFAULT_HOME, "store"), help="LMDB store directory")
     run.add_argument("--confdir", default=DEFAULT_HOME, help="where the CA lives: <confdir>/mitmproxy-ca-cert.pem")
     run.add_argument("--offline", action="store_true", help="never contact upstream; serve only what the store has")
+    run.add_argument("--workers", type=_workers, default=1, metavar="N",
+                     help="proxy processes sharing the port and the store (default 1; a central cache: its cores)")
     run.add_argument(
         "--set", dest="sets", action="append", default=[], metavar="OPTION=VALUE",
         help="any mitmproxy or hubcache option, e.g. ssl_verify_upstream_trusted_ca=FILE (repeatable)",
@@ -90,7 +100,7 @@ def _verify(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _run(args: argparse.Namespace) -> int:
+async def _run(args: argparse.Namespace, argv: list[str]) -> int:
     from mitmproxy import exceptions, options
     from mitmproxy.tools.dump import DumpMaster
 
@@ -115,35 +125,63 @@ async def _run(args: argparse.Namespace) -> int:
     if why := refusal(opts):  # an open proxy, or a login `ps` would show
         print(f"hubcache: {why}", file=sys.stderr)
         return preflight.EXIT_USAGE
+    me = worker.role()
     try:
-        preflight.check_store(opts.hubcache_store)
-        preflight.check_port(opts.listen_host, opts.listen_port)
-        if listen := opts.hubcache_metrics_listen:  # host:port, checked by the option already
-            host, _, port = listen.rpartition(":")
-            preflight.check_port(host or "127.0.0.1", int(port), "hubcache_metrics_listen")
+        if not me.shared:  # a worker's supervisor checked all this, holds the store and made the CA
+            preflight.check_store(opts.hubcache_store)
+            preflight.check_port(opts.listen_host, opts.listen_port)
+            if listen := opts.hubcache_metrics_listen:  # host:port, checked by the option already
+                host, _, port = listen.rpartition(":")
+                preflight.check_port(host or "127.0.0.1", int(port), "hubcache_metrics_listen")
         preflight.check_confdir(args.confdir)
-        _ensure_ca(args.confdir, opts)  # before mitmproxy, which would make an unconstrained one
+        if not me.shared:
+            _ensure_ca(args.confdir, opts)  # before mitmproxy, which would make an unconstrained one
     except preflight.Problem as e:
         print(f"hubcache: {e}", file=sys.stderr)
         return e.code
-    fds, needed = fdlimit.raise_soft_limit(opts.hubcache_client_max)
+    if args.workers > 1 and not me.shared:
+        from hubcache.tools.workers import Supervisor
+
+        _started(opts, args.confdir, args.workers)
+        return Supervisor(args.workers, argv, opts.hubcache_store, opts.hubcache_max_size).run()
+    if me.shared:
+        _share_port()
+    fds, needed = fdlimit.raise_soft_limit(me.share_of(opts.hubcache_client_max))
     if why := fdlimit.advice(fds, needed):
         logs.event(logging.getLogger(__name__), logging.WARNING, "fd_limit_low", why, limit=fds, needed=needed)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, master.shutdown)
-    ca = os.path.join(args.confdir, "mitmproxy-ca-cert.pem")
-    url = f"http://{opts.listen_host}:{opts.listen_port}"
-    logs.event(  # a log line, so that it is JSON too with hubcache_log_format=json
-        logging.getLogger(__name__), logging.INFO, "start",
-        f"proxy on {url} (hubcache {__version__}), store {opts.hubcache_store}, CA to trust: {ca}",
-        version=__version__, proxy=url, store=opts.hubcache_store, ca=ca)
+    if not me.shared:
+        _started(opts, args.confdir, 1)
     try:
         await master.run()
     except exceptions.OptionsError as e:  # the store could not open after all (taken meanwhile)
         print(f"hubcache: {e}", file=sys.stderr)
         return preflight.EXIT_STORE_UNUSABLE
     return 0
+
+
+def _started(opts: Any, confdir: str, workers: int) -> None:
+    ca = os.path.join(confdir, "mitmproxy-ca-cert.pem")
+    url = f"http://{opts.listen_host}:{opts.listen_port}"
+    logs.event(  # a log line, so that it is JSON too with hubcache_log_format=json
+        logging.getLogger(__name__), logging.INFO, "start",
+        f"proxy on {url} (hubcache {__version__}), store {opts.hubcache_store}, CA to trust: {ca}"
+        + (f", {workers} workers" if workers > 1 else ""),
+        version=__version__, proxy=url, store=opts.hubcache_store, ca=ca, workers=workers)
+
+
+def _share_port() -> None:
+    """A worker listens on the proxy's address beside its siblings: SO_REUSEPORT on the socket
+    mitmproxy makes (with asyncio.start_server, which takes it as an argument)."""
+    start_server = asyncio.start_server
+
+    async def sharing(*args: Any, **kwargs: Any) -> asyncio.Server:
+        kwargs.setdefault("reuse_port", True)
+        return await start_server(*args, **kwargs)
+
+    asyncio.start_server = sharing
 
 
 def _ensure_ca(confdir: str, opts: object) -> None:
@@ -167,11 +205,12 @@ def _ensure_ca(confdir: str, opts: object) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = _parser().parse_args(argv)
-    logs.install()
+    logs.install(worker.role().index)
     if args.command == "run":
         logging.getLogger("hubcache").setLevel(logging.INFO)
-        return asyncio.run(_run(args))
+        return asyncio.run(_run(args, argv))
     if args.command == "history":
         return _history(args)
     if args.command == "verify":
