@@ -35,6 +35,7 @@ class FlowState:
     local_stream: bool = False  # answered by the blob server
     flight: Flight | None = None  # the download this blob miss follows
     direct_bytes: int = 0  # redirected to the blob server's TLS listener: the size it sends
+    after_sibling: bool = False  # another worker fetched this manifest meanwhile: asked of the store again
     note: str = ""
     logged: bool = False
     account: str = ""  # the pool account (or "anonymous") hubcache sent this upstream as; "" = the client's own

@@ -4,10 +4,12 @@ asking at the same time (one counted pull), and when upstream cannot answer, the
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import hashlib
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 import lmdb
 from mitmproxy import http
@@ -26,6 +28,7 @@ from hubcache.hooks.services import Services, owner_of, url_of
 from hubcache.model import MAX_MANIFEST_BYTES, OCI_INDEX, OCI_MANIFEST, Manifest, Outcome, Refusal, Route
 from hubcache.registries import DOCKER_HUB
 from hubcache.store import StoreError
+from hubcache.store.claims import Claim
 from hubcache.upstream import client
 from hubcache.upstream.client import UpstreamError, UpstreamResponse
 from hubcache.upstream.dockerhub import ABUSE_LIMIT
@@ -248,11 +251,17 @@ async def _fetch(svc: Services, flow: http.HTTPFlow, st: FlowState) -> None:
     headers = [("Accept", v) for v in accept] + [("Authorization", auth)]
     seen = access.seen_as(st.route.repository, not st.account)  # no pool account: the client's own login
     try:
-        got, joined = await svc.manifest_fetches.run(key, lambda: _fetch_once(svc, st.route, url, headers, st.account, seen))
+        got, joined = await svc.manifest_fetches.run(
+            key, lambda: _among_workers(svc, key, lambda: _fetch_once(svc, st.route, url, headers, st.account, seen),
+                                        alone=st.after_sibling))
     except client.BodyTooLarge as e:
         raise _rejected(f"upstream manifest is over the {MAX_MANIFEST_BYTES} byte limit") from e
     except UpstreamError as e:
         stale_or_refuse(flow, st, str(e))
+        return
+    if got is None:  # another worker fetched it: the store answers now, as if asked again
+        st.after_sibling = True
+        await handle(svc, flow, st)
         return
     if joined:
         st.note = "joined a fetch under way"
@@ -265,6 +274,26 @@ async def _fetch(svc: Services, flow: http.HTTPFlow, st: FlowState) -> None:
     else:
         flow.response = http.Response.make(got.status, got.body, client.relayable(got.headers))
         st.note = f"upstream answered {got.status}" if got.status != 200 else "a signed schema 1 conversion, relayed"
+
+
+async def _among_workers[T](svc: Services, key: tuple[str, tuple[str, ...], str], fetch: Callable[[], Awaitable[T]],
+                            alone: bool = False) -> T | None:
+    """`fetch()` once among the worker processes of `hubcache run --workers N` (serve/siblings.py):
+    None when another worker was fetching the same (`key`: URL, Accept, whose login) and has
+    ended, its result in the store if it kept one. A client's own login is never shared; nor
+    when `alone` (asked again after a sibling's fetch: its result was not stored)."""
+    siblings = svc.flights.siblings
+    if siblings is None or key[2] or alone:
+        return await fetch()
+    name = "manifest " + hashlib.sha256(repr(key[:2]).encode()).hexdigest()
+    held = await asyncio.to_thread(siblings.take, name, "")
+    if isinstance(held, Claim):
+        await asyncio.to_thread(siblings.wait_end, name, held)
+        return None
+    try:
+        return await fetch()
+    finally:
+        await asyncio.to_thread(siblings.release, name)
 
 
 async def _fetch_once(svc: Services, route: Route, url: str, headers: list[tuple[str, str]], account: str,

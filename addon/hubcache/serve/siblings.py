@@ -1,5 +1,8 @@
 """Single flight across the worker processes of `hubcache run --workers N`, which share one store.
 
+Manifest GETs are shared the same way (hooks/manifests.py): one worker asks upstream, the others
+wait for it to end and answer from the store, so N workers spend one counted pull, not N.
+
 Each worker keeps its own flights (flights.py). A flight of a worker first claims its digest in
 the store (store/claims.py). When a sibling worker holds the claim, the flight downloads nothing:
 it follows the sibling's write in the store (`follow`), handing its own clients that write's blob
@@ -53,6 +56,15 @@ class Siblings:
 
     def shares(self, claim: Claim, owner: str) -> bool:
         return claim.owner == owner_key(owner)
+
+    def wait_end(self, name: str, claim: Claim, limit: float = 120) -> None:
+        """Block until the sibling's claim on `name` ended (or `limit` seconds passed)."""
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline:
+            held = self.held(name)
+            if held is None or held.pid != claim.pid:
+                return
+            time.sleep(POLL_SECONDS)
 
     def follow(self, digest: str, claim: Claim, on_writing: Callable[[bytes, int], None],
                tick: Callable[[], None] = lambda: None) -> BlobInfo | None:
