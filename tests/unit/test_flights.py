@@ -1,12 +1,14 @@
 """Flights and the blob server together, with a scripted upstream: followers get the bytes as they
 are written, the last byte only after the digest matched, and a failed download reaches them as a
-cut-short body, never as a complete wrong one."""
+cut-short body, never as a complete wrong one. With worker processes, a flight follows a sibling's
+download in the store instead of making its own, and takes it over when it ends without the blob."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
 import http.client
+import json
 import os
 import threading
 import time
@@ -15,7 +17,9 @@ import pytest
 
 from hubcache.serve.blobserver import BlobServer
 from hubcache.serve.flights import Flight, Flights
+from hubcache.serve.siblings import Siblings, owner_key
 from hubcache.store import Store
+from hubcache.store.claims import Claim
 from hubcache.upstream.client import UpstreamError
 
 MiB = 1 << 20
@@ -297,3 +301,162 @@ def test_a_first_source_that_refuses_or_breaks_off_is_replaced_by_the_next_and_o
             assert store.blob_info(digest) is None and store.recover() == 0
 
     asyncio.run(go())
+
+
+# -- single flight across worker processes (hubcache run --workers N) -------------------------
+# In one process: a "sibling" is a claim in another live pid's name (this test's parent process).
+
+SIBLING = os.getppid()  # alive for the whole test, and not this process
+DEAD = 2**22 + 12345  # beyond pid_max's default: no such process
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = Store(tmp_path / "s")
+    yield s
+    s.close()
+
+
+def test_a_claim_is_the_first_takers_until_released(store):
+    digest = blob(10)[1]
+    assert store.claims.take(digest, "") is None  # ours
+    theirs = store.claims.take(digest, "", pid=SIBLING)
+    assert isinstance(theirs, Claim) and theirs.pid == os.getpid()
+    store.claims.writing(digest, b"\x01" * 8)
+    assert store.claims.held(digest) == Claim(os.getpid(), b"\x01" * 8, "")
+    store.claims.release(digest, pid=SIBLING)  # not the holder: nothing happens
+    assert store.claims.held(digest) is not None
+    store.claims.release(digest)
+    assert store.claims.held(digest) is None
+    assert store.claims.take(digest, "", pid=SIBLING) is None
+
+
+def test_a_dead_workers_claim_is_free_and_its_writes_are_dropped_alone(store):
+    d1, d2 = blob(10)[1], blob(11)[1]
+    assert store.claims.take(d1, "", pid=DEAD) is None
+    assert store.claims.held(d1) is None  # its pid is gone: free
+    assert store.claims.take(d1, "") is None  # taken over
+    assert store.claims.take(d2, "", pid=DEAD) is None
+    data, digest = blob(3 * MiB)
+    mine = store.begin_blob(digest, len(data), "P:library/x")
+    mine.register()
+    mine.write(data[: MiB])
+    mine.flush()
+    assert store.drop_writes_of(DEAD) == 0  # no write of its own; its claim on d2 goes
+    assert store.claims.held(d1) is not None and store._txns.read(
+        lambda txn: txn.get(d2.encode(), db=store.claims._db)) is None
+    assert store.progress(digest, mine.blob_id)[0] == "pending"
+    assert store.drop_writes_of(os.getpid()) == 1  # pending records name their process
+    assert store.progress(digest, mine.blob_id)[0] == "gone"
+
+
+def test_a_published_blob_is_not_claimed(store):
+    data, digest = blob(1000)
+    w = store.begin_blob(digest, len(data), "P:library/x")
+    w.write(data)
+    w.commit()
+    assert store.claims.take(digest, "") is True
+
+
+def test_reopening_the_store_clears_every_claim(tmp_path):
+    s = Store(tmp_path / "s")
+    s.claims.take(blob(10)[1], "", pid=SIBLING)
+    s.close()
+    s = Store(tmp_path / "s")
+    try:
+        assert s._txns.read(lambda txn: txn.stat(s.claims._db)["entries"]) == 0
+    finally:
+        s.close()
+
+
+def test_a_claims_owner_is_kept_hashed():
+    cdn = "cdn /blobs/x?signature=secret"
+    assert "secret" not in owner_key(cdn) and owner_key(cdn) == owner_key(cdn) and owner_key("") == ""
+
+
+def _flight(store, flights, digest, resp) -> Flight:
+    f = Flight(digest, lambda: resp, lambda size: store.begin_blob(digest, size, "P:library/x"), on_end=flights.end,
+               siblings=flights.siblings)
+    return flights.add(f).start()
+
+
+@pytest.fixture
+def served_with_siblings(store):
+    flights = Flights()
+    flights.siblings = Siblings(store)
+    server = BlobServer(store, flights.wait, writing=flights.writing)
+    yield store, flights, server
+    server.stop()
+
+
+def test_a_flight_follows_a_siblings_download_instead_of_making_its_own(served_with_siblings):
+    store, flights, server = served_with_siblings
+    data, digest = blob(3 * MiB)
+    sibling = store.begin_blob(digest, len(data), "P:library/x")  # the sibling worker's write
+    sibling.register()
+    store.claims.take(digest, "", pid=SIBLING)
+    store.claims.writing(digest, sibling.blob_id, pid=SIBLING)
+
+    async def go():
+        mine = ScriptedResponse(200, data)
+        flight = _flight(store, flights, digest, mine)
+        head = await flight.head()
+        assert head.status == 200 and head.blob_id == sibling.blob_id  # its clients follow the sibling's write
+        follower = Follower(server.port, server.path(digest, head.blob_id))
+        sibling.write(data[: 2 * MiB])
+        sibling.flush()
+        wait_for(lambda: len(follower.got) >= 2 * MiB - 256 * 1024)  # streamed as the sibling writes
+        sibling.write(data[2 * MiB :])
+        sibling.commit()
+        store.claims.release(digest, pid=SIBLING)
+        follower.join(10)
+        assert follower.error is None and bytes(follower.got) == data
+        flight.join(10)
+        assert flight.stored and flight.sibling == SIBLING and flight.received == 0  # nothing downloaded here
+
+    asyncio.run(go())
+
+
+def test_a_siblings_download_that_ends_without_the_blob_is_taken_over(served_with_siblings):
+    store, flights, server = served_with_siblings
+    data, digest = blob(2 * MiB)
+    sibling = store.begin_blob(digest, len(data), "P:library/x")
+    sibling.register()
+    store.claims.take(digest, "", pid=SIBLING)
+    store.claims.writing(digest, sibling.blob_id, pid=SIBLING)
+
+    async def go():
+        flight = _flight(store, flights, digest, ScriptedResponse(200, data))
+        head = await flight.head()
+        follower = Follower(server.port, server.path(digest, head.blob_id))  # nothing sent yet
+        await asyncio.sleep(0.2)
+        store.drop_writes_of(SIBLING)  # the sibling died: its supervisor drops what it left
+        for _ in range(200):
+            await asyncio.sleep(0.02)  # the flight's hand-overs run on this loop
+            if flight.done:
+                break
+        flight.join(10)
+        assert flight.stored and flight.sibling == 0 and flight.received == len(data)  # downloaded here
+        follower.join(10)
+        assert follower.error is None and bytes(follower.got) == data  # it moved to the takeover's write
+        raw = store._txns.read(lambda txn: txn.get(digest.encode(), db=store.claims._db))
+        assert raw is None, json.loads(raw)  # released after publishing
+
+    asyncio.run(go())
+
+
+def test_someone_elses_private_download_is_not_followed(served_with_siblings):
+    store, flights, _ = served_with_siblings
+    data, digest = blob(MiB)
+    store.claims.take(digest, owner_key("alice"), pid=SIBLING)
+
+    async def go():
+        f = Flight(digest, lambda: ScriptedResponse(200, data), lambda size: store.begin_blob(digest, size, "P:x"),
+                   owner="bob", on_end=flights.end, siblings=flights.siblings)
+        flights.add(f).start()
+        await f.head()
+        f.join(10)
+        assert f.stored and f.sibling == 0 and f.received == len(data)
+
+    asyncio.run(go())
+    assert hashlib.sha256(data).hexdigest() in store.blob_info(digest).digest
