@@ -57,7 +57,7 @@ class Proxy:
 
     def __init__(self, workdir: Path, upstream_ca: Path, *, confdir: Path, sets: list[str] = (), kind: str = "hubcache",
                  store: Path | None = None, args: list[str] = (), wrap: list[str] = (),
-                 host: str = "127.0.0.1") -> None:
+                 host: str = "127.0.0.1", workers: int = 1) -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.upstream_ca = upstream_ca
@@ -68,6 +68,7 @@ class Proxy:
         self.wrap = list(wrap)  # a command that execs the proxy's, e.g. systemd-cat (its stdout then goes there)
         self.kind = kind
         self.host = host  # the address it listens on (another one when it runs in a netns of its own)
+        self.workers = workers  # hubcache run --workers N when > 1 (one process, no flag, when 1)
         self.port = 0
         self.proc: subprocess.Popen | None = None
         self.logfile = self.workdir / f"{kind}.log"
@@ -85,6 +86,8 @@ class Proxy:
         if self.kind == "hubcache":
             cmd = [*self.wrap, str(BIN / "hubcache"), "run", "--listen-host", self.host, "--listen-port", str(self.port),
                    "--store", str(self.store), "--confdir", str(self.confdir)]
+            if self.workers > 1:
+                cmd += ["--workers", str(self.workers)]
             for s in common:
                 cmd += ["--set", s]
             return cmd + self.args
