@@ -6,10 +6,12 @@ multi-layer image. Rounds interleave the modes so that machine noise hits them a
 ratios are printed, and a JSON summary is the last line.
 
 Sections (all by default; --only picks one, --skip-extra keeps only the table):
-  table   a large blob with curl and a multi-layer image with skopeo, every mode, several rounds
+  table   a large blob with curl and a multi-layer image with skopeo, every mode, several rounds;
+          with the CPU seconds per GiB served of the proxy's process tree, blob and image apart
   extra   1/4/16 concurrent cold pulls, warm manifest latency, docker daemon pulls
   memory  16 concurrent clients on 16 distinct 1 GiB blobs (mitmdump, hubcache cold, warm), then
-          16 slow clients (curl --limit-rate) on them: peak RSS of the proxy's whole process tree
+          16 slow clients (curl --limit-rate) on them: peak RSS of the proxy's whole process tree and
+          of its largest process (hubcache on --workers N, default 1)
   load    50 clients for 60 s mixing hits, misses (groups asking for one cold image at once), HEADs
           and tags, every body's sha256 checked; `hubcache verify` on the store afterwards
   push    an authenticated skopeo push of a one-layer image (1 GiB by default) direct, through
@@ -21,16 +23,21 @@ Sections (all by default; --only picks one, --skip-extra keeps only the table):
   fleet   3 hubcache hosts (own stores) each make a cold pull of one image, one after another and
           all at once, without a parent and with a docker-registry 2.8 parent: counted pulls by
           account, manifest GETs and CDN bytes at Docker Hub, wall times (bench_fleet.py)
+  workers the table's blob (curl) and image (skopeo) with 1 and --clients (8) clients at once:
+          direct, mitmdump, hubcache --workers 1 and --workers N (default 2) cold and warm, rounds
+          interleaved; wall, aggregate MB/s, CPU s/GiB, peak RSS of tree and largest process, and
+          ratios beside issue 16's targets (bench_workers.py)
 
 Every peak RSS is the summed VmRSS of the proxy process and all its descendants, sampled every
-0.1 s; VmHWM of the proxy process itself is reported beside it.
+0.1 s; VmHWM of the proxy process itself is reported beside it. CPU seconds are utime + stime of
+that tree (and cutime + cstime: children it reaped), read just before the proxy is stopped
+(harness/proctree.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import ssl
 import statistics
@@ -45,15 +52,17 @@ from pathlib import Path
 
 from bench_fleet import fleet_section, print_fleet
 from bench_registries import print_registries, registries_section
+from bench_workers import print_workers, workers_section
 from harness import images
 from harness.clients import make_cert_dir, skopeo_copy, skopeo_push
 from harness.hubenv import Upstream, missing_prerequisites
+from harness.proctree import TreeRssSampler, tree_cpu_s
 from harness.proxy import Proxy
 
 ROOT = Path(__file__).resolve().parent.parent
 MiB = 1 << 20
 MODES = ("direct", "mitmdump", "hubcache-cold", "hubcache-warm")
-SECTIONS = ("table", "extra", "memory", "load", "push", "registries", "fleet")
+SECTIONS = ("table", "extra", "memory", "load", "push", "registries", "fleet", "workers")
 CLIENT_ENV = {"PATH": "/usr/bin:/bin"}  # no proxy variables: curl gets its proxy with -x
 BIG_REPO = "library/benchbig"
 
@@ -75,88 +84,24 @@ def curl_blob(url: str, token: str, bundle: Path, proxy: str | None) -> tuple[fl
     return time.perf_counter() - t0, int(out.stdout)
 
 
-def skopeo_pull(ref: str, dest: Path, proxy: str | None, certs: Path) -> float:
+def dir_bytes(d: Path) -> int:
+    """Bytes of the files skopeo wrote into a `dir:` destination: the image's body bytes."""
+    return sum(p.stat().st_size for p in d.iterdir() if p.is_file() and p.name != "version")
+
+
+def skopeo_pull(ref: str, dest: Path, proxy: str | None, certs: Path) -> tuple[float, int]:
+    """(seconds, body bytes) of one skopeo pull into `dest`, which is removed afterwards."""
     t0 = time.perf_counter()
     res = skopeo_copy(ref, dest, proxy=proxy, cert_dir=certs)
     wall = time.perf_counter() - t0
     if res.returncode:
         raise RuntimeError(f"skopeo failed: {res.stderr}")
+    size = dir_bytes(dest)
     shutil.rmtree(dest)
-    return wall
+    return wall, size
 
 
-# ----------------------------------------------------------------- memory of a process tree
-
-PAGE_MIB = os.sysconf("SC_PAGE_SIZE") / MiB
-
-
-def _ppid(pid: str) -> int | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:  # gone meanwhile
-        return None
-    return int(stat[stat.rindex(")") + 2:].split()[1])  # after "pid (comm) state"
-
-
-def process_tree(root: int) -> list[int]:
-    """`root` and all its descendants, by the ppid in /proc/*/stat."""
-    children: dict[int, list[int]] = {}
-    for name in os.listdir("/proc"):
-        if name.isdigit() and (ppid := _ppid(name)) is not None:
-            children.setdefault(ppid, []).append(int(name))
-    tree, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        tree.append(pid)
-        todo.extend(children.get(pid, ()))
-    return tree
-
-
-def tree_rss_mib(root: int) -> tuple[float, float]:
-    """Summed (VmRSS, RssAnon) of `root`'s process tree, in MiB (from /proc/PID/statm)."""
-    rss = anon = 0
-    for pid in process_tree(root):
-        try:
-            fields = Path(f"/proc/{pid}/statm").read_text().split()
-        except OSError:
-            continue
-        rss += int(fields[1])
-        anon += int(fields[1]) - int(fields[2])  # resident minus file-backed and shmem
-    return rss * PAGE_MIB, anon * PAGE_MIB
-
-
-class TreeRssSampler:
-    """Samples the summed VmRSS and RssAnon of a process tree every `interval` s in a thread.
-
-    `over` is set once the RSS passes `limit_mib` (a guard: the machine is shared)."""
-
-    def __init__(self, pid: int, interval: float = 0.1, limit_mib: float | None = None) -> None:
-        self.pid, self.interval, self.limit = pid, interval, limit_mib
-        self.peak = self.peak_anon = 0.0
-        self.first: float | None = None
-        self.last: float | None = None
-        self.over = threading.Event()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while True:
-            rss, anon = tree_rss_mib(self.pid)
-            self.first = rss if self.first is None else self.first
-            self.last = rss
-            self.peak, self.peak_anon = max(self.peak, rss), max(self.peak_anon, anon)
-            if self.limit and rss > self.limit:
-                self.over.set()
-            if self._stop.wait(self.interval):
-                return
-
-    def stop(self) -> dict:
-        self._stop.set()
-        self._thread.join()
-        return {"peak_rss_mb": self.peak, "peak_anon_mb": self.peak_anon,
-                "first_rss_mb": self.first, "last_rss_mb": self.last, "rss_limit_hit": self.over.is_set()}
-
+# ----------------------------------------------------------------- memory and CPU of a process tree
 
 def sampled(proxy: Proxy, limit_mib: float | None = None) -> TreeRssSampler:
     return TreeRssSampler(proxy.proc.pid, limit_mib=limit_mib)
@@ -167,39 +112,55 @@ def sampled(proxy: Proxy, limit_mib: float | None = None) -> TreeRssSampler:
 def push_table_content(up: Upstream, args) -> tuple[str, int]:
     """The large blob (for the table) and the multi-layer image (table and docker pulls)."""
     blob = ("", 0)
-    if "table" in args.sections:
+    if "table" in args.sections or "workers" in args.sections:
         print(f"bench: pushing a {args.blob_mib} MiB blob", file=sys.stderr)
         big = up.push_image("library/benchblob", "1", [(args.blob_mib * MiB, 1)])
         blob = (big.layer_digests[0], big.layer_sizes[0])
-    if "table" in args.sections or "extra" in args.sections:
+    if {"table", "extra", "workers"} & set(args.sections):
         print(f"bench: pushing a {args.layers} x {args.layer_mib} MiB image", file=sys.stderr)
         up.push_image("library/benchimage", "1", [(args.layer_mib * MiB, 100 + i) for i in range(args.layers)])
     return blob
 
 
+def cpu_s_per_gib(cpu_s: float, nbytes: int) -> float:
+    return cpu_s / (nbytes / (1 << 30))
+
+
 def table_rounds(up, work: Path, certs: Path, bundle: Path, start, blob: tuple[str, int], rounds: int) -> dict:
-    """Each round: direct, mitmdump, hubcache cold, hubcache warm; blob with curl, image with skopeo."""
+    """Each round: direct, mitmdump, hubcache cold, hubcache warm; blob with curl, image with skopeo.
+
+    Each mode runs on a proxy of its own; the CPU seconds of its process tree are read before the
+    blob, between blob and image, and after the image, just before it is stopped."""
     digest, blob_bytes = blob
     blob_url = f"https://registry-1.docker.io/v2/library/benchblob/blobs/{digest}"
-    results = {m: {"blob_s": [], "image_s": [], "rss_mb": [], "anon_mb": [], "hwm_mb": []} for m in MODES}
+    keys = ("blob_s", "image_s", "image_bytes", "blob_cpu_s_gib", "image_cpu_s_gib", "rss_mb", "anon_mb", "hwm_mb")
+    results = {m: {k: [] for k in keys} for m in MODES}
 
     def measure(mode: str, proxy: Proxy | None, rnd: int) -> None:
+        r = results[mode]
         sampler = sampled(proxy) if proxy else None
+        cpu = [tree_cpu_s(proxy.proc.pid)] if proxy else []
         token = anonymous_token(up.ca_cert, "library/benchblob")
         wall, size = curl_blob(blob_url, token, bundle, proxy.url if proxy else None)
         assert size == blob_bytes, f"{mode}: got {size} bytes of {blob_bytes}"
-        results[mode]["blob_s"].append(wall)
-        results[mode]["image_s"].append(
-            skopeo_pull("docker.io/library/benchimage:1", work / f"pull-{mode}-{rnd}", proxy.url if proxy else None, certs)
-        )
-        if proxy:
-            results[mode]["hwm_mb"].append(proxy.peak_rss_mb())
+        r["blob_s"].append(wall)
+        cpu += [tree_cpu_s(proxy.proc.pid)] if proxy else []
+        image_s, image_bytes = skopeo_pull("docker.io/library/benchimage:1", work / f"pull-{mode}-{rnd}",
+                                           proxy.url if proxy else None, certs)
+        r["image_s"].append(image_s)
+        r["image_bytes"].append(image_bytes)
+        if proxy and sampler:
+            cpu.append(tree_cpu_s(proxy.proc.pid))
+            r["blob_cpu_s_gib"].append(cpu_s_per_gib(cpu[1] - cpu[0], blob_bytes))
+            r["image_cpu_s_gib"].append(cpu_s_per_gib(cpu[2] - cpu[1], image_bytes))
+            r["hwm_mb"].append(proxy.peak_rss_mb())
             mem = sampler.stop()
-            results[mode]["rss_mb"].append(mem["peak_rss_mb"])
-            results[mode]["anon_mb"].append(mem["peak_anon_mb"])
+            r["rss_mb"].append(mem["peak_rss_mb"])
+            r["anon_mb"].append(mem["peak_anon_mb"])
             proxy.stop()
-        print(f"bench: round {rnd + 1} {mode}: blob {wall:.2f} s, image {results[mode]['image_s'][-1]:.2f} s"
-              + (f", peak tree RSS {results[mode]['rss_mb'][-1]:.0f} MiB" if proxy else ""), file=sys.stderr)
+        print(f"bench: round {rnd + 1} {mode}: blob {wall:.2f} s, image {image_s:.2f} s"
+              + (f", CPU s/GiB blob {r['blob_cpu_s_gib'][-1]:.2f} image {r['image_cpu_s_gib'][-1]:.2f},"
+                 f" peak tree RSS {r['rss_mb'][-1]:.0f} MiB" if proxy else ""), file=sys.stderr)
 
     for rnd in range(rounds):
         measure("direct", None, rnd)
@@ -217,6 +178,7 @@ def table_summary(results: dict, blob_bytes: int, args) -> dict:
         "warm_image_time_vs_mitmdump": med["hubcache-warm"]["image_s"] / med["mitmdump"]["image_s"],
         "warm_blob_throughput_vs_mitmdump": med["mitmdump"]["blob_s"] / med["hubcache-warm"]["blob_s"],
         "cold_blob_throughput_vs_mitmdump": med["mitmdump"]["blob_s"] / med["hubcache-cold"]["blob_s"],
+        "cold_image_time_vs_mitmdump": med["hubcache-cold"]["image_s"] / med["mitmdump"]["image_s"],
         "warm_blob_throughput_vs_direct": med["direct"]["blob_s"] / med["hubcache-warm"]["blob_s"],
     }
     return {"blob_bytes": blob_bytes, "image_layers": args.layers, "layer_mib": args.layer_mib,
@@ -227,16 +189,22 @@ def _mib(v: float | None) -> str:
     return "-" if v is None else f"{v:.0f}"
 
 
+def _f2(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}"
+
+
 def print_table(t: dict) -> None:
     med = t["median"]
     print(f"\nblob {t['blob_bytes'] / MiB:.0f} MiB via curl; image {t['image_layers']} x {t['layer_mib']} MiB via skopeo; "
           f"median of {t['rounds']} rounds; peak tree RSS/anon = summed over the proxy's process tree, "
-          f"VmHWM = the proxy process's own high-water mark")
-    print(f"{'mode':<15}{'blob MB/s':>11}{'blob s':>9}{'image s':>9}{'peak tree RSS MiB':>19}{'peak anon MiB':>15}"
-          f"{'VmHWM MiB':>11}")
+          f"VmHWM = the proxy process's own high-water mark; CPU s/GiB = user+system seconds of the proxy's "
+          f"process tree per GiB of body bytes served, blob and image apart")
+    print(f"{'mode':<15}{'blob MB/s':>11}{'blob s':>9}{'image s':>9}{'blob CPU s/GiB':>16}{'image CPU s/GiB':>17}"
+          f"{'peak tree RSS MiB':>19}{'peak anon MiB':>15}{'VmHWM MiB':>11}")
     for m in MODES:
         r = med[m]
         print(f"{m:<15}{t['blob_bytes'] / r['blob_s'] / 1e6:>11.0f}{r['blob_s']:>9.2f}{r['image_s']:>9.2f}"
+              f"{_f2(r['blob_cpu_s_gib']):>16}{_f2(r['image_cpu_s_gib']):>17}"
               f"{_mib(r['rss_mb']):>19}{_mib(r['anon_mb']):>15}{_mib(r['hwm_mb']):>11}")
     for k, v in t["ratios"].items():
         print(f"{k:<36}{v:6.2f}")
@@ -535,7 +503,7 @@ def memory_phases(up: Upstream, blobs, store: Path, bundle: Path, start, args) -
     clients: hubcache warm (that store), cold (a fresh one), mitmdump."""
 
     def phase(kind: str, label: str, slow: bool, store_dir: Path | None = None) -> dict:
-        proxy = start(kind, store_dir, name=f"memory-{label}")
+        proxy = start(kind, store_dir, name=f"memory-{label}", workers=(args.workers or 1) if kind == "hubcache" else 1)
         try:
             token = anonymous_token(up.ca_cert, BIG_REPO)
             if slow:
@@ -556,7 +524,7 @@ def memory_phases(up: Upstream, blobs, store: Path, bundle: Path, start, args) -
     slow["hubcache-cold"] = phase("hubcache", "slow-hubcache-cold", True, store)
     shutil.rmtree(store)
     slow["mitmdump"] = phase("mitmdump", "slow-mitmdump", True)
-    return {"blob_mib": args.big_mib, "clients": len(blobs), "fast": fast, "slow": slow,
+    return {"blob_mib": args.big_mib, "clients": len(blobs), "workers": args.workers or 1, "fast": fast, "slow": slow,
             "ratios": memory_ratios(fast, slow)}
 
 
@@ -637,20 +605,22 @@ def print_push(r: dict) -> None:
 def print_memory(mem: dict) -> None:
     n, mib = mem["clients"], mem["blob_mib"]
     print(f"\n{n} concurrent curl clients, each on its own {mib} MiB blob (sha256 of every body checked);"
-          f" peak tree RSS = summed VmRSS of the proxy's process tree, every 0.1 s")
-    print(f"{'mode':<15}{'wall s':>8}{'MB/s':>7}{'first done s':>14}{'peak tree RSS MiB':>19}{'peak anon MiB':>15}"
-          f"{'VmHWM MiB':>11}{'verified':>10}{'failed':>8}")
+          f" hubcache --workers {mem.get('workers', 1)}; peak tree RSS = summed VmRSS of the proxy's process tree,"
+          f" peak proc RSS = its largest single process (one worker), every 0.1 s")
+    print(f"{'mode':<15}{'wall s':>8}{'MB/s':>7}{'first done s':>14}{'peak tree RSS MiB':>19}{'peak proc RSS MiB':>19}"
+          f"{'peak anon MiB':>15}{'VmHWM MiB':>11}{'verified':>10}{'failed':>8}")
     for m, r in mem["fast"].items():
         print(f"{m:<15}{r['wall_s']:>8.1f}{r['mb_s']:>7.0f}{r['first_done_s'] or 0:>14.1f}{r['peak_rss_mb']:>19.0f}"
-              f"{r['peak_anon_mb']:>15.0f}{r['hwm_mb']:>11.0f}{r['verified']:>10}{r['failed']:>8}")
+              f"{r['peak_proc_rss_mb']:>19.0f}{r['peak_anon_mb']:>15.0f}{r['hwm_mb']:>11.0f}{r['verified']:>10}"
+              f"{r['failed']:>8}")
     s = next(iter(mem["slow"].values()))
     print(f"{n} slow clients (curl --limit-rate {s['rate']}) on the same blobs for {s['seconds']:.0f} s, then killed;"
           f" tree RSS MiB before they start, peak, when killed, {AFTER_KILL_S} s after:")
-    print(f"{'mode':<15}{'before':>8}{'peak':>7}{'at kill':>9}{'after':>7}{'peak anon':>11}{'VmHWM':>7}"
+    print(f"{'mode':<15}{'before':>8}{'peak':>7}{'at kill':>9}{'after':>7}{'peak proc':>11}{'peak anon':>11}{'VmHWM':>7}"
           f"{'received MB':>13}{'exited early':>14}")
     for m, r in mem["slow"].items():
         print(f"{m:<15}{r['first_rss_mb']:>8.0f}{r['peak_rss_mb']:>7.0f}{r['at_kill_rss_mb']:>9.0f}{r['last_rss_mb']:>7.0f}"
-              f"{r['peak_anon_mb']:>11.0f}{r['hwm_mb']:>7.0f}{r['received_bytes'] / 1e6:>13.0f}{r['exited_early']:>14}")
+              f"{r['peak_proc_rss_mb']:>11.0f}{r['peak_anon_mb']:>11.0f}{r['hwm_mb']:>7.0f}{r['received_bytes'] / 1e6:>13.0f}{r['exited_early']:>14}")
     if any(r["rss_limit_hit"] for r in (*mem["fast"].values(), *mem["slow"].values())):
         print("(a run was stopped early: its tree RSS went over --rss-limit-mib)")
     for k, v in mem["ratios"].items():
@@ -737,6 +707,10 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--push-mib", type=int, default=1024, help="push: size of the pushed layer (default 1024)")
     ap.add_argument("--load-clients", type=int, default=50, help="load: concurrent clients (default 50)")
     ap.add_argument("--load-seconds", type=float, default=60, help="load: how long (default 60)")
+    ap.add_argument("--workers", type=int, default=None,
+                    help="workers: hubcache --workers N beside --workers 1 (default 2); memory: run hubcache with "
+                         "--workers N (default 1)")
+    ap.add_argument("--clients", type=int, default=8, help="workers: concurrent clients, beside 1 (default 8)")
     ap.add_argument("--rss-limit-mib", type=float, default=4096,
                     help="memory: stop a run once the proxy tree's RSS passes this (default 4096)")
     args = ap.parse_args()
@@ -769,8 +743,9 @@ def main() -> int:
         bundle = work / "bundle.pem"
         bundle.write_bytes(up.ca_cert.read_bytes() + (confdir / "mitmproxy-ca-cert.pem").read_bytes())
 
-        def start(kind: str, store: Path | None = None, name: str = "", sets: list[str] = ()) -> Proxy:
-            p = Proxy(work / "proxies" / name, up.ca_cert, confdir=confdir, kind=kind, store=store, sets=sets).start()
+        def start(kind: str, store: Path | None = None, name: str = "", sets: list[str] = (), workers: int = 1) -> Proxy:
+            p = Proxy(work / "proxies" / name, up.ca_cert, confdir=confdir, kind=kind, store=store, sets=sets,
+                      workers=workers).start()
             proxies.append(p)
             return p
 
@@ -789,6 +764,9 @@ def main() -> int:
             summary["registries"] = registries_section(up, work, certs, start, args)
         if "fleet" in args.sections:
             summary["fleet"] = fleet_section(up, work, certs, start, args)
+        if "workers" in args.sections:
+            summary["workers"] = workers_section(up, work, certs, bundle, start, blob,
+                                                 lambda repo: anonymous_token(up.ca_cert, repo), args)
     finally:
         for p in proxies:
             p.stop()
@@ -810,6 +788,8 @@ def main() -> int:
         print_registries(summary["registries"])
     if "fleet" in summary:
         print_fleet(summary["fleet"])
+    if "workers" in summary:
+        print_workers(summary["workers"])
     print(json.dumps(summary))
     return 0
 

@@ -88,6 +88,7 @@ class Proxy:
         self.kind = kind
         self.workers = workers  # hubcache run --workers N (1: the flag is not given)
         self.host = host  # the address it listens on (another one when it runs in a netns of its own)
+        self.workers = workers  # hubcache run --workers N when > 1 (one process, no flag, when 1)
         self.port = 0
         self.proc: subprocess.Popen | None = None
         self.logfile = self.workdir / f"{kind}.log"
@@ -105,6 +106,8 @@ class Proxy:
         if self.kind == "hubcache":
             cmd = [*self.wrap, str(BIN / "hubcache"), "run", "--listen-host", self.host, "--listen-port", str(self.port),
                    "--store", str(self.store), "--confdir", str(self.confdir)]
+            if self.workers > 1:
+                cmd += ["--workers", str(self.workers)]
             for s in common:
                 cmd += ["--set", s]
             return cmd + (["--workers", str(self.workers)] if self.workers > 1 else []) + self.args
