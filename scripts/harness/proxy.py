@@ -86,7 +86,6 @@ class Proxy:
         self.args = list(args)  # extra command-line arguments
         self.wrap = list(wrap)  # a command that execs the proxy's, e.g. systemd-cat (its stdout then goes there)
         self.kind = kind
-        self.workers = workers  # hubcache run --workers N (1: the flag is not given)
         self.host = host  # the address it listens on (another one when it runs in a netns of its own)
         self.workers = workers  # hubcache run --workers N when > 1 (one process, no flag, when 1)
         self.port = 0
@@ -110,7 +109,7 @@ class Proxy:
                 cmd += ["--workers", str(self.workers)]
             for s in common:
                 cmd += ["--set", s]
-            return cmd + (["--workers", str(self.workers)] if self.workers > 1 else []) + self.args
+            return cmd + self.args
         cmd = [str(BIN / "mitmdump"), "--listen-host", self.host, "--listen-port", str(self.port),
                "--set", f"confdir={self.confdir}", "--set", "http2=false", "--set", "stream_large_bodies=1m",
                "--set", "flow_detail=0"]
