@@ -141,15 +141,19 @@ def test_a_worker_killed_mid_download_is_taken_over(upstream, start_hubcache, tm
     assert "0 did not match" in verify.stdout and "0 interrupted writes" in verify.stdout, verify.stdout
 
 
-def test_sigterm_stops_every_worker_and_frees_the_store(upstream, start_hubcache, tmp_path):
+@pytest.mark.parametrize("who", ["supervisor", "every process"])  # `kill PID`; systemd's stop (KillMode=control-group)
+def test_sigterm_stops_every_worker_and_frees_the_store(upstream, start_hubcache, tmp_path, who):
     hub = start_hubcache(workers=3)
     pids = hub.worker_pids()
     assert len(pids) == 3
     supervisor = hub.proc.pid
-    hub.proc.send_signal(signal.SIGTERM)
+    for pid in [supervisor] + (pids if who == "every process" else []):
+        os.kill(pid, signal.SIGTERM)
     assert hub.proc.wait(30) == 0
     assert not alive(supervisor) and not any(alive(p) for p in pids)
     from hubcache.store import Store
 
     Store(hub.store).close()  # the lock is free: a new hubcache could open it
-    assert hub.log().count("stopped; store") == 3, "each worker closes the store"
+    log = hub.log()
+    assert log.count("stopped; store") == 3, "each worker closes the store"
+    assert "died" not in log and "Traceback" not in log, log[-2000:]

@@ -39,6 +39,7 @@ POLL_SECONDS = 0.2
 STOP_SECONDS = 15  # a worker's time to stop on SIGTERM before it is killed
 EARLY_SECONDS = 10  # a worker that ends within this of its start did not come up
 RESTART_PAUSE_MAX = 30  # seconds, for a worker that keeps dying
+STOP_GRACE = 1.0  # seconds a worker's stop waits for the supervisor's own stop signal
 
 
 @dataclass
@@ -118,13 +119,16 @@ class Supervisor:
                 if code is None or self.stopping:
                     continue
                 del self.workers[index]
+                if code in (0, -signal.SIGTERM, -signal.SIGINT) and self._stopping_soon():
+                    self._cleanup(w.proc.pid)  # stopped with the rest (systemd's stop, Ctrl-C): not a death
+                    continue
                 early = now - w.started < EARLY_SECONDS
                 if early and code > 0:  # it never came up (options, a port): every worker would fail alike
                     logs.event(log, logging.ERROR, "worker_failed", f"worker {index} (pid {w.proc.pid}) could not "
                                f"start ({_how(code)}; its lines above say why): stopping", worker=index, status=code)
                     return code
                 deaths = w.deaths + 1 if early else 0
-                pause = min(2 ** deaths - 1, RESTART_PAUSE_MAX)
+                pause = min(2 ** deaths, RESTART_PAUSE_MAX)
                 self._died(index, w, code, pause)
                 pending[index] = (now + pause, deaths)
             for index, (when, deaths) in list(pending.items()):
@@ -132,6 +136,15 @@ class Supervisor:
                     del pending[index]
                     self._start(index, deaths)
         return 0
+
+    def _stopping_soon(self) -> bool:
+        """A worker that exited on SIGTERM or SIGINT, or with status 0: whether the supervisor is
+        being stopped too (systemd signals the whole unit; a terminal's Ctrl-C the whole group),
+        its own signal arriving a moment later."""
+        deadline = time.monotonic() + STOP_GRACE
+        while not self.stopping and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self.stopping
 
     def _cleanup(self, pid: int) -> int:
         """Drop what a dead worker left: its writes in progress, its claims, its reader slots, its
