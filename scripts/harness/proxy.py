@@ -162,7 +162,13 @@ class Proxy:
         return rc
 
     def kill(self) -> None:
-        """SIGKILL, as a crash or the OOM killer would."""
+        """SIGKILL, as a crash or the OOM killer would: with workers, every process at once (as
+        systemd's SIGKILL of the unit's cgroup)."""
+        for pid in self.worker_pids() if self.proc is not None else []:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         if self.proc is not None:
             self.proc.kill()
             self.proc.wait()
