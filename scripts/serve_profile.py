@@ -8,6 +8,10 @@ slower, so their times are not comparable to unsampled ones.
 
     .venv/bin/python scripts/serve_profile.py --blob-mib 1024 --rounds 3
     .venv/bin/python scripts/serve_profile.py --blob-mib 1024 --rounds 1 --pyspy /tmp/prof
+    .venv/bin/python scripts/serve_profile.py --base /work/wt-base --modes base-cold,hubcache-cold,base-warm,hubcache-warm
+
+--base CHECKOUT adds the modes base-cold and base-warm: `hubcache run` of another checkout (its own
+.venv, made by its scripts/setup), interleaved with this one's in every round for an A/B comparison.
 """
 
 from __future__ import annotations
@@ -116,12 +120,23 @@ def summary(stacks: list[tuple[str, str, str]]) -> str:
     return "\n".join(lines)
 
 
+class BaseProxy(Proxy):
+    """`hubcache run` of another checkout (--base)."""
+
+    base: Path
+
+    def command(self) -> list[str]:
+        cmd = super().command()
+        return [str(self.base / ".venv" / "bin" / "hubcache"), *cmd[1:]]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--blob-mib", type=int, default=1024)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--modes", default="direct,mitmdump,hubcache-cold,hubcache-warm")
     ap.add_argument("--pyspy", type=Path, help="sample each hubcache pull with py-spy into this directory")
+    ap.add_argument("--base", type=Path, help="another checkout, for the modes base-cold and base-warm")
     ap.add_argument("--set", action="append", default=[], help="an option for hubcache run (--set k=v)")
     args = ap.parse_args()
     if why := missing_prerequisites():
@@ -151,8 +166,13 @@ def main() -> int:
             proxy = None
             if mode != "direct":
                 kind = "mitmdump" if mode == "mitmdump" else "hubcache"
-                proxy = Proxy(work / "proxies" / f"{mode}-{rnd}", up.ca_cert, confdir=confdir, kind=kind,
-                              store=store, sets=args.set).start()
+                cls = Proxy
+                if mode.startswith("base-"):
+                    cls = BaseProxy
+                    BaseProxy.base = args.base
+                proxy = cls(work / "proxies" / f"{mode}-{rnd}", up.ca_cert, confdir=confdir, kind=kind,
+                            store=store.with_name(store.name + ("-base" if mode.startswith("base-") else "")),
+                            sets=args.set).start()
                 proxies.append(proxy)
             token = anonymous_token(up.ca_cert, "library/serveblob")
             spy = out = None
@@ -178,6 +198,7 @@ def main() -> int:
             for mode in modes:
                 pull(mode, rnd, store)
             shutil.rmtree(store, ignore_errors=True)
+            shutil.rmtree(store.with_name(store.name + "-base"), ignore_errors=True)
     finally:
         for p in proxies:
             p.stop()
@@ -192,6 +213,10 @@ def main() -> int:
         print(f"cold throughput vs mitmdump {med['mitmdump']['s'] / med['hubcache-cold']['s']:.2f}")
     if "hubcache-warm" in med and "direct" in med:
         print(f"warm throughput vs direct   {med['direct']['s'] / med['hubcache-warm']['s']:.2f}")
+    for temp in ("cold", "warm"):
+        if f"base-{temp}" in med and f"hubcache-{temp}" in med:
+            print(f"{temp}: throughput vs base {med[f'base-{temp}']['s'] / med[f'hubcache-{temp}']['s']:.2f}, "
+                  f"CPU s/GiB vs base {med[f'hubcache-{temp}']['cpu_per_gib'] / med[f'base-{temp}']['cpu_per_gib']:.2f}")
     print(json.dumps({"blob_bytes": size, "raw": results, "median": med}))
     return 0
 
