@@ -6,6 +6,7 @@ with hubcache_direct_min=off the bytes at once."""
 from __future__ import annotations
 
 import hashlib
+import http.client
 import itertools
 import re
 import ssl
@@ -115,3 +116,33 @@ def test_a_redirected_download_is_a_client_connection_until_the_client_is_done(u
     conn.close()
     assert eventually(lambda: connections(metrics_port) == 0)
     assert eventually(lambda: re.search(rf"went away after \d+ of {img.layer_sizes[0]} bytes of {digest}", hub.log()) is not None)
+
+
+def test_a_stop_while_a_client_reads_a_redirected_blob_slowly_is_prompt_and_clean(upstream, start_hubcache, certs, tmp_path):
+    """hubcache stops (SIGTERM) within seconds, exit status 0, while a redirected client is in the
+    middle of a blob; the client sees its connection end, not a hang."""
+    img = upstream.push_image("library/directstop", "1", [(32 * MiB, next(_seeds))])
+    hub = start_hubcache()
+    pull_ok("docker.io/library/directstop:1", tmp_path / "cold", hub, certs)
+    status, headers, _ = proxied_request(hub.port, hub.ca_cert, "GET", REG,
+                                         f"/v2/library/directstop/blobs/{img.layer_digests[0]}")
+    assert status == 307
+    target = urlsplit(headers["location"])
+    conn = https_connection(DIRECT, ssl.create_default_context(cafile=str(hub.ca_cert)), hub.port)
+    conn.request("GET", target.path + "?" + target.query)
+    r = conn.getresponse()
+    assert r.status == 200 and len(r.read(1 * MiB)) == MiB
+    began = time.monotonic()
+    assert hub.stop() == 0
+    assert time.monotonic() - began < 8
+    conn.sock.settimeout(10)  # a connection left hanging fails the test
+    got, ending = MiB, "end"
+    try:
+        while chunk := r.read(1 * MiB):  # what was in flight, then the end
+            got += len(chunk)
+    except TimeoutError:
+        ending = "hang"
+    except (OSError, http.client.HTTPException):
+        ending = "cut"
+    conn.close()
+    assert ending != "hang" and got < img.layer_sizes[0], (ending, got)

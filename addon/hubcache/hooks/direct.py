@@ -12,7 +12,9 @@ comes after the last byte). mitmproxy disarms its inactivity timeout while a hoo
 server's own TLS_TIMEOUT bounds an idle client meanwhile.
 
 Only a plain TCP client connection is taken (not a proxy mode whose client speaks TLS to mitmproxy
-itself, nor WireGuard or local capture); anything else is relayed as before."""
+itself, nor WireGuard or local capture); anything else is relayed as before. A client must wait
+for the CONNECT's answer before its TLS hello, as every registry client does (Go's, curl,
+Python's): bytes mitmproxy read past the CONNECT head would not reach the blob server."""
 
 from __future__ import annotations
 
@@ -72,7 +74,12 @@ async def serve(flow: http.HTTPFlow, server: BlobServer) -> bool:
         loop.call_soon_threadsafe(finish)
 
     transport.pause_reading()  # mitmproxy's reader waits on, for bytes that now go to the blob server
-    if not server.serve_tunnel(sock, (client.peername[0], client.peername[1]), done):
+    try:
+        taken = server.serve_tunnel(sock, (client.peername[0], client.peername[1]), done)
+    except RuntimeError as e:  # no thread to be had
+        log.debug("cannot serve the tunnel of %s on its socket (%s): relayed", client.peername, e)
+        taken = False
+    if not taken:
         sock.close()
         transport.resume_reading()
         return False
