@@ -83,3 +83,63 @@ def test_tls_listener_serves_signed_urls_with_a_certificate_of_the_proxy_ca(tmp_
     finally:
         srv.stop()
         s.close()
+
+
+def test_a_tunnel_taken_from_mitmproxy_is_answered_and_served_on_the_clients_own_socket(tmp_path):
+    """BlobServer.serve_tunnel (hooks/direct.py hands it a client's socket right after its CONNECT):
+    the client reads mitmproxy's CONNECT answer, then does TLS verified as DIRECT_HOST and gets the
+    blob and a range on one kept-alive connection; done() comes only once the client closed."""
+    import socket
+    import ssl
+    import threading
+
+    from mitmproxy.certs import CertStore
+
+    from hubcache.serve.blobserver import DIRECT_HOST, tls_context
+
+    s = Store(tmp_path / "s")
+    data = os.urandom(3 << 20)
+    d = "sha256:" + hashlib.sha256(data).hexdigest()
+    w = s.begin_blob(d, len(data), "r")
+    w.write(data)
+    w.commit()
+    srv = BlobServer(s, tls=tls_context(CertStore.from_store(tmp_path / "ca", "mitmproxy", 2048)))
+    done = threading.Event()
+    ours, theirs = socket.socketpair()
+    try:
+        assert srv.serve_tunnel(ours, ("10.0.0.7", 40000), done.set)
+        head = b""
+        while not head.endswith(b"\r\n\r\n"):
+            head += theirs.recv(1)
+        assert head == b"HTTP/1.1 200 Connection established\r\n\r\n"
+        client_ctx = ssl.create_default_context(cafile=str(tmp_path / "ca" / "mitmproxy-ca-cert.pem"))
+        conn = http.client.HTTPSConnection(DIRECT_HOST, context=client_ctx)
+        conn.sock = client_ctx.wrap_socket(theirs, server_hostname=DIRECT_HOST)
+        conn.request("GET", srv.path(d))
+        r = conn.getresponse()
+        assert (r.status, r.read()) == (200, data)
+        conn.request("GET", srv.path(d), headers={"Range": "bytes=5-9"})
+        r = conn.getresponse()
+        assert (r.status, r.read()) == (206, data[5:10])
+        assert not done.wait(0.2)  # kept alive: the connection is still the blob server's
+        conn.close()
+        assert done.wait(10)
+    finally:
+        theirs.close()
+        srv.stop()
+        s.close()
+
+
+def test_no_tunnel_is_taken_without_a_tls_listener(tmp_path):
+    import socket
+
+    s = Store(tmp_path / "s")
+    srv = BlobServer(s)
+    ours, theirs = socket.socketpair()
+    try:
+        assert not srv.serve_tunnel(ours, ("10.0.0.7", 40000), lambda: None)
+    finally:
+        ours.close()
+        theirs.close()
+        srv.stop()
+        s.close()

@@ -16,7 +16,7 @@ from mitmproxy.proxy import mode_specs, server_hooks
 from hubcache import logs, settings
 from hubcache.decide import challenge, routes
 from hubcache.decide.redirects import REDIRECTS
-from hubcache.hooks import access, auth, blobs, manifests, pushes, responses, tags
+from hubcache.hooks import access, auth, blobs, direct, manifests, pushes, responses, tags
 from hubcache.hooks.flowstate import META, FlowState, log_request, state_of
 from hubcache.hooks.limits import ConnectionLimits
 from hubcache.hooks.services import Services
@@ -212,7 +212,7 @@ class HubCache:
             if data.client.id not in self._tunnels:  # plain HTTP through the egress proxy
                 return
             host, port = self._tunnels[data.client.id]
-        if host.lower() == DIRECT_HOST:  # a redirected client's tunnel: to the blob server's TLS listener
+        if host.lower() == DIRECT_HOST:  # a redirected client's tunnel not taken by direct.serve: to the TLS listener
             server = self.svc.blobserver
             if server and server.tls_port:
                 data.server.address = ("127.0.0.1", server.tls_port)
@@ -228,10 +228,13 @@ class HubCache:
     def tls_clienthello(self, data: tls.ClientHelloData) -> None:
         self.limits.spoke(data.context.client)  # a TLS-first mode's first request
 
-    def http_connect(self, flow: http.HTTPFlow) -> None:
+    async def http_connect(self, flow: http.HTTPFlow) -> None:
         if self.limits.request(flow):  # over a cap: answered 503
             return
         access.connect_seen(flow, ctx.options)
+        if flow.request.host.lower() == DIRECT_HOST and flow.response is None and self.svc.blobserver:
+            if await direct.serve(flow, self.svc.blobserver):  # served on the client's socket, now closed
+                return
         if isinstance(flow.client_conn.proxy_mode, mode_specs.UpstreamMode):
             self._tunnels[flow.client_conn.id] = (flow.request.host, flow.request.port)
 

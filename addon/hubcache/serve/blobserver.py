@@ -43,6 +43,7 @@ URL_TTL = 600  # seconds a signed blob URL is good for
 TLS_TIMEOUT = 60  # seconds a TLS client may take for its handshake or between reads
 IDLE_LIMIT = 300  # seconds without progress after which a follower gives up on a download
 WAIT_SLICE = 0.05  # a follower re-checks the store at least this often
+CONNECT_REPLY = b"HTTP/1.1 200 Connection established\r\n\r\n"  # as mitmproxy answers a CONNECT
 _RANGE_RE = re.compile(r"bytes=(\d*)-(\d*)")
 
 
@@ -282,9 +283,27 @@ class _TLSServer(_Server):
         super().__init__(address, handler)
 
     def finish_request(self, request: Any, client_address: Any) -> None:  # on the connection's own thread
+        self._serve_tls(request, client_address, None)
+
+    def serve_taken(self, sock: socket.socket, client_address: Any, done: Callable[[], None]) -> None:
+        """A client's tunnel taken from mitmproxy (BlobServer.serve_tunnel), on its own thread."""
+        try:
+            self._serve_tls(sock, client_address, CONNECT_REPLY)
+        except Exception:
+            self.handle_error(sock, client_address)
+        finally:
+            sock.close()  # a no-op once TLS took the descriptor over (and closed it)
+            done()
+
+    def _serve_tls(self, request: socket.socket, client_address: Any, reply: bytes | None) -> None:
+        """`reply`: the answer to the client's CONNECT, when this socket is the client's own;
+        None on the listener, where a CONNECT head from mitmproxy's upstream mode may come first."""
         try:
             request.settimeout(TLS_TIMEOUT)
-            _accept_connect(request)
+            if reply is None:
+                _accept_connect(request)
+            else:
+                request.sendall(reply)
             conn = self.context.wrap_socket(request, server_side=True)
         except (OSError, ssl.SSLError) as e:
             log.debug("TLS handshake with a blob client failed: %s", e)
@@ -306,7 +325,7 @@ def _accept_connect(sock: socket.socket) -> None:
         if not byte or len(head) > 8192:
             raise OSError("incomplete CONNECT head")
         head += byte
-    sock.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+    sock.sendall(CONNECT_REPLY)
 
 
 class BlobServer:
@@ -321,8 +340,9 @@ class BlobServer:
         each other's (a redirected client may reach any of them); else a random one."""
         self._secret = secret or os.urandom(32)
         self._servers: list[_Server] = [_Server(("127.0.0.1", 0), _Handler)]
-        if tls is not None:
-            self._servers.append(_TLSServer(("127.0.0.1", 0), _Handler, tls))
+        self._tls = _TLSServer(("127.0.0.1", 0), _Handler, tls) if tls is not None else None
+        if self._tls is not None:
+            self._servers.append(self._tls)
         for server in self._servers:
             server.store = store
             server.wait = wait or (lambda digest, timeout: time.sleep(min(timeout, 0.02)))
@@ -330,7 +350,18 @@ class BlobServer:
             server.writing = writing
             threading.Thread(target=server.serve_forever, name="hubcache-blobserver", daemon=True).start()
         self.port = self._servers[0].server_address[1]
-        self.tls_port = self._servers[1].server_address[1] if tls is not None else 0
+        self.tls_port = self._tls.server_address[1] if self._tls is not None else 0
+
+    def serve_tunnel(self, sock: socket.socket, client_address: tuple[str, int], done: Callable[[], None]) -> bool:
+        """Serve a client's CONNECT to DIRECT_HOST on the client's own socket (hooks/direct.py takes
+        it from mitmproxy): answer the CONNECT, then TLS and the blob requests as the TLS listener
+        does, on a thread of its own; `done()` once the connection is finished with (the socket
+        closed). False, and nothing done, without a TLS listener."""
+        if self._tls is None:
+            return False
+        threading.Thread(target=self._tls.serve_taken, args=(sock, client_address, done), name="hubcache-blobtunnel",
+                         daemon=True).start()
+        return True
 
     def path(self, digest: str, pending: bytes = b"", client: str = "") -> str:
         """A signed path for `digest` (`pending`: the blob id of its download under way; `client`:
