@@ -350,6 +350,19 @@ def test_a_dead_workers_claim_is_free_and_its_writes_are_dropped_alone(store):
     assert store.progress(digest, mine.blob_id)[0] == "gone"
 
 
+def test_a_kept_claim_tells_a_late_sibling_the_work_was_just_done(store, monkeypatch):
+    name = "manifest 1234"
+    assert store.claims.take(name, "", pid=SIBLING) is None
+    store.claims.release(name, pid=SIBLING, keep=True)  # its GET ended, the manifest stored
+    assert store.claims.held(name) is None  # nothing under way: nobody waits for it
+    late = store.claims.take(name, "")  # a worker that missed in the store a moment before
+    assert isinstance(late, Claim) and late.done and late.pid == SIBLING
+    import hubcache.store.claims as claims
+
+    monkeypatch.setattr(claims, "RECENT", 0.0)  # long after: the mark is no reason not to ask
+    assert store.claims.take(name, "") is None
+
+
 def test_a_published_blob_is_not_claimed(store):
     data, digest = blob(1000)
     w = store.begin_blob(digest, len(data), "P:library/x")

@@ -287,13 +287,14 @@ async def _among_workers[T](svc: Services, key: tuple[str, tuple[str, ...], str]
         return await fetch()
     name = "manifest " + hashlib.sha256(repr(key[:2]).encode()).hexdigest()
     held = await asyncio.to_thread(siblings.take, name, "")
-    if isinstance(held, Claim):
-        await asyncio.to_thread(siblings.wait_end, name, held)
+    if isinstance(held, Claim):  # under way in a sibling, or just done there
+        if not held.done:
+            await asyncio.to_thread(siblings.wait_end, name, held)
         return None
     try:
         return await fetch()
-    finally:
-        await asyncio.to_thread(siblings.release, name)
+    finally:  # kept a moment: a sibling that missed in the store just before it was stored uses it
+        await asyncio.to_thread(siblings.release, name, True)
 
 
 async def _fetch_once(svc: Services, route: Route, url: str, headers: list[tuple[str, str]], account: str,

@@ -45,8 +45,8 @@ class Siblings:
     def writing(self, digest: str, blob_id: bytes) -> None:
         self._store.claims.writing(digest, blob_id)
 
-    def release(self, digest: str) -> None:
-        self._store.claims.release(digest)
+    def release(self, digest: str, keep: bool = False) -> None:
+        self._store.claims.release(digest, keep=keep)
 
     def held(self, digest: str) -> Claim | None:
         return self._store.claims.held(digest)

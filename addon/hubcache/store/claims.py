@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -40,6 +41,10 @@ class Claim:
     pid: int
     blob_id: bytes = b""
     owner: str = ""
+    done: float = 0.0  # when it ended, for a claim kept a moment after its end (release(keep=True))
+
+
+RECENT = 10.0  # seconds an ended claim kept by release(keep=True) tells others its work was just done
 
 
 class Claims:
@@ -61,21 +66,32 @@ class Claims:
         if raw is None:
             return None
         r = json.loads(raw)
-        return Claim(r["pid"], bytes.fromhex(r.get("id", "")), r.get("owner", ""))
+        return Claim(r["pid"], bytes.fromhex(r.get("id", "")), r.get("owner", ""), r.get("done", 0.0))
 
     def _put(self, txn: Txn, key: bytes, claim: Claim) -> None:
-        txn.put(key, json.dumps({"pid": claim.pid, "id": claim.blob_id.hex(), "owner": claim.owner}).encode(), db=self._db)
+        record = {"pid": claim.pid, "id": claim.blob_id.hex(), "owner": claim.owner} | ({"done": claim.done} if claim.done else {})
+        txn.put(key, json.dumps(record).encode(), db=self._db)
+
+    def _busy(self, held: Claim | None, me: int) -> bool:
+        """Whether a claim found keeps another process from taking it: a live sibling's under way,
+        or a sibling's that ended within RECENT seconds (its result is to be used)."""
+        if held is None or held.pid == me:
+            return False
+        if held.done:
+            return time.time() - held.done < RECENT
+        return self._alive(held.pid)
 
     def take(self, digest: str, owner: str, pid: int | None = None) -> Claim | None | bool:
         """Claim `digest` for this process. Returns None when it is now ours; True when the blob
-        was published meanwhile (nothing to download); else the live sibling's claim to follow."""
+        was published meanwhile (nothing to download); else the live sibling's claim to follow
+        (or, with `done` set, the claim it kept a moment after its work ended)."""
         me, key = os.getpid() if pid is None else pid, digest.encode()
 
         def op(txn: Txn) -> Claim | None | bool:
             if self._published(txn, key):
                 return True
             held = self._get(txn, key)
-            if held is not None and held.pid != me and self._alive(held.pid):
+            if self._busy(held, me):
                 return held
             self._put(txn, key, Claim(me, b"", owner))
             return None
@@ -93,23 +109,29 @@ class Claims:
 
         self._txns.write(op)
 
-    def release(self, digest: str, pid: int | None = None) -> None:
-        """This process's download of `digest` ended (published, or failed)."""
+    def release(self, digest: str, pid: int | None = None, keep: bool = False) -> None:
+        """This process's download of `digest` ended (published, or failed). `keep`: the claim
+        stays RECENT seconds, marked done, so that a sibling that looked in the store a moment
+        ago and comes to take the work now uses its result instead (a manifest GET: done again,
+        it would cost a counted pull)."""
         me, key = os.getpid() if pid is None else pid, digest.encode()
 
         def op(txn: Txn) -> None:
             held = self._get(txn, key)
             if held is not None and held.pid == me:
-                txn.delete(key, db=self._db)
+                if keep:
+                    self._put(txn, key, Claim(me, held.blob_id, held.owner, time.time()))
+                else:
+                    txn.delete(key, db=self._db)
 
         self._txns.write(op)
 
     def held(self, digest: str) -> Claim | None:
-        """The claim on `digest` of a live process, or None."""
+        """The claim on `digest` of a live process whose work goes on, or None."""
         if self._db is None:
             return None
         claim = self._txns.read(lambda txn: self._get(txn, digest.encode()))
-        return claim if claim is not None and self._alive(claim.pid) else None
+        return claim if claim is not None and not claim.done and self._alive(claim.pid) else None
 
     def release_all_of(self, pid: int) -> int:
         """Drop every claim of `pid` (a worker that died); returns how many."""
