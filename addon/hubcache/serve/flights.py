@@ -217,8 +217,10 @@ class Flight:
             self.received += len(data)
             if writer.failed:  # a full disk: stop here, followers are cut short
                 raise StoreError(str(writer.failed))
-            if time.monotonic() - last_flush >= FLUSH_SECONDS:
-                idle()
+            if time.monotonic() - last_flush >= FLUSH_SECONDS:  # handed over, committed meanwhile
+                writer.flush(wait=False)
+                last_flush = time.monotonic()
+                self._notify()
         writer.commit()  # verifies sha256 and size; publishes
         self.stored = True
 
