@@ -228,7 +228,8 @@ def test_a_write_whose_pending_record_was_recovered_meanwhile_publishes_nothing(
     try:
         data = os.urandom(BATCH_BYTES + CHUNK_SIZE + 5)
         w = s.begin_blob(sha256_digest(data), len(data), "P:library/x")
-        w.write(data[:BATCH_BYTES])  # one batch written, with its pending record
+        w.write(data[:BATCH_BYTES])
+        w.flush()  # one batch committed, with its pending record
         assert s.recover() == 1  # as a hubcache opening the store does
         w.write(data[BATCH_BYTES:])
         w.commit()

@@ -41,6 +41,20 @@ class Handler(httpsd.LoggedHandler):
             self.send_bytes(307, b"", "text/plain", {"Location": self.server.redirect_to})
         elif self.path == "/data":
             self.send_bytes(200, BODY, "application/octet-stream")
+        elif self.path == "/short":  # says more than it sends, then closes
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(BODY)))
+            self.end_headers()
+            self.wfile.write(BODY[:-1000])
+            self.close_connection = True
+        elif self.path == "/chunked":  # framed by h11, not by a length
+            self.send_response(200)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for i in range(0, len(BODY), 1 << 20):
+                piece = BODY[i : i + (1 << 20)]
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            self.wfile.write(b"0\r\n\r\n")
         elif self.path == GUARDED and self.headers.get("Authorization") == ANON:
             self.send_bytes(200, BODY, "application/octet-stream")
         elif self.path == GUARDED:  # as an Artifact Registry host answers registry.k8s.io's redirect
@@ -327,3 +341,31 @@ def test_a_401_of_the_registry_itself_is_not_retried(servers):
                      authorize=lambda c, u: asked.append(u) or ANON)
     resp.close()
     assert resp.status == 401 and asked == []  # the client's own 401, hers to answer
+
+
+def _read_into(url: str, tls: TLSSettings, size: int) -> bytes:
+    """The body through read_into, into a buffer of `size` bytes that moves after every read
+    (as a BlobWriter's area does when it hands a batch over)."""
+    resp = fetch.get(url, [], tls, timeout=10)
+    out = bytearray()
+    try:
+        while True:
+            buf = memoryview(bytearray(size))
+            n = resp.read_into(lambda buf=buf: buf)
+            if not n:
+                return bytes(out)
+            out += buf[:n]
+    finally:
+        resp.close()
+
+
+@pytest.mark.parametrize("path", ["/data", "/chunked"])
+def test_read_into_gives_the_body_whole_whatever_its_framing(servers, path):
+    tls, registry, _ = servers
+    assert _read_into(f"https://127.0.0.1:{_port(registry)}{path}", tls, 100_000) == BODY
+
+
+def test_read_into_a_body_that_breaks_off_before_its_length_fails(servers):
+    tls, registry, _ = servers
+    with pytest.raises(fetch.FetchError, match="transfer broke off"):
+        _read_into(f"https://127.0.0.1:{_port(registry)}/short", tls, 1 << 20)

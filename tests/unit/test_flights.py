@@ -35,6 +35,7 @@ class ScriptedResponse:
         self.hops = []
         self._body, self._piece, self._fail_at = body, piece, fail_at
         self.released = threading.Semaphore(0 if gated else 10**6)
+        self._pieces, self._rest = None, b""
 
     def header(self, name: str, default: str = "") -> str:
         return self.headers.get(name, default)
@@ -46,6 +47,17 @@ class ScriptedResponse:
             if self._fail_at is not None and i >= self._fail_at:
                 raise UpstreamError("transfer broke off")
             yield self._body[i : i + self._piece]
+
+    def read_into(self, space, idle=lambda: None, tick: float = 0.1) -> int:
+        if self._pieces is None:
+            self._pieces = self.iter_body(idle, tick)
+        if not self._rest:
+            self._rest = next(self._pieces, b"")
+        buf = space()  # after the idle() calls: they may have moved it
+        n = min(len(buf), len(self._rest))
+        buf[:n] = self._rest[:n]
+        self._rest = self._rest[n:]
+        return n
 
     def read_small(self) -> bytes:
         return self._body[:65536]

@@ -273,7 +273,7 @@ def test_concurrent_writes_share_the_write_budget(tmp_path):
     writers = [s.begin_blob(f"sha256:{i:064x}", None, "P:r") for i in range(16)]
     for w in writers:
         w.register()
-    assert s.batch_limit() == 1 * MiB
+    assert s.batch_limit() == MiB // 2  # each holds two batches: 16 x 2 x 512 KiB = WRITE_BUDGET
     for w in writers:
         w.abort()
     assert s.batch_limit() == 4 * MiB and s.recover() == 0

@@ -63,6 +63,7 @@ class Download(Protocol):
     def header(self, name: str, default: str = "") -> str: ...
     def read_small(self) -> bytes: ...
     def iter_body(self, idle: Callable[[], None], tick: float) -> Iterator[bytes]: ...
+    def read_into(self, space: Callable[[], memoryview], idle: Callable[[], None], tick: float) -> int: ...
     def close(self) -> None: ...
 
 
@@ -257,13 +258,15 @@ class Flight:
             last_flush = time.monotonic()
             self._notify()
 
-        for data in resp.iter_body(idle, FLUSH_SECONDS):
-            writer.write(data)
-            self.received += len(data)
+        while n := resp.read_into(writer.space, idle, FLUSH_SECONDS):  # straight into the writer's area
+            writer.wrote(n)
+            self.received += n
             if writer.failed:  # a full disk: stop here, followers are cut short
                 raise StoreError(str(writer.failed))
-            if time.monotonic() - last_flush >= FLUSH_SECONDS:
-                idle()
+            if time.monotonic() - last_flush >= FLUSH_SECONDS:  # handed over, committed meanwhile
+                writer.flush(wait=False)
+                last_flush = time.monotonic()
+                self._notify()
         writer.commit()  # verifies sha256 and size; publishes
         self.stored = True
 

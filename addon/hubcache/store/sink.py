@@ -4,6 +4,7 @@ pending record and, at publishing, the bookkeeping of the other tables in the sa
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 from hubcache.store.blobs import CHUNK_SIZE, Blobs
 from hubcache.store.catalog import Catalog
@@ -25,17 +26,23 @@ class StoreSink:
 
     def batch_limit(self) -> int:
         """Bytes a download may hold before handing them over: BATCH_BYTES alone, a share of
-        WRITE_BUDGET when many run at once (group commit keeps the syncs few either way)."""
-        return max(CHUNK_SIZE, min(BATCH_BYTES, WRITE_BUDGET // max(self._writers, 1)))
+        WRITE_BUDGET when many run at once (group commit keeps the syncs few either way). A
+        download holds two batches, the one being committed and the one it fills meanwhile."""
+        return max(CHUNK_SIZE, min(BATCH_BYTES, WRITE_BUDGET // (2 * max(self._writers, 1))))
 
     def count_writer(self, delta: int) -> None:
         with self._lock:
             self._writers += delta
 
-    def write_batch(self, blob_id: bytes, first: int, chunks: list[memoryview], pending: bytes) -> None:
+    def write_batch(self, blob_id: bytes, first: int, chunks: list[memoryview], pending: bytes) -> Callable[[], None]:
         nbytes = len(chunks) * CHUNK_SIZE
-        self._txns.group(lambda txn: self._blobs.write_batch(txn, blob_id, first, chunks, pending), nbytes)
-        self._txns.touched_pages(nbytes)
+        committed = self._txns.group_later(lambda txn: self._blobs.write_batch(txn, blob_id, first, chunks, pending), nbytes)
+
+        def wait() -> None:
+            committed()
+            self._txns.touched_pages(nbytes)
+
+        return wait
 
     def publish(self, digest: str, repository: str, blob_id: bytes, size: int, first: int, chunks: list[memoryview]) -> None:
         key = digest.encode()

@@ -78,6 +78,12 @@ class _GroupCommit:
 
     def run[T](self, fn: Callable[[Txn], T], nbytes: int = 0) -> T:
         """Run `fn` in a write transaction, maybe with others'; returns when it is committed."""
+        return self.submit(fn, nbytes)()
+
+    def submit[T](self, fn: Callable[[Txn], T], nbytes: int = 0) -> Callable[[], T]:
+        """Queue `fn` for a write transaction and return at once; what is returned waits until it
+        is committed and gives its result (or raises its error). Transactions commit in the order
+        they were queued."""
         op: list[Any] = [fn, nbytes, threading.Event(), None, None]
         with self._cond:
             if self._closed:
@@ -87,10 +93,14 @@ class _GroupCommit:
                 self._thread.start()
             self._queue.append(op)
             self._cond.notify()
-        op[2].wait()
-        if op[4] is not None:
-            raise op[4]
-        return op[3]
+
+        def committed() -> T:
+            op[2].wait()
+            if op[4] is not None:
+                raise op[4]
+            return op[3]
+
+        return committed
 
     def close(self) -> None:
         with self._cond:
@@ -172,6 +182,10 @@ class Transactions:
         """Run `fn` in a write transaction, maybe together with other threads' (`nbytes`: what
         it writes); returns once committed."""
         return self._group.run(fn, nbytes)
+
+    def group_later[T](self, fn: Callable[[Txn], T], nbytes: int = 0) -> Callable[[], T]:
+        """group() without waiting: returns what waits for the commit (and raises its error)."""
+        return self._group.submit(fn, nbytes)
 
     def read[T](self, fn: Callable[[Txn], T]) -> T:
         while True:

@@ -58,6 +58,10 @@ class Response:
     _sock: socket.socket | None = None  # TLS, or plain to a parent over http
     _conn: h11.Connection | None = None
     _release: Callable[[], None] | None = None  # frees the hop's pacing slot
+    _left: int | None = None  # readinto: body bytes still to come (-1: through iter_body); None before the first
+    _early: memoryview = field(default_factory=lambda: memoryview(b""))  # body bytes received, not handed out
+    _stall: float = 60.0  # readinto: no byte for this long is a stall
+    _body: Iterator[bytes] | None = None  # readinto of a body that h11 frames
 
     def header(self, name: str, default: str = "") -> str:
         return self.headers.get(name.lower(), default)
@@ -92,6 +96,72 @@ class Response:
             raise self._broke(f"GET {redact(self.url)}: no data for too long (stalled)") from e
         except (OSError, ssl.SSLError, h11.ProtocolError) as e:
             raise self._broke(f"GET {redact(self.url)}: transfer broke off: {e or type(e).__name__}") from e
+
+    def read_into(self, space: Callable[[], memoryview], idle: Callable[[], None] = lambda: None,
+                  tick: float = 0.1) -> int:
+        """Receive the next bytes of the body into `space()` (a buffer, not empty, asked for
+        again after each `idle()`, which may move it); how many, 0 at the body's end. `idle` and
+        errors as iter_body. A body of known length (Content-Length, no Transfer-Encoding) is
+        received straight into the buffer, each TLS record decrypted there, past h11: no bytes
+        object and no copy per record. Any other body comes through iter_body."""
+        if self._left is None:
+            self._left = self._raw_length(tick)
+        if self._left < 0:
+            return self._readinto_parsed(space, idle, tick)
+        if self._early:
+            buf = space()
+            n = min(len(buf), len(self._early), self._left)
+            buf[:n] = self._early[:n]
+            self._early = self._early[n:]
+            self._left -= n
+            return n
+        if not self._left:
+            return 0
+        assert self._sock is not None
+        quiet = 0.0
+        try:
+            while True:
+                try:
+                    buf = space()
+                    n = self._sock.recv_into(buf, min(len(buf), self._left))
+                    break
+                except TimeoutError:
+                    quiet += tick
+                    if quiet >= self._stall:
+                        raise
+                    idle()
+        except TimeoutError as e:
+            raise self._broke(f"GET {redact(self.url)}: no data for too long (stalled)") from e
+        except (OSError, ssl.SSLError) as e:
+            raise self._broke(f"GET {redact(self.url)}: transfer broke off: {e or type(e).__name__}") from e
+        if not n:
+            raise self._broke(f"GET {redact(self.url)}: transfer broke off: {self._left} bytes short")
+        self._left -= n
+        return n
+
+    def _raw_length(self, tick: float) -> int:
+        """The body's length, when readinto may receive it past h11 (-1: it may not); the
+        bytes h11 received after the head become the body's first."""
+        assert self._sock and self._conn
+        length = self.header("content-length")
+        if "transfer-encoding" in self.headers or not length.isdigit():
+            return -1
+        self._stall = self._sock.gettimeout() or 60.0
+        self._sock.settimeout(tick)
+        early, _ = self._conn.trailing_data
+        self._early = memoryview(early)
+        return int(length)
+
+    def _readinto_parsed(self, space: Callable[[], memoryview], idle: Callable[[], None], tick: float) -> int:
+        if self._body is None:
+            self._body = self.iter_body(idle, tick)
+        if not self._early:
+            self._early = memoryview(next(self._body, b""))
+        buf = space()  # after idle() had its say
+        n = min(len(buf), len(self._early))
+        buf[:n] = self._early[:n]
+        self._early = self._early[n:]
+        return n
 
     def _broke(self, why: str) -> FetchError:
         # The host answered: a body that breaks off or stalls is a fault of this transfer, and
