@@ -117,3 +117,36 @@ def token_for(hub, repo: str) -> str:
     return Client(hub.port, hub.ca_cert).token(repo)
 
 
+def concurrent_pulls(n: int, ref: str, proxy_url: str, certs: Path, workdir: Path, timeout: float = 300) -> list[Path]:
+    """`n` skopeo pulls of `ref` through the proxy, all started at once (none waiting for
+    another), each into workdir/pull-I; asserts each succeeded, and returns their directories."""
+    policy = workdir / "policy.json"
+    policy.write_text('{"default": [{"type": "insecureAcceptAnything"}]}\n')
+    procs: list[subprocess.Popen] = []
+    try:
+        for i in range(n):
+            with open(workdir / f"pull-{i}.err", "wb") as err:
+                procs.append(subprocess.Popen(
+                    ["skopeo", "--policy", str(policy), "copy", "--quiet", "--src-cert-dir", str(certs),
+                     "--src-no-creds", f"docker://{ref}", f"dir:{workdir / f'pull-{i}'}"],
+                    env=client_env(proxy_url), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+                ))
+        codes = [p.wait(timeout=timeout) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    for i, rc in enumerate(codes):
+        assert rc == 0, f"pull {i} failed: {(workdir / f'pull-{i}.err').read_text()}"
+    return [workdir / f"pull-{i}" for i in range(n)]
+
+
+def fetches_per_object(reqs, img) -> dict[str, int]:
+    """What an image's pull cost at the upstream: manifest GETs (counted pulls), and the registry
+    and CDN GETs of each of its blobs."""
+    got = {"manifest GETs": count(reqs, REG, "GET", "/manifests/")}
+    for d in [img.config_digest, *img.layer_digests]:
+        got[f"registry GETs of {d[:19]}"] = count(reqs, REG, "GET", f"/blobs/{d}")
+        got[f"CDN GETs of {d[:19]}"] = len(cdn_gets(reqs, d))
+    return got

@@ -19,7 +19,9 @@ from harness.blobtests import (
     CDN,
     REG,
     cdn_gets,
+    concurrent_pulls,
     count,
+    fetches_per_object,
     hexd,
     layers,
     one_blob,
@@ -61,34 +63,12 @@ def test_sixteen_concurrent_cold_pulls_fetch_each_object_once(upstream, start_hu
     img = upstream.push_image(repo, "1", layers(8 * MiB, 8 * MiB, 8 * MiB, 8 * MiB))
     direct = dir_files(pull_ok(f"docker.io/{repo}:1", tmp_path / "direct", None, certs))
     hub = start_hubcache()
-    policy = tmp_path / "policy.json"
-    policy.write_text('{"default": [{"type": "insecureAcceptAnything"}]}\n')
     mark = upstream.mark()
-    procs: list[subprocess.Popen] = []
-    try:
-        for i in range(16):  # all started at once, none waiting for another
-            with open(tmp_path / f"pull-{i}.err", "wb") as err:
-                procs.append(subprocess.Popen(
-                    ["skopeo", "--policy", str(policy), "copy", "--quiet", "--src-cert-dir", str(certs),
-                     "--src-no-creds", f"docker://docker.io/{repo}:1", f"dir:{tmp_path / f'pull-{i}'}"],
-                    env=client_env(hub.url), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
-                ))
-        codes = [p.wait(timeout=300) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    for i, rc in enumerate(codes):
-        assert rc == 0, f"pull {i} failed: {(tmp_path / f'pull-{i}.err').read_text()}"
-    for i in range(16):
-        assert dir_files(tmp_path / f"pull-{i}") == direct, f"pull {i} differs from a direct pull"
+    for i, pulled in enumerate(concurrent_pulls(16, f"docker.io/{repo}:1", hub.url, certs, tmp_path)):
+        assert dir_files(pulled) == direct, f"pull {i} differs from a direct pull"
 
     reqs = upstream.requests_since(mark)
-    got = {"manifest GETs": count(reqs, REG, "GET", "/manifests/")}
-    for d in [img.config_digest, *img.layer_digests]:
-        got[f"registry GETs of {d[:19]}"] = count(reqs, REG, "GET", f"/blobs/{d}")
-        got[f"CDN GETs of {d[:19]}"] = len(cdn_gets(reqs, d))
+    got = fetches_per_object(reqs, img)
     assert got == dict.fromkeys(got, 1), "16 concurrent pulls: each object fetched once"
     tokens = token_fetches(reqs, repo)
     assert tokens <= 1, f"{tokens} upstream token fetches for one repository"

@@ -15,8 +15,8 @@ import urllib.request
 
 import pytest
 
-from harness.blobtests import REG, cdn_gets, count, layers, token_for, wait_until
-from harness.clients import client_env, dir_files, pull_ok
+from harness.blobtests import cdn_gets, concurrent_pulls, fetches_per_object, layers, token_for, wait_until
+from harness.clients import dir_files, pull_ok
 from harness.proxy import BIN, free_port
 
 pytestmark = pytest.mark.e2e
@@ -50,36 +50,14 @@ def test_concurrent_cold_pulls_over_two_workers_fetch_each_blob_once(upstream, s
     metrics = f"127.0.0.1:{free_port()}"
     hub = start_hubcache(f"hubcache_metrics_listen={metrics}", workers=2)
     assert len(hub.worker_pids()) == 2
-    policy = tmp_path / "policy.json"
-    policy.write_text('{"default": [{"type": "insecureAcceptAnything"}]}\n')
     mark = upstream.mark()
-    procs: list[subprocess.Popen] = []
-    try:
-        for i in range(8):  # all started at once, none waiting for another
-            with open(tmp_path / f"pull-{i}.err", "wb") as err:
-                procs.append(subprocess.Popen(
-                    ["skopeo", "--policy", str(policy), "copy", "--quiet", "--src-cert-dir", str(certs),
-                     "--src-no-creds", f"docker://docker.io/{repo}:1", f"dir:{tmp_path / f'pull-{i}'}"],
-                    env=client_env(hub.url), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
-                ))
-        codes = [p.wait(timeout=300) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    for i, rc in enumerate(codes):
-        assert rc == 0, f"pull {i} failed: {(tmp_path / f'pull-{i}.err').read_text()}"
-    for i in range(8):
-        assert dir_files(tmp_path / f"pull-{i}") == direct, f"pull {i} differs from a direct pull"
+    for i, pulled in enumerate(concurrent_pulls(8, f"docker.io/{repo}:1", hub.url, certs, tmp_path)):
+        assert dir_files(pulled) == direct, f"pull {i} differs from a direct pull"
     served = {w: request_lines(hub, w) for w in (1, 2)}
     assert all(served.values()), f"requests per worker {served}: the pulls were not spread over both workers"
 
     reqs = upstream.requests_since(mark)
-    got = {"manifest GETs (counted pulls)": count(reqs, REG, "GET", "/manifests/")}
-    for d in [img.config_digest, *img.layer_digests]:
-        got[f"registry GETs of {d[:19]}"] = count(reqs, REG, "GET", f"/blobs/{d}")
-        got[f"CDN GETs of {d[:19]}"] = len(cdn_gets(reqs, d))
+    got = fetches_per_object(reqs, img)
     assert got == dict.fromkeys(got, 1), "8 concurrent pulls over 2 workers: each object fetched once"
 
     # One metrics endpoint counts both workers' requests.

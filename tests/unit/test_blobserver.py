@@ -57,6 +57,17 @@ def test_serves_blob_and_ranges(tmp_path):
         s.close()
 
 
+def _store_with_a_blob(tmp_path, size: int) -> tuple[Store, bytes, str]:
+    """A store at tmp_path/s holding one blob of `size` random bytes: (store, bytes, digest)."""
+    s = Store(tmp_path / "s")
+    data = os.urandom(size)
+    d = "sha256:" + hashlib.sha256(data).hexdigest()
+    w = s.begin_blob(d, len(data), "r")
+    w.write(data)
+    w.commit()
+    return s, data, d
+
+
 def test_tls_listener_serves_signed_urls_with_a_certificate_of_the_proxy_ca(tmp_path):
     import ssl
 
@@ -64,12 +75,7 @@ def test_tls_listener_serves_signed_urls_with_a_certificate_of_the_proxy_ca(tmp_
 
     from hubcache.serve.blobserver import DIRECT_HOST, tls_context
 
-    s = Store(tmp_path / "s")
-    data = os.urandom(3 << 20)
-    d = "sha256:" + hashlib.sha256(data).hexdigest()
-    w = s.begin_blob(d, len(data), "r")
-    w.write(data)
-    w.commit()
+    s, data, d = _store_with_a_blob(tmp_path, 3 << 20)
     server_ctx = tls_context(CertStore.from_store(tmp_path / "ca", "mitmproxy", 2048))
     srv = BlobServer(s, tls=server_ctx)
     try:
@@ -97,12 +103,7 @@ def test_a_tunnel_taken_from_mitmproxy_is_answered_and_served_on_the_clients_own
 
     from hubcache.serve.blobserver import DIRECT_HOST, tls_context
 
-    s = Store(tmp_path / "s")
-    data = os.urandom(3 << 20)
-    d = "sha256:" + hashlib.sha256(data).hexdigest()
-    w = s.begin_blob(d, len(data), "r")
-    w.write(data)
-    w.commit()
+    s, data, d = _store_with_a_blob(tmp_path, 3 << 20)
     srv = BlobServer(s, tls=tls_context(CertStore.from_store(tmp_path / "ca", "mitmproxy", 2048)))
     done = threading.Event()
     ours, theirs = socket.socketpair()
