@@ -133,5 +133,6 @@ def test_sigterm_stops_every_worker_and_frees_the_store(upstream, start_hubcache
 
     Store(hub.store).close()  # the lock is free: a new hubcache could open it
     log = hub.log()
+    assert f"3 workers share the port and the store (pids {' '.join(map(str, pids))})" in log, log[:2000]
     assert log.count("stopped; store") == 3, "each worker closes the store"
     assert "died" not in log and "Traceback" not in log, log[-2000:]

@@ -140,10 +140,11 @@ async def _run(args: argparse.Namespace, argv: list[str]) -> int:
         print(f"hubcache: {e}", file=sys.stderr)
         return e.code
     if args.workers > 1 and not me.shared:
-        from hubcache.tools.workers import Supervisor
+        from hubcache.tools.workers import become_supervisor
 
         _started(opts, args.confdir, args.workers)
-        return Supervisor(args.workers, argv, opts.hubcache_store, opts.hubcache_max_size).run()
+        become_supervisor(args.workers, argv, opts.hubcache_store, opts.hubcache_max_size, opts.hubcache_log_format,
+                          opts.hubcache_log_level)
     if me.shared:
         _share_port()
     fds, needed = fdlimit.raise_soft_limit(me.share_of(opts.hubcache_client_max))
