@@ -126,19 +126,8 @@ async def _run(args: argparse.Namespace, argv: list[str]) -> int:
         print(f"hubcache: {why}", file=sys.stderr)
         return preflight.EXIT_USAGE
     me = worker.role()
-    try:
-        if not me.shared:  # a worker's supervisor checked all this, holds the store and made the CA
-            preflight.check_store(opts.hubcache_store)
-            preflight.check_port(opts.listen_host, opts.listen_port)
-            if listen := opts.hubcache_metrics_listen:  # host:port, checked by the option already
-                host, _, port = listen.rpartition(":")
-                preflight.check_port(host or "127.0.0.1", int(port), "hubcache_metrics_listen")
-        preflight.check_confdir(args.confdir)
-        if not me.shared:
-            _ensure_ca(args.confdir, opts)  # before mitmproxy, which would make an unconstrained one
-    except preflight.Problem as e:
-        print(f"hubcache: {e}", file=sys.stderr)
-        return e.code
+    if (code := _preflight(args, opts, me)) is not None:
+        return code
     if args.workers > 1 and not me.shared:
         from hubcache.tools.workers import become_supervisor
 
@@ -161,6 +150,25 @@ async def _run(args: argparse.Namespace, argv: list[str]) -> int:
         print(f"hubcache: {e}", file=sys.stderr)
         return preflight.EXIT_STORE_UNUSABLE
     return 0
+
+
+def _preflight(args: argparse.Namespace, opts: Any, me: worker.Role) -> int | None:
+    """What `run` checks before mitmproxy starts; the exit status of a problem (told in one line),
+    or None. A worker's supervisor checked all of it, holds the store and made the CA."""
+    try:
+        if not me.shared:
+            preflight.check_store(opts.hubcache_store)
+            preflight.check_port(opts.listen_host, opts.listen_port)
+            if listen := opts.hubcache_metrics_listen:  # host:port, checked by the option already
+                host, _, port = listen.rpartition(":")
+                preflight.check_port(host or "127.0.0.1", int(port), "hubcache_metrics_listen")
+        preflight.check_confdir(args.confdir)
+        if not me.shared:
+            _ensure_ca(args.confdir, opts)  # before mitmproxy, which would make an unconstrained one
+    except preflight.Problem as e:
+        print(f"hubcache: {e}", file=sys.stderr)
+        return e.code
+    return None
 
 
 def _started(opts: Any, confdir: str, workers: int) -> None:
