@@ -83,14 +83,17 @@ class Metrics:
                                    "stale): pulls the registry did not count, by registry", ["registry"], registry=r)
         self.recent: deque[tuple[float, dict[str, Any]]] = deque(maxlen=RECENT)  # (time, log fields) of misses and errors
         self._server: Any = None  # the WSGI server, while it runs
+        self._served: CollectorRegistry | None = None  # what /metrics shows (served())
 
     def served(self) -> CollectorRegistry:
-        """What /metrics shows: this process's registry, or with workers every worker's values."""
-        if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-            return self.registry
-        every = CollectorRegistry()
-        multiprocess.MultiProcessCollector(every)
-        return every
+        """What /metrics shows: this process's registry, or with workers every worker's values
+        (a collector that reads the workers' files whenever it is collected: made once)."""
+        if self._served is None:
+            self._served = self.registry
+            if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+                self._served = CollectorRegistry()
+                multiprocess.MultiProcessCollector(self._served)
+        return self._served
 
     def families(self) -> Iterable[Any]:
         """The metric families as /metrics shows them (for the status page)."""

@@ -162,9 +162,10 @@ class HubCache:
             await asyncio.sleep(ACCESS_FLUSH_SECONDS)
             if svc.store:
                 await svc.in_writer(svc.store.flush_access)
-                svc.metrics.store_bytes.set(svc.store.size())
-                for kind, n in svc.store.counts().items():
-                    svc.metrics.store_entries.labels(kind).set(n)
+                if svc.role.serves_metrics:  # one store for all workers: read by one of them
+                    svc.metrics.store_bytes.set(svc.store.size())
+                    for kind, n in svc.store.counts().items():
+                        svc.metrics.store_entries.labels(kind).set(n)
             if svc.settings.metrics_listen:
                 self.status.sample()
 

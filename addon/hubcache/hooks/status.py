@@ -51,9 +51,11 @@ class StatusPage:
 
     def sample(self) -> None:
         """A sample for the charts, and the gauges the alert rules read: the store's cap, each
-        upstream host's back-off."""
+        upstream host's back-off (this worker's view: every worker sets them). The charts' samples
+        read every worker's metrics: only the worker that serves the page takes them."""
         svc, now = self.svc, time.time()
-        self.history.add(totals(_values(svc), now))
+        if svc.role.serves_metrics:
+            self.history.add(totals(_values(svc), now))
         svc.metrics.store_max_bytes.set(svc.settings.max_size)
         for host, why, _, _ in [*svc.dockerhub.health.states(now), *svc.parent.health.states(now)]:
             svc.metrics.upstream_backoff.labels(host).set(1 if why else 0)

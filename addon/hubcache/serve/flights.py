@@ -252,21 +252,20 @@ class Flight:
         self._set_head(Head(200, -1 if size is None else size, writer.blob_id))
         last_flush = time.monotonic()
 
-        def idle() -> None:  # upstream paused: followers get everything received so far
+        def hand_over(wait: bool = True) -> None:  # followers get the whole chunks received so far
             nonlocal last_flush
-            writer.flush()
+            writer.flush(wait)
             last_flush = time.monotonic()
             self._notify()
 
-        while n := resp.read_into(writer.space, idle, FLUSH_SECONDS):  # straight into the writer's area
+        # upstream paused: hand_over() waits for the commit; while bytes flow they are committed meanwhile
+        while n := resp.read_into(writer.space, hand_over, FLUSH_SECONDS):  # straight into the writer's area
             writer.wrote(n)
             self.received += n
             if writer.failed:  # a full disk: stop here, followers are cut short
                 raise StoreError(str(writer.failed))
-            if time.monotonic() - last_flush >= FLUSH_SECONDS:  # handed over, committed meanwhile
-                writer.flush(wait=False)
-                last_flush = time.monotonic()
-                self._notify()
+            if time.monotonic() - last_flush >= FLUSH_SECONDS:
+                hand_over(wait=False)
         writer.commit()  # verifies sha256 and size; publishes
         self.stored = True
 

@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from hubcache import logs
@@ -189,18 +189,19 @@ class Blobs:
 
     def recover(self) -> int:
         """Delete every interrupted blob write. Returns how many there were."""
-        ids = self._txns.read(lambda txn: [k for k, _ in txn.cursor(db=self._pending)])
-        for blob_id in ids:
-            self.drop(blob_id)
-        if ids:
-            logs.event(log, logging.INFO, "store_recovered", f"store: removed {len(ids)} interrupted blob writes",
-                       blobs=len(ids))
-        return len(ids)
+        n = self._drop_pending(lambda record: True)
+        if n:
+            logs.event(log, logging.INFO, "store_recovered", f"store: removed {n} interrupted blob writes", blobs=n)
+        return n
 
     def drop_writes_of(self, pid: int) -> int:
         """Delete the interrupted writes of one process (a worker that died; its siblings' writes
         go on). Returns how many there were."""
-        ids = self._txns.read(lambda txn: [k for k, v in txn.cursor(db=self._pending) if json.loads(v).get("pid") == pid])
+        return self._drop_pending(lambda record: json.loads(record).get("pid") == pid)
+
+    def _drop_pending(self, which: Callable[[bytes], bool]) -> int:
+        """Delete the pending writes whose record `which` picks; how many."""
+        ids = self._txns.read(lambda txn: [k for k, v in txn.cursor(db=self._pending) if which(v)])
         for blob_id in ids:
             self.drop(blob_id)
         return len(ids)

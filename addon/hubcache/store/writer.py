@@ -122,9 +122,7 @@ class BlobWriter:
             try:
                 self._flush(wait=False)
             except lmdb.Error as e:
-                log.debug("store: writing %s failed: %s", self.digest, e)  # the flight's end says so
-                self._failed = e
-                self._discard()
+                self._give_up(e)
 
     def _hash_up(self) -> None:
         """Hash the area's bytes not hashed yet."""
@@ -163,9 +161,13 @@ class BlobWriter:
             elif wait:
                 self._settle()
         except lmdb.Error as e:
-            log.debug("store: writing %s failed: %s", self.digest, e)
-            self._failed = e
-            self._discard()
+            self._give_up(e)
+
+    def _give_up(self, e: lmdb.Error) -> None:
+        """Storing failed (a full disk): drop what was written; the bytes are still hashed."""
+        log.debug("store: writing %s failed: %s", self.digest, e)  # the flight's end says so
+        self._failed = e
+        self._discard()
 
     def _whole_chunks(self, final: bool = False) -> tuple[int, list[memoryview]]:
         """The index of the area's first chunk and views of its whole chunks, with `final` the

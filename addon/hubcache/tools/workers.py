@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from hubcache import logs, worker
-from hubcache.store import Store, StoreError
+from hubcache.store import Store, StoreError, StoreInUse
+from hubcache.tools import preflight
 
 log = logging.getLogger("hubcache.tools.workers")  # not __name__: the supervisor runs this module as __main__
 
@@ -87,9 +88,9 @@ class Supervisor:
         """Start the workers and look after them until told to stop; the exit status."""
         try:
             self.store = Store(self.store_path, max_size=self.max_size)  # recovers; held while the workers run
-        except StoreError as e:
+        except StoreError as e:  # taken since `hubcache run` checked it, or broken: its exit codes
             print(f"hubcache: {e}", file=sys.stderr)
-            return 4
+            return preflight.EXIT_STORE_IN_USE if isinstance(e, StoreInUse) else preflight.EXIT_STORE_UNUSABLE
         (self.runtime / worker.SECRET_FILE).write_bytes(os.urandom(32))
         (self.runtime / worker.METRICS_DIR).mkdir()
         for sig in (signal.SIGTERM, signal.SIGINT):

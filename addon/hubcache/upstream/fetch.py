@@ -40,6 +40,20 @@ class FetchError(UpstreamError):
         self.hops = hops or []
 
 
+
+def _patiently[T](receive: Callable[[], T], idle: Callable[[], None], tick: float, stall: float) -> T:
+    """`receive()` (on a socket whose timeout is `tick`), tried again after every `tick` seconds
+    without a byte, `idle()` called each time; TimeoutError once `stall` seconds passed so."""
+    quiet = 0.0
+    while True:
+        try:
+            return receive()
+        except TimeoutError:
+            quiet += tick
+            if quiet >= stall:
+                raise
+            idle()
+
 @dataclass
 class Hop:
     """One request of a fetch: where it went and how it was answered (None: no answer)."""
@@ -71,31 +85,19 @@ class Response:
         (the caller hands on what it has meanwhile). Raises FetchError on a broken transfer, or
         when no byte came for the read timeout (a stall)."""
         assert self._sock and self._conn
-        stall_limit = self._sock.gettimeout() or 60.0
-        self._sock.settimeout(tick)
+        sock, stall_limit = self._sock, self._sock.gettimeout() or 60.0
+        sock.settimeout(tick)
         try:
             while True:
                 event = self._conn.next_event()
                 if event is h11.NEED_DATA:
-                    quiet = 0.0
-                    while True:
-                        try:
-                            data = self._sock.recv(READ_SIZE)
-                            break
-                        except TimeoutError:
-                            quiet += tick
-                            if quiet >= stall_limit:
-                                raise
-                            idle()
-                    self._conn.receive_data(data)
+                    self._conn.receive_data(_patiently(lambda: sock.recv(READ_SIZE), idle, tick, stall_limit))
                 elif isinstance(event, h11.Data):
                     yield event.data
                 elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
                     return
-        except TimeoutError as e:
-            raise self._broke(f"GET {redact(self.url)}: no data for too long (stalled)") from e
-        except (OSError, ssl.SSLError, h11.ProtocolError) as e:
-            raise self._broke(f"GET {redact(self.url)}: transfer broke off: {e or type(e).__name__}") from e
+        except (OSError, ssl.SSLError, h11.ProtocolError) as e:  # TimeoutError included: a stall
+            raise self._fault(e) from e
 
     def read_into(self, space: Callable[[], memoryview], idle: Callable[[], None] = lambda: None,
                   tick: float = 0.1) -> int:
@@ -109,31 +111,22 @@ class Response:
         if self._left < 0:
             return self._readinto_parsed(space, idle, tick)
         if self._early:
-            buf = space()
-            n = min(len(buf), len(self._early), self._left)
-            buf[:n] = self._early[:n]
-            self._early = self._early[n:]
+            n = self._take_early(space(), self._left)
             self._left -= n
             return n
         if not self._left:
             return 0
-        assert self._sock is not None
-        quiet = 0.0
-        try:
-            while True:
-                try:
-                    buf = space()
-                    n = self._sock.recv_into(buf, min(len(buf), self._left))
-                    break
-                except TimeoutError:
-                    quiet += tick
-                    if quiet >= self._stall:
-                        raise
-                    idle()
-        except TimeoutError as e:
-            raise self._broke(f"GET {redact(self.url)}: no data for too long (stalled)") from e
+        sock, left = self._sock, self._left
+        assert sock is not None
+
+        def receive() -> int:
+            buf = space()  # asked again after each idle(), which may move it
+            return sock.recv_into(buf, min(len(buf), left))
+
+        try:  # per TLS record: a plain try, no context manager on this path
+            n = _patiently(receive, idle, tick, self._stall)
         except (OSError, ssl.SSLError) as e:
-            raise self._broke(f"GET {redact(self.url)}: transfer broke off: {e or type(e).__name__}") from e
+            raise self._fault(e) from e
         if not n:
             raise self._broke(f"GET {redact(self.url)}: transfer broke off: {self._left} bytes short")
         self._left -= n
@@ -157,11 +150,20 @@ class Response:
             self._body = self.iter_body(idle, tick)
         if not self._early:
             self._early = memoryview(next(self._body, b""))
-        buf = space()  # after idle() had its say
-        n = min(len(buf), len(self._early))
+        return self._take_early(space())  # space() after idle() had its say
+
+    def _take_early(self, buf: memoryview, limit: int | None = None) -> int:
+        """Copy the body bytes received but not handed out yet into `buf` (at most `limit`)."""
+        n = min(len(buf), len(self._early), len(self._early) if limit is None else limit)
         buf[:n] = self._early[:n]
         self._early = self._early[n:]
         return n
+
+    def _fault(self, e: Exception) -> FetchError:
+        """What a body's receiving that failed with `e` tells: a stall, or a broken transfer."""
+        if isinstance(e, TimeoutError):
+            return self._broke(f"GET {redact(self.url)}: no data for too long (stalled)")
+        return self._broke(f"GET {redact(self.url)}: transfer broke off: {e or type(e).__name__}")
 
     def _broke(self, why: str) -> FetchError:
         # The host answered: a body that breaks off or stalls is a fault of this transfer, and
